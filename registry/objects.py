@@ -1,0 +1,93 @@
+"""Content-addressed, write-once object storage: `objects/<2 hex>/<62 hex>` named by sha256.
+
+An object is written to a temporary file, fsynced, and renamed into place, so a reader (or a
+crash) never sees a partial object under its final name. Objects are never modified.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+
+class CorruptObject(Exception):
+    """An object's bytes no longer hash to its name, or it is missing."""
+
+
+def canonical_json(document: Any) -> bytes:
+    """The one byte form of a JSON document: sorted keys, no spaces, UTF-8."""
+    return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def fsync_directory(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Write `data` to `path` via a fsynced temporary file in the same directory and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temporary = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+        raise
+    fsync_directory(path.parent)
+
+
+class ObjectStore:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def path(self, digest: str) -> Path:
+        return self.root / digest[:2] / digest[2:]
+
+    def put(self, data: bytes) -> str:
+        digest = sha256_hex(data)
+        target = self.path(digest)
+        if not target.exists():
+            write_atomically(target, data)
+        return digest
+
+    def get(self, digest: str) -> bytes:
+        """The object's bytes, checked against its name (a flipped byte is never returned)."""
+        target = self.path(digest)
+        try:
+            data = target.read_bytes()
+        except FileNotFoundError:
+            raise CorruptObject(f"object {digest[:12]} is missing") from None
+        if sha256_hex(data) != digest:
+            raise CorruptObject(f"object {digest[:12]} is corrupted (content hash mismatch)")
+        return data
+
+    def get_json(self, digest: str) -> Any:
+        return json.loads(self.get(digest))
+
+    def exists(self, digest: str) -> bool:
+        return self.path(digest).is_file()
+
+    def __iter__(self) -> Iterator[str]:
+        if not self.root.is_dir():
+            return
+        for prefix in sorted(self.root.iterdir()):
+            if prefix.is_dir() and len(prefix.name) == 2:
+                for item in sorted(prefix.iterdir()):
+                    if not item.name.startswith("."):
+                        yield prefix.name + item.name

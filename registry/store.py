@@ -1,0 +1,526 @@
+"""The registry: edits as immutable artifacts, a hash-chained commit history, refs and a ref log.
+
+History is linear on branch `main`; each commit records the edits it activates or revokes
+(`commit_changes`), so the active set at any commit is a replay of changes up to its `seq`,
+answered by one SQL aggregate. Nothing is deleted: revoke and restore are commits.
+
+A snapshot ("tree") is identified by hashing the base model, the routing config and the set
+of active edit ids. The set is hashed additively (sum of per-edit sha256 values mod 2^256),
+so each commit derives its tree from its parent's in O(1) while two revisions with the same
+active edits still get the same tree id.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable
+
+import duckdb
+import numpy as np
+from safetensors.numpy import load as load_safetensors
+from safetensors.numpy import save as save_safetensors
+
+from registry.db import RegistryLocked, connect, latest_version, migrate, schema_version
+from registry.keyindex import FaissKeySearch, KeyMatrix
+from registry.objects import CorruptObject, ObjectStore, canonical_json, sha256_hex
+
+MODULUS = 1 << 256
+MAIN = "main"
+INDEX_CACHE_LIMIT = 8
+
+
+class RegistryError(Exception):
+    """A user-facing failure: unknown revision, bad state transition, wrong registry path."""
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def iso(moment: datetime) -> str:
+    return moment.astimezone(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def parse_time(text: str) -> datetime:
+    """ISO 8601; a time without zone is taken as UTC."""
+    try:
+        moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise RegistryError(f"not an ISO 8601 time: {text!r}") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+def edit_term(edit_id: str) -> int:
+    return int(hashlib.sha256(b"sola-edit\0" + edit_id.encode()).hexdigest(), 16)
+
+
+def tree_id_for(config_digest: str, set_sum: int) -> str:
+    return sha256_hex(b"sola-tree\0" + config_digest.encode() + b"\0" + f"{set_sum:064x}".encode())
+
+
+@dataclass(frozen=True)
+class Commit:
+    commit_id: str
+    seq: int
+    parent_id: str | None
+    tree_id: str
+    tree_sum: str
+    n_active: int
+    author: str
+    time: datetime
+    op: str
+    message: str
+    reason: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "commit": self.commit_id,
+            "seq": self.seq,
+            "parent": self.parent_id,
+            "tree": self.tree_id,
+            "active_edits": self.n_active,
+            "author": self.author,
+            "time": iso(self.time),
+            "op": self.op,
+            "message": self.message,
+            "reason": self.reason,
+        }
+
+
+_COMMIT_COLUMNS = "commit_id, seq, parent_id, tree_id, tree_sum, n_active, author, time, op, message, reason"
+
+
+def commit_record(commit: Commit, changes: list[tuple[str, bool]]) -> dict[str, Any]:
+    """The hashed content of a commit; its id is sha256 of this record's canonical JSON."""
+    return {
+        "parent": commit.parent_id,
+        "seq": commit.seq,
+        "tree": commit.tree_id,
+        "author": commit.author,
+        "time": iso(commit.time),
+        "op": commit.op,
+        "message": commit.message,
+        "reason": commit.reason,
+        "changes": [[edit_id, active] for edit_id, active in changes],
+    }
+
+
+class Registry:
+    """One registry directory: `registry.duckdb`, `objects/`, and the derived `cache/`."""
+
+    def __init__(self, root: Path, connection: duckdb.DuckDBPyConnection, writable: bool) -> None:
+        self.root = root
+        self.db = connection
+        self.writable = writable
+        self.objects = ObjectStore(root / "objects")
+        self.key_matrix = KeyMatrix(root / "cache")
+        self.db.execute("SET TimeZone = 'UTC'")
+
+    # --- lifecycle ---------------------------------------------------------------------------
+    @classmethod
+    def create(cls, root: Path, base_model: dict[str, Any], routing: dict[str, Any], author: str) -> "Registry":
+        root = Path(root)
+        if (root / "registry.duckdb").exists():
+            raise RegistryError(f"a registry already exists at {root}")
+        root.mkdir(parents=True, exist_ok=True)
+        connection = connect(root / "registry.duckdb", read_only=False)
+        registry = cls(root, connection, writable=True)
+        migrate(connection)
+        with registry.transaction():
+            connection.execute("INSERT INTO registry_config VALUES ('base_model', ?)", [canonical_json(base_model).decode()])
+            connection.execute("INSERT INTO registry_config VALUES ('routing', ?)", [canonical_json(routing).decode()])
+            registry._append_commit([], author, "init", f"init registry on {base_model.get('name')}", None)
+        return registry
+
+    @classmethod
+    def open(cls, root: Path, writable: bool = False, wait_seconds: float = 0.0) -> "Registry":
+        root = Path(root)
+        database = root / "registry.duckdb"
+        if not database.is_file():
+            raise RegistryError(f"no registry at {root} (run `sola init` first)")
+        connection = connect(database, read_only=not writable, wait_seconds=wait_seconds)
+        if schema_version(connection) < latest_version():
+            if not writable:  # upgrading needs the write lock; reopen briefly as a writer
+                connection.close()
+                connection = connect(database, read_only=False, wait_seconds=wait_seconds)
+                migrate(connection)
+                connection.close()
+                connection = connect(database, read_only=True, wait_seconds=wait_seconds)
+            else:
+                migrate(connection)
+        return cls(root, connection, writable)
+
+    def close(self) -> None:
+        self.db.close()
+
+    def __enter__(self) -> "Registry":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    class _Transaction:
+        def __init__(self, db: duckdb.DuckDBPyConnection) -> None:
+            self.db = db
+
+        def __enter__(self) -> None:
+            self.db.execute("BEGIN TRANSACTION")
+
+        def __exit__(self, exc_type: object, *rest: object) -> None:
+            self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+
+    def transaction(self) -> "_Transaction":
+        if not self.writable:
+            raise RegistryError("registry opened read-only")
+        return self._Transaction(self.db)
+
+    # --- configuration -----------------------------------------------------------------------
+    def config(self, name: str) -> dict[str, Any]:
+        row = self.db.execute("SELECT value FROM registry_config WHERE name = ?", [name]).fetchone()
+        if row is None:
+            raise RegistryError(f"registry has no {name} configuration")
+        return json.loads(row[0])
+
+    @property
+    def base_model(self) -> dict[str, Any]:
+        return self.config("base_model")
+
+    @property
+    def routing(self) -> dict[str, Any]:
+        return self.config("routing")
+
+    def config_digest(self) -> str:
+        return sha256_hex(canonical_json({"base_model": self.base_model["sha256"], "routing": self.routing}))
+
+    # --- commits -------------------------------------------------------------------------------
+    def _commit_from_row(self, row: tuple) -> Commit:
+        return Commit(*row)
+
+    def head(self, ref: str = MAIN) -> Commit:
+        row = self.db.execute(
+            f"SELECT {_COMMIT_COLUMNS} FROM commits WHERE commit_id = (SELECT commit_id FROM refs WHERE name = ?)", [ref]
+        ).fetchone()
+        if row is None:
+            raise RegistryError(f"unknown ref {ref!r}")
+        return self._commit_from_row(row)
+
+    def commit(self, commit_id: str) -> Commit:
+        row = self.db.execute(f"SELECT {_COMMIT_COLUMNS} FROM commits WHERE commit_id = ?", [commit_id]).fetchone()
+        if row is None:
+            raise RegistryError(f"unknown commit {commit_id}")
+        return self._commit_from_row(row)
+
+    def changes(self, commit_id: str) -> list[tuple[str, bool]]:
+        rows = self.db.execute(
+            "SELECT edit_id, active FROM commit_changes WHERE commit_id = ? ORDER BY rowid", [commit_id]
+        ).fetchall()
+        return [(edit_id, bool(active)) for edit_id, active in rows]
+
+    def _append_commit(self, changes: list[tuple[str, bool]], author: str, op: str, message: str, reason: str | None) -> Commit:
+        """Insert a commit on top of main and move main; the caller holds the transaction."""
+        row = self.db.execute(f"SELECT {_COMMIT_COLUMNS} FROM commits ORDER BY seq DESC LIMIT 1").fetchone()
+        parent = self._commit_from_row(row) if row else None
+        set_sum = int(parent.tree_sum, 16) if parent else 0
+        n_active = parent.n_active if parent else 0
+        for edit_id, active in changes:
+            set_sum = (set_sum + (edit_term(edit_id) if active else -edit_term(edit_id))) % MODULUS
+            n_active += 1 if active else -1
+        draft = Commit(
+            commit_id="",
+            seq=parent.seq + 1 if parent else 0,
+            parent_id=parent.commit_id if parent else None,
+            tree_id=tree_id_for(self.config_digest(), set_sum),
+            tree_sum=f"{set_sum:064x}",
+            n_active=n_active,
+            author=author,
+            time=utcnow(),
+            op=op,
+            message=message,
+            reason=reason,
+        )
+        commit_id = sha256_hex(canonical_json(commit_record(draft, changes)))
+        commit = Commit(commit_id, *[getattr(draft, f) for f in _COMMIT_COLUMNS.split(", ")[1:]])
+        self.db.execute(
+            f"INSERT INTO commits ({_COMMIT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [getattr(commit, f) for f in _COMMIT_COLUMNS.split(", ")],
+        )
+        if changes:
+            self.db.executemany(
+                "INSERT INTO commit_changes VALUES (?, ?, ?, ?)", [[commit_id, commit.seq, e, a] for e, a in changes]
+            )
+        self._move_ref(MAIN, "branch", commit_id, author, f"{op}: {message}", commit.time)
+        return commit
+
+    def _move_ref(self, name: str, kind: str, commit_id: str, actor: str, reason: str, moment: datetime) -> None:
+        old = self.db.execute("SELECT commit_id FROM refs WHERE name = ?", [name]).fetchone()
+        if old is None:
+            self.db.execute("INSERT INTO refs VALUES (?, ?, ?)", [name, kind, commit_id])
+        else:
+            self.db.execute("UPDATE refs SET commit_id = ? WHERE name = ?", [commit_id, name])
+        next_id = self.db.execute("SELECT coalesce(max(id), -1) + 1 FROM reflog").fetchone()[0]
+        self.db.execute(
+            "INSERT INTO reflog VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [next_id, name, old[0] if old else None, commit_id, actor, moment, reason],
+        )
+
+    # --- revisions -----------------------------------------------------------------------------
+    def resolve(self, revision: str | None = None, at: str | None = None) -> Commit:
+        """A commit from `main`, `main~N`, a tag, a full or unique-prefix commit id, or a time."""
+        if at is not None:
+            return self.resolve_time(parse_time(at))
+        text = (revision or MAIN).strip()
+        if not text:
+            raise RegistryError("empty revision")
+        base, _, back = text.partition("~")
+        if back and not back.isdigit():
+            raise RegistryError(f"bad revision {text!r}: expected NAME~N")
+        steps = int(back) if back else 0
+        ref = self.db.execute("SELECT commit_id FROM refs WHERE name = ?", [base]).fetchone()
+        if ref is not None:
+            commit = self.commit(ref[0])
+        else:
+            lowered = base.lower().removeprefix("sha256:")
+            if len(lowered) < 4 or any(c not in "0123456789abcdef" for c in lowered):
+                raise RegistryError(f"unknown revision {text!r}")
+            rows = self.db.execute(
+                "SELECT commit_id FROM commits WHERE starts_with(commit_id, ?) LIMIT 2", [lowered]
+            ).fetchall()
+            if not rows:
+                raise RegistryError(f"unknown revision {text!r}")
+            if len(rows) > 1:
+                raise RegistryError(f"ambiguous revision {text!r}: matches several commits")
+            commit = self.commit(rows[0][0])
+        if steps:
+            if steps > commit.seq:
+                raise RegistryError(f"revision {text!r} goes back past the first commit")
+            row = self.db.execute(f"SELECT {_COMMIT_COLUMNS} FROM commits WHERE seq = ?", [commit.seq - steps]).fetchone()
+            commit = self._commit_from_row(row)
+        return commit
+
+    def resolve_time(self, moment: datetime, ref: str = MAIN) -> Commit:
+        """What `ref` pointed to at `moment`, from the ref log."""
+        row = self.db.execute(
+            "SELECT new_commit FROM reflog WHERE ref = ? AND time <= ? ORDER BY time DESC, id DESC LIMIT 1", [ref, moment]
+        ).fetchone()
+        if row is None:
+            raise RegistryError(f"{ref} did not exist at {iso(moment)} (before the first commit)")
+        return self.commit(row[0])
+
+    # --- edits ---------------------------------------------------------------------------------
+    def active_edit_ids(self, commit: Commit) -> list[str]:
+        rows = self.db.execute(
+            """SELECT edit_id FROM commit_changes WHERE seq <= ?
+               GROUP BY edit_id HAVING arg_max(active, seq) ORDER BY edit_id""",
+            [commit.seq],
+        ).fetchall()
+        return [r[0] for r in rows]
+
+    def active_keys(self, commit: Commit) -> tuple[np.ndarray, list[str]]:
+        rows = self.db.execute(
+            """WITH active AS (SELECT edit_id FROM commit_changes WHERE seq <= ?
+                               GROUP BY edit_id HAVING arg_max(active, seq))
+               SELECT k.key_id, k.edit_id FROM edit_keys k JOIN active USING (edit_id) ORDER BY k.key_id""",
+            [commit.seq],
+        ).fetchall()
+        return np.array([r[0] for r in rows], dtype=np.int64), [r[1] for r in rows]
+
+    def is_active(self, edit_id: str, commit: Commit | None = None) -> bool:
+        commit = commit or self.head()
+        row = self.db.execute(
+            "SELECT arg_max(active, seq) FROM commit_changes WHERE edit_id = ? AND seq <= ?", [edit_id, commit.seq]
+        ).fetchone()
+        return bool(row and row[0])
+
+    def resolve_edit(self, text: str) -> str:
+        lowered = text.strip().lower().removeprefix("sha256:")
+        if len(lowered) < 4 or any(c not in "0123456789abcdef" for c in lowered):
+            raise RegistryError(f"unknown edit {text!r}")
+        rows = self.db.execute("SELECT edit_id FROM edits WHERE starts_with(edit_id, ?) LIMIT 2", [lowered]).fetchall()
+        if not rows:
+            raise RegistryError(f"unknown edit {text!r}")
+        if len(rows) > 1:
+            raise RegistryError(f"ambiguous edit {text!r}: matches several edits")
+        return rows[0][0]
+
+    def edit_row(self, edit_id: str) -> dict[str, Any]:
+        cursor = self.db.execute("SELECT * FROM edits WHERE edit_id = ?", [edit_id])
+        row = cursor.fetchone()
+        if row is None:
+            raise RegistryError(f"unknown edit {edit_id}")
+        return dict(zip([d[0] for d in cursor.description], row))
+
+    def provenance(self, edit_id: str) -> dict[str, Any]:
+        return self.objects.get_json(edit_id)
+
+    def edit_tensors(self, edit_id: str) -> dict[str, np.ndarray]:
+        return load_safetensors(self.objects.get(self.edit_row(edit_id)["tensors_sha256"]))
+
+    def store_edit(
+        self,
+        tensors: dict[str, np.ndarray],
+        provenance: dict[str, Any],
+        key_prompts: list[str],
+        author: str,
+        message: str,
+        supersede: Iterable[str] = (),
+    ) -> tuple[str, Commit]:
+        """Write the edit's objects, then record it and its `add` commit in one transaction."""
+        keys = tensors["keys"]
+        if keys.shape[0] != len(key_prompts):
+            raise ValueError("one key prompt per key row")
+        tensors_sha = self.objects.put(save_safetensors({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in tensors.items()}))
+        document = dict(provenance, tensors_sha256=tensors_sha, key_prompts=key_prompts)
+        edit_id = self.objects.put(canonical_json(document))
+        if self.db.execute("SELECT 1 FROM edits WHERE edit_id = ?", [edit_id]).fetchone():
+            raise RegistryError(f"edit {edit_id[:12]} already exists")
+        superseded = list(supersede)
+        for old in superseded:
+            if not self.is_active(old):
+                raise RegistryError(f"cannot supersede {old[:12]}: it is not active")
+        with self.transaction():
+            self.db.execute(
+                "INSERT INTO edits VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    edit_id,
+                    tensors_sha,
+                    document["prompt"],
+                    document["target"],
+                    document.get("subject"),
+                    author,
+                    document.get("reason"),
+                    document.get("source"),
+                    parse_time(document["created_at"]),
+                    len(key_prompts),
+                ],
+            )
+            first_key = self.db.execute("SELECT coalesce(max(key_id), -1) + 1 FROM edit_keys").fetchone()[0]
+            self.db.executemany(
+                "INSERT INTO edit_keys VALUES (?, ?, ?, ?)",
+                [[first_key + i, edit_id, i, text] for i, text in enumerate(key_prompts)],
+            )
+            changes = [(old, False) for old in superseded] + [(edit_id, True)]
+            op = "supersede" if superseded else "add"
+            commit = self._append_commit(changes, author, op, message, document.get("reason"))
+        return edit_id, commit
+
+    def set_active(self, edit_id: str, active: bool, author: str, reason: str) -> Commit:
+        """Revoke (active=False) or restore (active=True) as a new commit on main."""
+        if not reason or not reason.strip():
+            raise RegistryError("a reason is required")
+        currently = self.is_active(edit_id)
+        if currently == active:
+            raise RegistryError(f"edit {edit_id[:12]} is already {'active' if active else 'revoked'}")
+        row = self.edit_row(edit_id)
+        op = "restore" if active else "revoke"
+        with self.transaction():
+            return self._append_commit([(edit_id, active)], author, op, f"{op} {edit_id[:12]}: {row['prompt']} -> {row['target']}", reason)
+
+    # --- tags ------------------------------------------------------------------------------------
+    def tag(self, name: str, commit: Commit, actor: str) -> None:
+        if not name or name == MAIN or "~" in name or name.strip() != name or all(c in "0123456789abcdef" for c in name.lower()):
+            raise RegistryError(f"invalid tag name {name!r}")
+        if self.db.execute("SELECT 1 FROM refs WHERE name = ?", [name]).fetchone():
+            raise RegistryError(f"tag {name!r} already exists (tags are immutable)")
+        with self.transaction():
+            self._move_ref(name, "tag", commit.commit_id, actor, f"tag {name}", utcnow())
+
+    def tags(self) -> list[dict[str, str]]:
+        rows = self.db.execute("SELECT name, commit_id FROM refs WHERE kind = 'tag' ORDER BY name").fetchall()
+        return [{"tag": n, "commit": c} for n, c in rows]
+
+    # --- key search --------------------------------------------------------------------------------
+    def key_dim(self) -> int:
+        """Width of a routing key (the edited module's input), recorded at init."""
+        return int(self.routing["key_dim"])
+
+    def _load_key_rows(self, first: int, end: int) -> np.ndarray:
+        rows = self.db.execute(
+            """SELECT k.key_id, k.ordinal, e.tensors_sha256 FROM edit_keys k JOIN edits e USING (edit_id)
+               WHERE k.key_id >= ? AND k.key_id < ? ORDER BY k.key_id""",
+            [first, end],
+        ).fetchall()
+        if len(rows) != end - first:
+            raise CorruptObject("edit_keys has gaps in its key ids")
+        by_object: dict[str, np.ndarray] = {}
+        out = []
+        for _, ordinal, sha in rows:
+            if sha not in by_object:
+                by_object = {sha: load_safetensors(self.objects.get(sha))["keys"]}
+            out.append(by_object[sha][ordinal])
+        return np.stack(out)
+
+    def key_search(self, commit: Commit) -> tuple[FaissKeySearch, dict[int, str]]:
+        """The FAISS index of the commit's active keys (cached per tree id) and key id -> edit id."""
+        key_ids, edit_ids = self.active_keys(commit)
+        key_edit = dict(zip(key_ids.tolist(), edit_ids))
+        dim = self.key_dim()
+        cache_file = self.root / "cache" / "index" / f"{commit.tree_id}.faiss"
+        if cache_file.is_file():
+            try:
+                cached = FaissKeySearch.load(cache_file)
+                if np.array_equal(np.sort(cached.ids()), key_ids):
+                    return cached, key_edit
+            except RuntimeError:
+                pass  # unreadable cache file: rebuild below
+        total = self.db.execute("SELECT count(*) FROM edit_keys").fetchone()[0]
+        if total:
+            self.key_matrix.sync(total, dim, self._load_key_rows)
+        search = FaissKeySearch.build(self.key_matrix.rows(key_ids, dim), key_ids, dim)
+        self._write_index_cache(cache_file, search)
+        return search, key_edit
+
+    def _write_index_cache(self, path: Path, search: FaissKeySearch) -> None:
+        try:
+            search.save(path)
+            cached = sorted(path.parent.glob("*.faiss"), key=lambda p: p.stat().st_mtime)
+            for old in cached[:-INDEX_CACHE_LIMIT]:
+                old.unlink(missing_ok=True)
+        except OSError:
+            pass  # a read-only location only costs a rebuild next time
+
+    # --- queries for the CLI ------------------------------------------------------------------------
+    def log(self, limit: int | None = None, revision: Commit | None = None) -> list[Commit]:
+        top = (revision or self.head()).seq
+        sql = f"SELECT {_COMMIT_COLUMNS} FROM commits WHERE seq <= ? ORDER BY seq DESC"
+        params: list[Any] = [top]
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(limit)
+        return [self._commit_from_row(r) for r in self.db.execute(sql, params).fetchall()]
+
+    def diff(self, old: Commit, new: Commit) -> dict[str, list[str]]:
+        rows = self.db.execute(
+            """WITH a AS (SELECT edit_id FROM commit_changes WHERE seq <= ? GROUP BY edit_id HAVING arg_max(active, seq)),
+                    b AS (SELECT edit_id FROM commit_changes WHERE seq <= ? GROUP BY edit_id HAVING arg_max(active, seq))
+               SELECT 'added', edit_id FROM (SELECT edit_id FROM b EXCEPT SELECT edit_id FROM a)
+               UNION ALL
+               SELECT 'removed', edit_id FROM (SELECT edit_id FROM a EXCEPT SELECT edit_id FROM b)
+               ORDER BY 1, 2""",
+            [old.seq, new.seq],
+        ).fetchall()
+        return {
+            "added": [e for kind, e in rows if kind == "added"],
+            "removed": [e for kind, e in rows if kind == "removed"],
+        }
+
+    def edit_history(self, edit_id: str) -> list[dict[str, Any]]:
+        rows = self.db.execute(
+            f"""SELECT ch.active, {', '.join('c.' + c for c in _COMMIT_COLUMNS.split(', '))}
+                FROM commit_changes ch JOIN commits c USING (commit_id) WHERE ch.edit_id = ? ORDER BY c.seq""",
+            [edit_id],
+        ).fetchall()
+        return [dict(self._commit_from_row(r[1:]).to_dict(), active=bool(r[0])) for r in rows]
+
+    def counts(self) -> dict[str, int]:
+        return {
+            "edits": self.db.execute("SELECT count(*) FROM edits").fetchone()[0],
+            "commits": self.db.execute("SELECT count(*) FROM commits").fetchone()[0],
+            "keys": self.db.execute("SELECT count(*) FROM edit_keys").fetchone()[0],
+        }
+
+
+__all__ = ["Registry", "RegistryError", "RegistryLocked", "Commit", "CorruptObject", "parse_time", "iso", "utcnow"]

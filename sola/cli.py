@@ -1,0 +1,324 @@
+"""The `sola` command line: a thin click layer over `Workspace` and `Registry`.
+
+Every command that prints records takes `--json` (one JSON document on stdout). Every
+failure is one `error:` line on stderr and a non-zero exit; set SOLA_DEBUG=1 for tracebacks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import click
+
+from registry.db import RegistryLocked
+from registry.objects import CorruptObject
+from registry.store import Registry, RegistryError, iso
+from sola.config import TrainConfig
+from sola.data import EditRequest, RequestError, read_jsonl
+from sola.modelio import ModelError
+
+
+class Failure(click.ClickException):
+    """Rendered as a single `error:` line."""
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"error: {self.message}", err=True)
+
+
+KNOWN_ERRORS = (RegistryError, RegistryLocked, RequestError, ModelError, CorruptObject, ValueError, OSError)
+
+
+@contextmanager
+def failures() -> Iterator[None]:
+    """Turn any failure into one `error:` line; nothing has been committed when it fires."""
+    try:
+        yield
+    except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+        raise
+    except KNOWN_ERRORS as error:
+        if os.environ.get("SOLA_DEBUG"):
+            raise
+        message = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise Failure(message) from None
+    except Exception as error:  # noqa: BLE001 - the contract is one line, never a traceback
+        if os.environ.get("SOLA_DEBUG"):
+            raise
+        raise Failure(f"internal error ({type(error).__name__}): {str(error).splitlines()[0] if str(error) else ''}") from None
+
+
+def emit(as_json: bool, document: Any, human: Callable[[], None]) -> None:
+    if as_json:
+        click.echo(json.dumps(document, indent=2, default=str))
+    else:
+        human()
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+wait_option = click.option("--wait", "wait", type=float, default=0.0, show_default=True, help="Seconds to wait for another sola process's write lock.")
+
+
+def registry_path(ctx: click.Context) -> Path:
+    return Path(ctx.obj["registry"])
+
+
+def open_workspace(ctx: click.Context, writable: bool, wait: float = 0.0):  # -> Workspace
+    from sola.workspace import Workspace
+
+    return Workspace.open(registry_path(ctx), writable=writable, wait_seconds=wait)
+
+
+def open_registry(ctx: click.Context, writable: bool = False, wait: float = 0.0) -> Registry:
+    return Registry.open(registry_path(ctx), writable=writable, wait_seconds=wait)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--registry",
+    envvar="SOLA_REGISTRY",
+    default=".sola",
+    show_default=True,
+    type=click.Path(file_okay=False, path_type=str),
+    help="Registry directory (env SOLA_REGISTRY).",
+)
+@click.pass_context
+def main(ctx: click.Context, registry: str) -> None:
+    """sola: an edit registry and versioned knowledge store for language models."""
+    ctx.ensure_object(dict)
+    ctx.obj["registry"] = registry
+
+
+@main.command()
+@click.option("--model", default=None, help="Base model: a .gguf file, a Hugging Face directory, or the bundled default.")
+@click.option("--layer", type=int, default=None, help="Block whose MLP projection is edited.")
+@click.option("--module", default=None, help="Projection inside the block (default mlp.up_proj, GPT-2 mlp.c_fc).")
+@click.option("--rank", type=int, default=None, help="LoRA rank per edit.")
+@click.option("--threshold", type=float, default=None, help="Routing radius (cosine distance).")
+@click.option("--key-function", type=click.Choice(["mean", "last"]), default=None, help="How the prompt becomes a key.")
+@click.option("--author", default=None)
+@json_option
+@click.pass_context
+def init(ctx: click.Context, model: str | None, layer: int | None, module: str | None, rank: int | None,
+         threshold: float | None, key_function: str | None, author: str | None, as_json: bool) -> None:
+    """Create a registry on a base model (the bundled SmolLM2-135M-Instruct by default)."""
+    from sola.workspace import Workspace, default_author
+
+    with failures():
+        routing = {k: v for k, v in {"layer": layer, "module": module, "rank": rank, "threshold": threshold,
+                                      "key_function": key_function}.items() if v is not None}
+        if rank is not None:
+            routing["alpha"] = float(rank)
+        workspace = Workspace.init(registry_path(ctx), model, routing, author or default_author())
+        with workspace:
+            head = workspace.registry.head()
+            document = {"registry": str(registry_path(ctx)), "base_model": workspace.registry.base_model,
+                        "routing": workspace.registry.routing, "commit": head.commit_id}
+    emit(as_json, document, lambda: click.echo(
+        f"initialised {document['registry']} on {document['base_model']['name']} "
+        f"(layer {document['routing']['layer']} {document['routing']['module']}, threshold {document['routing']['threshold']})"))
+
+
+def _print_outcome(outcome: dict[str, Any]) -> None:
+    if outcome["duplicate"]:
+        click.echo(f"duplicate of active edit {outcome['edit'][:12]}; nothing changed")
+        return
+    click.echo(f"edit {outcome['edit'][:12]}  commit {outcome['commit'][:12]}  ({outcome['steps']} steps, loss {outcome['loss']:.4f}, {outcome['seconds']:.2f}s)")
+    for old in outcome["superseded"]:
+        click.echo(f"  superseded {old[:12]}")
+    for near in outcome["neighbours"]:
+        click.echo(f"  neighbour {near['edit'][:12]} at {near['distance']:.4f}: {near['prompt']!r} -> {near['target']!r}")
+
+
+@main.command()
+@click.option("--prompt", default=None, help="The prompt whose continuation changes.")
+@click.option("--target", default=None, help="The new continuation.")
+@click.option("--rephrase", multiple=True, help="A paraphrase that should route to this edit (repeatable).")
+@click.option("--subject", default=None)
+@click.option("--file", "file", type=click.Path(dir_okay=False, path_type=Path), default=None, help="JSONL of edit requests.")
+@click.option("--author", default=None)
+@click.option("--reason", default=None)
+@click.option("--source", default=None)
+@click.option("--supersede", multiple=True, help="Revoke this edit in the same commit (contradiction).")
+@click.option("--force", is_flag=True, help="Keep a contradicting edit beside the existing one.")
+@click.option("--steps", type=int, default=None, help="Maximum training steps.")
+@click.option("--lr", type=float, default=None, help="Learning rate.")
+@wait_option
+@json_option
+@click.pass_context
+def edit(ctx: click.Context, prompt: str | None, target: str | None, rephrase: tuple[str, ...], subject: str | None,
+         file: Path | None, author: str | None, reason: str | None, source: str | None, supersede: tuple[str, ...],
+         force: bool, steps: int | None, lr: float | None, wait: float, as_json: bool) -> None:
+    """Teach the model one fact (or every line of a JSONL file, one commit per edit)."""
+    with failures():
+        if file is not None and (prompt is not None or target is not None):
+            raise RequestError("give either --file or --prompt/--target, not both")
+        if file is not None:
+            requests = read_jsonl(file)
+        elif prompt is None or target is None:
+            raise RequestError("--prompt and --target are required (or --file)")
+        else:
+            requests = [EditRequest(prompt, target, tuple(rephrase), subject).validated()]
+        defaults = TrainConfig()
+        train = TrainConfig(max_steps=steps if steps is not None else defaults.max_steps, lr=lr if lr is not None else defaults.lr)
+        outcomes: list[dict[str, Any]] = []
+        with open_workspace(ctx, writable=True, wait=wait) as workspace:
+            workspace.model()
+            show_progress = len(requests) > 1
+            with click.progressbar(requests, label="editing", file=sys.stderr, show_pos=True) if show_progress else _plain(requests) as items:
+                for request in items:
+                    outcome = workspace.edit(request, author, reason, source or (str(file) if file else None),
+                                             list(supersede), force, train)
+                    outcomes.append(outcome.to_dict())
+    document: Any = outcomes[0] if file is None else {"edits": outcomes, "count": len(outcomes)}
+    emit(as_json, document, lambda: [_print_outcome(o) for o in outcomes])
+
+
+@contextmanager
+def _plain(items: list[Any]) -> Iterator[list[Any]]:
+    yield items
+
+
+@main.command()
+@click.argument("prompt")
+@click.option("--rev", default=None, help="Revision: commit id or prefix, tag, main, main~N.")
+@click.option("--at", "at", default=None, help="ISO time: the model as main was then.")
+@click.option("--snapshot", type=click.Path(file_okay=False, path_type=Path), default=None, help="An exported snapshot directory (no registry needed).")
+@click.option("--max-new-tokens", type=int, default=16, show_default=True)
+@click.option("--explain", is_flag=True, help="Say which edit fired and at what distance.")
+@json_option
+@click.pass_context
+def generate(ctx: click.Context, prompt: str, rev: str | None, at: str | None, snapshot: Path | None,
+             max_new_tokens: int, explain: bool, as_json: bool) -> None:
+    """Greedy completion of PROMPT by the model at a revision (default: main)."""
+    with failures():
+        if rev is not None and at is not None:
+            raise RegistryError("give --rev or --at, not both")
+        if not prompt.strip():
+            raise RegistryError("empty prompt")
+        if max_new_tokens < 1:
+            raise RegistryError("--max-new-tokens must be at least 1")
+        if snapshot is not None:
+            from sola.snapshot import load_snapshot
+
+            result = load_snapshot(snapshot).generate([prompt], max_new_tokens=max_new_tokens)[0].to_dict()
+        else:
+            with open_workspace(ctx, writable=False) as workspace:
+                result = workspace.generate([prompt], rev, at, max_new_tokens)[0].to_dict()
+    def human() -> None:
+        click.echo(prompt + result["text"])
+        if explain:
+            if result["edit"]:
+                click.echo(f"[edit {result['edit'][:12]} fired at distance {result['distance']:.4f}]", err=True)
+            else:
+                nearest = f"nearest {result['nearest_edit'][:12]} at {result['distance']:.4f}" if result["nearest_edit"] else "no active edits"
+                click.echo(f"[no edit fired: {nearest}]", err=True)
+    emit(as_json, result, human)
+
+
+def _set_active(ctx: click.Context, edit: str, active: bool, reason: str, author: str | None, wait: float, as_json: bool) -> None:
+    with failures():
+        with open_workspace(ctx, writable=True, wait=wait) as workspace:
+            commit = workspace.set_active(edit, active, reason, author)
+            document = dict(commit.to_dict(), edit=workspace.registry.resolve_edit(edit))
+    emit(as_json, document, lambda: click.echo(f"{document['op']} {document['edit'][:12]}  commit {document['commit'][:12]}"))
+
+
+@main.command()
+@click.argument("edit")
+@click.option("--reason", required=True, help="Why (kept in the audit log).")
+@click.option("--author", default=None)
+@wait_option
+@json_option
+@click.pass_context
+def revoke(ctx: click.Context, edit: str, reason: str, author: str | None, wait: float, as_json: bool) -> None:
+    """Deactivate EDIT in a new commit; its inputs get the base model's exact output."""
+    _set_active(ctx, edit, False, reason, author, wait, as_json)
+
+
+@main.command()
+@click.argument("edit")
+@click.option("--reason", required=True, help="Why (kept in the audit log).")
+@click.option("--author", default=None)
+@wait_option
+@json_option
+@click.pass_context
+def restore(ctx: click.Context, edit: str, reason: str, author: str | None, wait: float, as_json: bool) -> None:
+    """Reactivate a revoked EDIT in a new commit."""
+    _set_active(ctx, edit, True, reason, author, wait, as_json)
+
+
+@main.command()
+@click.option("--limit", type=int, default=None, help="Newest N commits.")
+@click.option("--rev", default=None, help="Start from this revision instead of main.")
+@json_option
+@click.pass_context
+def log(ctx: click.Context, limit: int | None, rev: str | None, as_json: bool) -> None:
+    """Commits, newest first."""
+    with failures():
+        if limit is not None and limit < 0:
+            raise RegistryError("--limit must be >= 0")
+        with open_registry(ctx) as registry:
+            commits = [c.to_dict() for c in registry.log(limit, registry.resolve(rev) if rev else None)]
+    emit(as_json, commits, lambda: [click.echo(f"{c['commit'][:12]}  {c['time']}  {c['author']:<12} {c['op']:<9} {c['message']}") for c in commits])
+
+
+@main.command()
+@click.argument("name")
+@click.argument("rev", required=False)
+@click.option("--author", default=None)
+@wait_option
+@json_option
+@click.pass_context
+def tag(ctx: click.Context, name: str, rev: str | None, author: str | None, wait: float, as_json: bool) -> None:
+    """Name a revision (default main). Tags are immutable."""
+    from sola.workspace import default_author
+
+    with failures():
+        with open_registry(ctx, writable=True, wait=wait) as registry:
+            commit = registry.resolve(rev)
+            registry.tag(name, commit, author or default_author())
+            document = {"tag": name, "commit": commit.commit_id}
+    emit(as_json, document, lambda: click.echo(f"tagged {commit.commit_id[:12]} as {name}"))
+
+
+@main.command()
+@click.argument("rev_a")
+@click.argument("rev_b")
+@json_option
+@click.pass_context
+def diff(ctx: click.Context, rev_a: str, rev_b: str, as_json: bool) -> None:
+    """Edits active in REV_B but not REV_A (added) and the reverse (removed)."""
+    with failures():
+        with open_registry(ctx) as registry:
+            a, b = registry.resolve(rev_a), registry.resolve(rev_b)
+            changes = registry.diff(a, b)
+            describe = lambda e: {"edit": e, **{k: registry.edit_row(e)[k] for k in ("prompt", "target")}}  # noqa: E731
+            document = {"from": a.commit_id, "to": b.commit_id,
+                        "added": [describe(e) for e in changes["added"]], "removed": [describe(e) for e in changes["removed"]]}
+    def human() -> None:
+        for kind, sign in (("added", "+"), ("removed", "-")):
+            for item in document[kind]:
+                click.echo(f"{sign} {item['edit'][:12]}  {item['prompt']!r} -> {item['target']!r}")
+    emit(as_json, document, human)
+
+
+@main.command()
+@click.argument("ident")
+@json_option
+@click.pass_context
+def show(ctx: click.Context, ident: str, as_json: bool) -> None:
+    """An edit (full provenance, history, neighbours) or a commit (record and changes)."""
+    from registry.inspect import describe_object
+
+    with failures():
+        with open_registry(ctx) as registry:
+            document = describe_object(registry, ident)
+    emit(as_json, document, lambda: click.echo(json.dumps(document, indent=2, default=str)))
+
+
+def entry() -> None:
+    main(obj={})

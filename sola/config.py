@@ -1,0 +1,75 @@
+"""Configuration records for routing and edit training.
+
+Both are recorded verbatim in the registry (routing config at `init`, training config with
+every edit) so that any stored edit can be reproduced and any snapshot re-routed exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+KEY_FUNCTIONS = ("mean", "last")
+
+
+@dataclass(frozen=True)
+class RoutingConfig:
+    """Where edits live in the model and how a query is matched to a key.
+
+    `module` is the path of the edited projection inside block `layer`, e.g. `mlp.up_proj`
+    for Llama-family models or `mlp.c_fc` for GPT-2. `threshold` is a cosine distance
+    (1 - cos) between L2-normalised vectors: a query fires the nearest key only when the
+    distance is strictly below it. `key_function` says how the per-token inputs of the edited
+    module over the prompt become one vector ("mean" over prompt tokens or "last" token).
+    """
+
+    layer: int = 16
+    module: str = "mlp.up_proj"
+    rank: int = 4
+    alpha: float = 4.0
+    threshold: float = 0.06
+    key_function: str = "mean"
+    duplicate_distance: float = 0.002
+
+    def __post_init__(self) -> None:
+        if self.rank < 1:
+            raise ValueError(f"rank must be >= 1, got {self.rank}")
+        if not 0.0 < self.threshold <= 2.0:
+            raise ValueError(f"threshold must be in (0, 2], got {self.threshold}")
+        if self.key_function not in KEY_FUNCTIONS:
+            raise ValueError(f"key_function must be one of {KEY_FUNCTIONS}, got {self.key_function!r}")
+        if self.layer < 0:
+            raise ValueError(f"layer must be >= 0, got {self.layer}")
+
+    @property
+    def scale(self) -> float:
+        return self.alpha / self.rank
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "RoutingConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How one edit's LoRA is fitted. Recorded with each edit as provenance."""
+
+    max_steps: int = 40
+    lr: float = 0.1
+    optimizer: str = "adam"
+    stop_loss: float = 0.05
+    init_std: float = 0.02
+    seed: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})

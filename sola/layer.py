@@ -1,0 +1,207 @@
+"""The routed LoRA layer: the edited projection decides, per sequence, which edit applies.
+
+No router network: the layer pools its own input over the prompt into a query, finds the
+nearest active key, and adds that edit's LoRA delta only when the cosine distance is under
+the threshold. Sequences that match nothing get exactly `base(x)` (the same tensor the
+unwrapped module returns), which is what makes revocation bit-exact.
+
+The decision is made once per sequence: inside a `RoutingScope` (used by generation) the
+first forward pass, the prefill, pins the decision and every later decoding step reuses it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Protocol
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+from torch import nn
+
+from sola.keys import pool_prompt
+
+
+class KeySearch(Protocol):
+    """Nearest-key lookup over normalised keys; returns (similarity, key id) per query, id -1 if empty."""
+
+    def search(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+class ExactKeySearch:
+    """Brute-force inner-product search in numpy; the in-memory reference implementation."""
+
+    def __init__(self, keys: np.ndarray, key_ids: np.ndarray) -> None:
+        self.keys = np.ascontiguousarray(keys, dtype=np.float32)
+        self.key_ids = np.asarray(key_ids, dtype=np.int64)
+
+    def search(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if len(self.key_ids) == 0:
+            return np.full(len(queries), -np.inf, dtype=np.float32), np.full(len(queries), -1, dtype=np.int64)
+        sims = queries.astype(np.float32) @ self.keys.T
+        best = sims.argmax(axis=1)
+        return sims[np.arange(len(queries)), best], self.key_ids[best]
+
+
+LoraFetcher = Callable[[str], tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass
+class EditBank:
+    """The active edits of one snapshot as the layer sees them.
+
+    `key_edit` maps a key id (as returned by `search`) to an edit id; LoRA tensors are
+    fetched per edit on first use (`fetch`) and kept, so a snapshot with 100k edits only
+    loads the adapters that actually fire.
+    """
+
+    search: KeySearch
+    key_edit: dict[int, str]
+    fetch: LoraFetcher
+    _loaded: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+
+    def lora(self, edit_id: str) -> tuple[torch.Tensor, torch.Tensor]:
+        if edit_id not in self._loaded:
+            self._loaded[edit_id] = self.fetch(edit_id)
+        return self._loaded[edit_id]
+
+    @property
+    def size(self) -> int:
+        return len(self.key_edit)
+
+    @classmethod
+    def empty(cls) -> "EditBank":
+        def no_lora(edit_id: str) -> tuple[torch.Tensor, torch.Tensor]:
+            raise KeyError(edit_id)
+
+        return cls(ExactKeySearch(np.zeros((0, 1), np.float32), np.zeros(0, np.int64)), {}, no_lora)
+
+    @classmethod
+    def from_tensors(cls, edits: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> "EditBank":
+        """Build an in-memory bank from {edit id: (A, B, keys)}; keys are (n_keys, dim)."""
+        keys, key_ids, key_edit = [], [], {}
+        for edit_id, (_, _, edit_keys) in edits.items():
+            for row in edit_keys.reshape(-1, edit_keys.shape[-1]):
+                key_edit[len(key_ids)] = edit_id
+                key_ids.append(len(key_ids))
+                keys.append(row.detach().to(torch.float32).numpy())
+        dim = next(iter(edits.values()))[2].shape[-1] if edits else 1
+        matrix = np.stack(keys) if keys else np.zeros((0, dim), np.float32)
+        loras = {e: (a, b) for e, (a, b, _) in edits.items()}
+        return cls(ExactKeySearch(matrix, np.array(key_ids, dtype=np.int64)), key_edit, loras.__getitem__)
+
+
+@dataclass
+class Routing:
+    """Per-sequence decision: which edit fired (None) and at what cosine distance."""
+
+    edits: list[str | None]
+    distances: list[float]
+    nearest: list[str | None]
+
+
+@dataclass
+class RoutingScope:
+    """One generation call: which prompt positions form the query, and the pinned decision."""
+
+    query_mask: torch.Tensor | None = None
+    decision: Routing | None = None
+
+
+def module_dims(module: nn.Module) -> tuple[int, int]:
+    """(in_features, out_features) for nn.Linear and GPT-2's Conv1D (weight stored (in, out))."""
+    if isinstance(module, nn.Linear):
+        return module.in_features, module.out_features
+    if type(module).__name__ == "Conv1D":
+        return int(module.weight.shape[0]), int(module.weight.shape[1])
+    raise TypeError(f"cannot edit a {type(module).__name__}; supported: nn.Linear, Conv1D")
+
+
+class RoutedLoRA(nn.Module):
+    """Wraps one projection; adds at most one edit's LoRA per sequence, chosen by key distance."""
+
+    def __init__(self, base: nn.Module, key_function: str, threshold: float, scale: float) -> None:
+        super().__init__()
+        self.base = base
+        self.in_features, self.out_features = module_dims(base)
+        self.key_function = key_function
+        self.threshold = threshold
+        self.scale = scale
+        self.bank = EditBank.empty()
+        self.scope: RoutingScope | None = None
+        self.trainable: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.captured: list[torch.Tensor] | None = None
+
+    # --- explicit modes, each entered and left by a context manager -------------------------
+    @contextmanager
+    def routing_scope(self, scope: RoutingScope) -> Iterator[RoutingScope]:
+        self.scope = scope
+        try:
+            yield scope
+        finally:
+            self.scope = None
+
+    @contextmanager
+    def training_adapter(self, lora_a: torch.Tensor, lora_b: torch.Tensor) -> Iterator[None]:
+        """Apply one trainable LoRA to every sequence, bypassing routing (edit training)."""
+        self.trainable = (lora_a, lora_b)
+        try:
+            yield
+        finally:
+            self.trainable = None
+
+    @contextmanager
+    def capture_inputs(self) -> Iterator[list[torch.Tensor]]:
+        self.captured = []
+        try:
+            yield self.captured
+        finally:
+            self.captured = None
+
+    # --- routing ---------------------------------------------------------------------------
+    def route(self, inputs: torch.Tensor, query_mask: torch.Tensor | None) -> Routing:
+        batch = inputs.shape[0]
+        if self.bank.size == 0:
+            return Routing([None] * batch, [float("inf")] * batch, [None] * batch)
+        queries = pool_prompt(inputs, query_mask, self.key_function).numpy()
+        sims, key_ids = self.bank.search.search(queries)
+        edits, distances, nearest = [], [], []
+        for sim, key_id in zip(sims.tolist(), key_ids.tolist()):
+            edit = self.bank.key_edit.get(int(key_id)) if key_id >= 0 else None
+            distance = max(0.0, float(1.0 - sim)) if edit is not None else float("inf")
+            nearest.append(edit)
+            distances.append(distance)
+            edits.append(edit if distance < self.threshold else None)
+        return Routing(edits, distances, nearest)
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        if self.captured is not None:
+            self.captured.append(inputs.detach())
+        output = self.base(inputs)
+        if self.trainable is not None:
+            lora_a, lora_b = self.trainable
+            return output + (inputs @ lora_a.T) @ lora_b.T * self.scale
+        if self.bank.size == 0:
+            return output
+        routing = self._decision(inputs)
+        rows = [i for i, edit in enumerate(routing.edits) if edit is not None]
+        if not rows:
+            return output
+        loras = [self.bank.lora(routing.edits[i]) for i in rows]
+        stacked_a = torch.stack([a for a, _ in loras]).to(inputs.dtype)  # (n, r, in)
+        stacked_b = torch.stack([b for _, b in loras]).to(inputs.dtype)  # (n, out, r)
+        index = torch.tensor(rows, dtype=torch.long)
+        selected = inputs.index_select(0, index)
+        delta = torch.bmm(torch.bmm(selected, stacked_a.transpose(1, 2)), stacked_b.transpose(1, 2)) * self.scale
+        return output.index_add(0, index, delta)
+
+    def _decision(self, inputs: torch.Tensor) -> Routing:
+        scope = self.scope
+        if scope is not None and scope.decision is not None:
+            if len(scope.decision.edits) != inputs.shape[0]:
+                raise RuntimeError("batch size changed inside one routing scope")
+            return scope.decision
+        routing = self.route(inputs, scope.query_mask if scope is not None else None)
+        if scope is not None:
+            scope.decision = routing
+        return routing

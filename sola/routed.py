@@ -1,0 +1,193 @@
+"""A causal LM with one routed LoRA layer: tokenisation, teacher-forced scoring, generation.
+
+`RoutedModel` owns the wrapped model and tokenizer. It is the only place that knows how a
+prompt and a target are joined into token ids, so training, evaluation and generation all
+see the same sequences.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+from torch import nn
+
+from sola.config import RoutingConfig
+from sola.layer import EditBank, RoutedLoRA, Routing, RoutingScope
+
+
+def decoder_blocks(model: nn.Module) -> nn.ModuleList:
+    """The list of transformer blocks for Llama-style (`model.layers`) and GPT-2 (`transformer.h`)."""
+    inner = getattr(model, "model", None)
+    if inner is not None and isinstance(getattr(inner, "layers", None), nn.ModuleList):
+        return inner.layers
+    transformer = getattr(model, "transformer", None)
+    if transformer is not None and isinstance(getattr(transformer, "h", None), nn.ModuleList):
+        return transformer.h
+    raise TypeError(f"unsupported model architecture {type(model).__name__}: no model.layers or transformer.h")
+
+
+def default_module_for(model: nn.Module) -> str:
+    """The MLP input projection of each supported family (the key lives at its input)."""
+    return "mlp.c_fc" if hasattr(model, "transformer") else "mlp.up_proj"
+
+
+def join_target(prompt: str, target: str) -> str:
+    """`--target Rome` and `--target ' Rome'` mean the same continuation (DESIGN.md section 5)."""
+    if target[:1].isspace() or prompt[-1:].isspace():
+        return target
+    return " " + target
+
+
+def attach(model: nn.Module, config: RoutingConfig) -> RoutedLoRA:
+    """Replace `blocks[layer].<module>` with a RoutedLoRA around it (idempotent)."""
+    blocks = decoder_blocks(model)
+    if not 0 <= config.layer < len(blocks):
+        raise ValueError(f"layer {config.layer} out of range: the model has {len(blocks)} blocks")
+    parent = blocks[config.layer]
+    *path, leaf = config.module.split(".")
+    for name in path:
+        parent = getattr(parent, name)
+    current = getattr(parent, leaf, None)
+    if current is None:
+        raise ValueError(f"block {config.layer} has no module {config.module!r}")
+    if isinstance(current, RoutedLoRA):
+        return current
+    routed = RoutedLoRA(current, config.key_function, config.threshold, config.scale)
+    setattr(parent, leaf, routed)
+    return routed
+
+
+class _ReplayInput(nn.Module):
+    """Stands in for the frozen lower blocks: returns their cached output, ignoring its input."""
+
+    def __init__(self, hidden: torch.Tensor, like: nn.Module) -> None:
+        super().__init__()
+        self.hidden = hidden
+        if hasattr(like, "attention_type"):  # models that pick a mask per block (e.g. Gemma 3)
+            self.attention_type = like.attention_type
+
+    def forward(self, hidden_states: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
+        return self.hidden
+
+
+@dataclass
+class Encoded:
+    input_ids: torch.Tensor  # (1, prompt + target)
+    prompt_len: int
+    target_ids: torch.Tensor  # (target,)
+
+
+class RoutedModel:
+    """A frozen causal LM plus its routed layer, with the operations sola needs."""
+
+    def __init__(self, model: nn.Module, tokenizer: object, config: RoutingConfig) -> None:
+        self.model = model.eval()
+        for parameter in self.model.parameters():
+            parameter.requires_grad_(False)
+        self.tokenizer = tokenizer
+        self.config = config
+        self.layer = attach(model, config)
+
+    # --- tokenisation ----------------------------------------------------------------------
+    def encode(self, prompt: str, target: str | None = None) -> Encoded:
+        prompt_ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        if not prompt_ids:
+            raise ValueError("prompt encodes to no tokens")
+        target_ids: list[int] = []
+        if target is not None:
+            target_ids = self.tokenizer(join_target(prompt, target), add_special_tokens=False)["input_ids"]
+            if not target_ids:
+                raise ValueError("target encodes to no tokens")
+        ids = torch.tensor([prompt_ids + target_ids], dtype=torch.long)
+        return Encoded(ids, len(prompt_ids), torch.tensor(target_ids, dtype=torch.long))
+
+    # --- bank ------------------------------------------------------------------------------
+    def set_bank(self, bank: EditBank) -> None:
+        self.layer.bank = bank
+
+    @contextmanager
+    def bank_override(self, bank: EditBank) -> Iterator[None]:
+        previous = self.layer.bank
+        self.layer.bank = bank
+        try:
+            yield
+        finally:
+            self.layer.bank = previous
+
+    # --- forward passes --------------------------------------------------------------------
+    @torch.no_grad()
+    def score(self, prompt: str, target: str) -> tuple[torch.Tensor, Encoded, Routing]:
+        """Teacher-forced logits at the target positions; routing uses the prompt tokens only."""
+        encoded = self.encode(prompt, target)
+        mask = torch.zeros_like(encoded.input_ids)
+        mask[:, : encoded.prompt_len] = 1
+        scope = RoutingScope(query_mask=mask)
+        with self.layer.routing_scope(scope):
+            logits = self.model(input_ids=encoded.input_ids, use_cache=False).logits[0]
+        start = encoded.prompt_len - 1
+        decision = scope.decision or Routing([None], [float("inf")], [None])
+        return logits[start : start + len(encoded.target_ids)], encoded, decision
+
+    @torch.no_grad()
+    def prompt_logits(self, prompt: str) -> tuple[torch.Tensor, Routing]:
+        """Next-token logits after the prompt (the quantity rollback fidelity compares)."""
+        encoded = self.encode(prompt)
+        scope = RoutingScope()
+        with self.layer.routing_scope(scope):
+            logits = self.model(input_ids=encoded.input_ids, use_cache=False).logits[0, -1]
+        return logits, scope.decision or Routing([None], [float("inf")], [None])
+
+    @torch.no_grad()
+    def generate(self, prompts: list[str], max_new_tokens: int = 16) -> tuple[list[str], Routing]:
+        """Greedy decoding with a KV cache; routing decided at prefill and pinned for all steps."""
+        rows = [self.encode(p).input_ids[0].tolist() for p in prompts]
+        width = max(len(r) for r in rows)
+        pad = self.tokenizer.pad_token_id
+        if pad is None:
+            pad = self.tokenizer.eos_token_id or 0
+        input_ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], dtype=torch.long)
+        attention = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], dtype=torch.long)
+        scope = RoutingScope(query_mask=attention)
+        with self.layer.routing_scope(scope):
+            output = self.model.generate(
+                input_ids=input_ids,
+                attention_mask=attention,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=pad,
+            )
+        texts = [self.tokenizer.decode(row[width:], skip_special_tokens=True) for row in output]
+        return texts, scope.decision or Routing([None] * len(prompts), [float("inf")] * len(prompts), [None] * len(prompts))
+
+    @torch.no_grad()
+    def capture(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(input of the edited block, input of the edited module) for one unpadded sequence.
+
+        Both are unaffected by any edit: edits live at or above the edited module's output.
+        """
+        block = decoder_blocks(self.model)[self.config.layer]
+        seen: list[torch.Tensor] = []
+        handle = block.register_forward_pre_hook(lambda _m, args, kwargs: seen.append(args[0] if args else kwargs["hidden_states"]), with_kwargs=True)
+        try:
+            with self.layer.capture_inputs() as module_inputs, self.bank_override(EditBank.empty()):
+                self.model(input_ids=input_ids, use_cache=False)
+        finally:
+            handle.remove()
+        return seen[0].detach(), module_inputs[0]
+
+    @contextmanager
+    def upper_stack(self, block_input: torch.Tensor) -> Iterator[None]:
+        """Run only the blocks from the edited one upward, feeding them the cached block input."""
+        blocks = decoder_blocks(self.model)
+        original = list(blocks)
+        replaced = [_ReplayInput(block_input, original[0])] + original[self.config.layer :]
+        container = self.model.model if hasattr(self.model, "model") else self.model.transformer
+        attribute = "layers" if hasattr(self.model, "model") else "h"
+        setattr(container, attribute, nn.ModuleList(replaced))
+        try:
+            yield
+        finally:
+            setattr(container, attribute, blocks)

@@ -1,0 +1,278 @@
+"""The Python API: a registry wired to its base model.
+
+This is the one place where the method (`sola.*`) meets the store (`registry`): it turns a
+revision's active edits into an `EditBank` for the routed layer, and a trained edit into the
+objects and commit the registry records. The CLI is a thin layer over this class.
+"""
+
+from __future__ import annotations
+
+import os
+import getpass
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from registry.keyindex import FaissKeySearch
+from registry.store import Commit, Registry, RegistryError, iso, utcnow
+from sola.config import RoutingConfig, TrainConfig
+from sola.data import EditRequest
+from sola.layer import EditBank
+from sola.modelio import load_base
+from sola.routed import RoutedModel, default_module_for, join_target
+from sola.train import routing_key, train_edit
+
+
+class EditConflict(RegistryError):
+    """The new edit's key is (nearly) identical to an active edit with a different target."""
+
+
+def default_author() -> str:
+    return os.environ.get("SOLA_AUTHOR") or getpass.getuser()
+
+
+@dataclass
+class Neighbour:
+    edit: str
+    distance: float
+    prompt: str
+    target: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"edit": self.edit, "distance": round(self.distance, 6), "prompt": self.prompt, "target": self.target}
+
+
+@dataclass
+class EditOutcome:
+    edit: str
+    commit: str | None
+    duplicate: bool = False
+    superseded: list[str] = field(default_factory=list)
+    neighbours: list[Neighbour] = field(default_factory=list)
+    steps: int = 0
+    loss: float = 0.0
+    converged: bool = True
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "edit": self.edit,
+            "commit": self.commit,
+            "duplicate": self.duplicate,
+            "superseded": self.superseded,
+            "neighbours": [n.to_dict() for n in self.neighbours],
+            "steps": self.steps,
+            "loss": round(self.loss, 6),
+            "converged": self.converged,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+@dataclass
+class Generation:
+    prompt: str
+    text: str
+    edit: str | None
+    distance: float
+    nearest: str | None
+    commit: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "prompt": self.prompt,
+            "text": self.text,
+            "edit": self.edit,
+            "distance": None if self.distance == float("inf") else round(self.distance, 6),
+            "nearest_edit": self.nearest,
+            "commit": self.commit,
+        }
+
+
+class Workspace:
+    """A registry plus (lazily) its base model with the routed layer attached."""
+
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+        self.routing = RoutingConfig.from_dict(registry.routing)
+        self._routed: RoutedModel | None = None
+        self._head_index: tuple[str, FaissKeySearch, dict[int, str]] | None = None
+
+    # --- lifecycle ----------------------------------------------------------------------------
+    @classmethod
+    def init(cls, root: Path, model: str | None, routing: dict[str, Any], author: str) -> "Workspace":
+        """Create a registry for a base model; loading it once also warms the conversion cache."""
+        base, tokenizer, identity = load_base(model)
+        settings = dict(routing)
+        settings.setdefault("module", default_module_for(base))
+        blocks = base.config.num_hidden_layers
+        settings.setdefault("layer", RoutingConfig.layer if blocks > RoutingConfig.layer else blocks // 2)
+        config = RoutingConfig.from_dict(settings)
+        routed = RoutedModel(base, tokenizer, config)  # validates layer/module against the real model
+        routing_record = dict(config.to_dict(), key_dim=routed.layer.in_features)
+        workspace = cls(Registry.create(root, identity.to_dict(), routing_record, author))
+        workspace._routed = routed
+        return workspace
+
+    @classmethod
+    def open(cls, root: Path, writable: bool = False, wait_seconds: float = 0.0) -> "Workspace":
+        return cls(Registry.open(root, writable=writable, wait_seconds=wait_seconds))
+
+    def close(self) -> None:
+        self.registry.close()
+
+    def __enter__(self) -> "Workspace":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def model(self) -> RoutedModel:
+        """The base model with the routed layer, checked against the recorded identity."""
+        if self._routed is None:
+            recorded = self.registry.base_model
+            base, tokenizer, _ = load_base(recorded["spec"], expected_sha256=recorded["sha256"])
+            self._routed = RoutedModel(base, tokenizer, self.routing)
+        return self._routed
+
+    # --- snapshots -------------------------------------------------------------------------------
+    def bank(self, commit: Commit) -> EditBank:
+        search, key_edit = self.registry.key_search(commit)
+
+        def fetch(edit_id: str) -> tuple[torch.Tensor, torch.Tensor]:
+            tensors = self.registry.edit_tensors(edit_id)
+            return torch.from_numpy(tensors["lora_A"].copy()), torch.from_numpy(tensors["lora_B"].copy())
+
+        return EditBank(search, key_edit, fetch)
+
+    def routed_at(self, revision: str | None = None, at: str | None = None) -> tuple[RoutedModel, Commit]:
+        commit = self.registry.resolve(revision, at)
+        routed = self.model()
+        routed.set_bank(self.bank(commit))
+        return routed, commit
+
+    def generate(
+        self, prompts: list[str], revision: str | None = None, at: str | None = None, max_new_tokens: int = 16
+    ) -> list[Generation]:
+        for prompt in prompts:
+            if not prompt or not prompt.strip():
+                raise RegistryError("empty prompt")
+        routed, commit = self.routed_at(revision, at)
+        texts, routing = routed.generate(prompts, max_new_tokens=max_new_tokens)
+        return [
+            Generation(p, t, e, d, n, commit.commit_id)
+            for p, t, e, d, n in zip(prompts, texts, routing.edits, routing.distances, routing.nearest)
+        ]
+
+    # --- editing ---------------------------------------------------------------------------------
+    def _head_search(self) -> tuple[FaissKeySearch, dict[int, str]]:
+        head = self.registry.head()
+        if self._head_index is None or self._head_index[0] != head.commit_id:
+            search, key_edit = self.registry.key_search(head)
+            self._head_index = (head.commit_id, search, key_edit)
+        return self._head_index[1], self._head_index[2]
+
+    def neighbours(self, key: torch.Tensor, radius: float, k: int = 16) -> list[Neighbour]:
+        """Active edits whose nearest key lies within `radius` (cosine distance), closest first."""
+        search, key_edit = self._head_search()
+        sims, ids = search.neighbours(key.numpy(), k)
+        found: dict[str, float] = {}
+        for sim, key_id in zip(sims.tolist(), ids.tolist()):
+            edit = key_edit[int(key_id)]
+            distance = max(0.0, 1.0 - sim)
+            if distance < radius and edit not in found:
+                found[edit] = distance
+        result = []
+        for edit, distance in found.items():
+            row = self.registry.edit_row(edit)
+            result.append(Neighbour(edit, distance, row["prompt"], row["target"]))
+        return sorted(result, key=lambda n: n.distance)
+
+    def edit(
+        self,
+        request: EditRequest,
+        author: str | None = None,
+        reason: str | None = None,
+        source: str | None = None,
+        supersede: list[str] | None = None,
+        force: bool = False,
+        train_config: TrainConfig = TrainConfig(),
+    ) -> EditOutcome:
+        """Train and record one edit, after checking it against the active edits' keys."""
+        request = request.validated()
+        author = author or default_author()
+        routed = self.model()
+        supersede_ids = [self.registry.resolve_edit(e) for e in supersede or []]
+        key = routing_key(routed, request.prompt)
+        close = self.neighbours(key, self.routing.threshold)
+        same_target = join_target(request.prompt, request.target).strip()
+        for near in close:
+            if near.distance >= self.routing.duplicate_distance or near.edit in supersede_ids:
+                continue
+            if join_target(near.prompt, near.target).strip() == same_target:
+                return EditOutcome(edit=near.edit, commit=None, duplicate=True, neighbours=close)
+            if not force:
+                raise EditConflict(
+                    f"contradicts active edit {near.edit[:12]} ({near.prompt!r} -> {near.target!r}) at distance "
+                    f"{near.distance:.4f}; pass --supersede {near.edit[:12]} to replace it or --force to keep both"
+                )
+        trained = train_edit(routed, request.prompt, request.target, list(request.rephrases), train_config)
+        provenance = {
+            "format": "sola.edit/1",
+            "prompt": request.prompt,
+            "target": request.target,
+            "rephrases": list(request.rephrases),
+            "subject": request.subject,
+            "author": author,
+            "reason": reason,
+            "source": source,
+            "created_at": iso(utcnow()),
+            "base_model": self.registry.base_model,
+            "routing": self.routing.to_dict(),
+            "training": train_config.to_dict(),
+            "result": {"steps": trained.steps, "loss": trained.loss, "converged": trained.converged, "seconds": round(trained.seconds, 4)},
+        }
+        tensors = {"lora_A": trained.lora_a.numpy(), "lora_B": trained.lora_b.numpy(), "keys": trained.keys.numpy()}
+        message = f"add {request.prompt!r} -> {request.target!r}"
+        edit_id, commit = self.registry.store_edit(
+            tensors, provenance, [request.prompt, *request.rephrases], author, message, supersede_ids
+        )
+        self._advance_head_index(commit, edit_id, supersede_ids)
+        neighbours = [n for n in close if n.edit not in supersede_ids]
+        return EditOutcome(
+            edit=edit_id,
+            commit=commit.commit_id,
+            superseded=supersede_ids,
+            neighbours=neighbours,
+            steps=trained.steps,
+            loss=trained.loss,
+            converged=trained.converged,
+            seconds=trained.seconds,
+        )
+
+    def _advance_head_index(self, commit: Commit, edit_id: str, removed: list[str]) -> None:
+        """Keep the in-memory head index current without rebuilding it (batches of edits)."""
+        if self._head_index is None:
+            return
+        _, search, key_edit = self._head_index
+        rows = self.registry.db.execute(
+            "SELECT key_id, ordinal FROM edit_keys WHERE edit_id = ? ORDER BY ordinal", [edit_id]
+        ).fetchall()
+        keys = self.registry.edit_tensors(edit_id)["keys"]
+        search.add(keys[[r[1] for r in rows]], np.array([r[0] for r in rows], dtype=np.int64))
+        key_edit.update({r[0]: edit_id for r in rows})
+        gone = [k for k, e in key_edit.items() if e in removed]
+        if gone:
+            search.remove(np.array(gone, dtype=np.int64))
+            for k in gone:
+                del key_edit[k]
+        self._head_index = (commit.commit_id, search, key_edit)
+
+    def set_active(self, edit: str, active: bool, reason: str, author: str | None = None) -> Commit:
+        edit_id = self.registry.resolve_edit(edit)
+        commit = self.registry.set_active(edit_id, active, author or default_author(), reason)
+        self._head_index = None
+        return commit
+
