@@ -177,6 +177,33 @@ def edit(ctx: click.Context, prompt: str | None, target: str | None, rephrase: t
     emit(as_json, document, lambda: [_print_outcome(o) for o in outcomes])
 
 
+class StageProgress:
+    """One tqdm bar per stage of a long job, on stderr."""
+
+    def __init__(self) -> None:
+        self.stage: str | None = None
+        self.bar: Any = None
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        from tqdm import tqdm
+
+        if stage != self.stage:
+            self.close()
+            self.stage, self.bar = stage, tqdm(total=total, desc=stage, file=sys.stderr, leave=True)
+        self.bar.n = done
+        self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+    def __enter__(self) -> "StageProgress":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 @contextmanager
 def _plain(items: list[Any]) -> Iterator[list[Any]]:
     yield items
@@ -318,6 +345,145 @@ def show(ctx: click.Context, ident: str, as_json: bool) -> None:
         with open_registry(ctx) as registry:
             document = describe_object(registry, ident)
     emit(as_json, document, lambda: click.echo(json.dumps(document, indent=2, default=str)))
+
+
+@main.command()
+@click.option("--revoked", is_flag=True, help="Governance view: revoked facts, who revoked them, when, why, when they were live.")
+@click.option("--since", default=None, help="Only operations at or after this ISO time.")
+@json_option
+@click.pass_context
+def audit(ctx: click.Context, revoked: bool, since: str | None, as_json: bool) -> None:
+    """Every operation with who, when and why (or, with --revoked, every revoked fact)."""
+    from registry.inspect import audit as audit_log, revoked_report
+
+    with failures():
+        with open_registry(ctx) as registry:
+            document = revoked_report(registry, since) if revoked else audit_log(registry, since)
+    def human() -> None:
+        for item in document:
+            if revoked:
+                spans = ", ".join(f"{s['from']} .. {s['until']}" for s in item["live"])
+                click.echo(f"{item['edit'][:12]}  {item['prompt']!r} -> {item['target']!r}  revoked {item['revoked_at']} by {item['revoked_by']}: {item['reason']}  (live {spans})")
+            else:
+                click.echo(f"{item['time']}  {item['author']:<12} {item['op']:<9} {item['message']}" + (f"  ({item['reason']})" if item["reason"] else ""))
+    emit(as_json, document, human)
+
+
+@main.command()
+@click.option("--rev", default=None, help="Revision to check (default main).")
+@json_option
+@click.pass_context
+def conflicts(ctx: click.Context, rev: str | None, as_json: bool) -> None:
+    """Pairs of active edits whose keys lie within the routing threshold of each other."""
+    from registry.inspect import conflicts as find_conflicts
+
+    with failures():
+        with open_registry(ctx) as registry:
+            document = find_conflicts(registry, registry.resolve(rev))
+    emit(as_json, document, lambda: [click.echo(
+        f"{p['distance']:.4f}  {p['a']['edit'][:12]} {p['a']['prompt']!r} -> {p['a']['target']!r}  |  "
+        f"{p['b']['edit'][:12]} {p['b']['prompt']!r} -> {p['b']['target']!r}") for p in document] or click.echo("no conflicts"))
+
+
+@main.command()
+@json_option
+@click.pass_context
+def verify(ctx: click.Context, as_json: bool) -> None:
+    """Integrity: object hashes, provenance vs rows, the commit hash chain, refs, caches."""
+    from registry.verify import verify as run_verify
+
+    with failures():
+        with open_registry(ctx) as registry:
+            report = run_verify(registry).to_dict()
+    def human() -> None:
+        for problem in report["problems"]:
+            click.echo(f"problem: {problem}")
+        for note in report["notes"]:
+            click.echo(f"note: {note}")
+        click.echo(("ok" if report["ok"] else "FAILED") + "  " + ", ".join(f"{v} {k}" for k, v in report["checked"].items()))
+    emit(as_json, report, human)
+    if not report["ok"]:
+        click.echo(f"error: verify found {len(report['problems'])} problem(s): {report['problems'][0]}", err=True)
+        ctx.exit(1)
+
+
+@main.command()
+@click.argument("rev_or_time")
+@click.argument("directory", type=click.Path(path_type=Path))
+@json_option
+@click.pass_context
+def export(ctx: click.Context, rev_or_time: str, directory: Path, as_json: bool) -> None:
+    """Write the snapshot at a revision (or ISO time) as a self-contained directory."""
+    from registry.export import export_snapshot
+
+    with failures():
+        with open_registry(ctx) as registry:
+            commit = _resolve_rev_or_time(registry, rev_or_time)
+            document = export_snapshot(registry, commit, directory)
+    emit(as_json, document, lambda: click.echo(f"exported {document['edits']} edits at {document['commit'][:12]} to {document['directory']}"))
+
+
+def _resolve_rev_or_time(registry: Registry, text: str):  # -> Commit
+    try:
+        return registry.resolve(text)
+    except RegistryError:
+        if text[:4].isdigit() and "-" in text:
+            return registry.resolve(at=text)
+        raise
+
+
+@main.command("export-edit")
+@click.argument("edit")
+@click.argument("directory", type=click.Path(path_type=Path))
+@json_option
+@click.pass_context
+def export_edit(ctx: click.Context, edit: str, directory: Path, as_json: bool) -> None:
+    """Write one edit as a standard PEFT LoRA adapter (+ key and provenance sidecars)."""
+    from registry.export import export_peft
+
+    with failures():
+        with open_registry(ctx) as registry:
+            document = export_peft(registry, registry.resolve_edit(edit), directory)
+    emit(as_json, document, lambda: click.echo(f"exported {document['edit'][:12]} as a PEFT adapter to {document['directory']}"))
+
+
+@main.command("eval")
+@click.option("--data", "data", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path), help="CounterFact or zsRE file.")
+@click.option("--limit", type=int, default=100, show_default=True, help="Edit the first N records.")
+@click.option("--threshold", type=float, default=None, help="Routing threshold (default: the registry's).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for the rollback half.")
+@click.option("--every", type=int, default=0, help="Measure retention of all past edits every K edits.")
+@click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write a PNG of the run.")
+@click.option("--model", default=None, help="Base model when there is no registry (default: the registry's).")
+@json_option
+@click.pass_context
+def eval_command(ctx: click.Context, data: Path, limit: int, threshold: float | None, seed: int, every: int,
+                 plot: Path | None, model: str | None, as_json: bool) -> None:
+    """Edit the first N records into a scratch registry and report the field's metrics."""
+    from sola.config import RoutingConfig
+    from sola.evaluate import run_eval
+
+    with failures():
+        if limit < 1:
+            raise RequestError("--limit must be at least 1")
+        routing: dict[str, Any] = {}
+        spec = model
+        if (registry_path(ctx) / "registry.duckdb").exists():
+            with open_registry(ctx) as registry:
+                routing = dict(registry.routing)
+                spec = spec or registry.base_model["spec"]
+        if threshold is not None:
+            routing["threshold"] = threshold
+        config = RoutingConfig.from_dict(routing)
+        with StageProgress() as progress:
+            result = run_eval(data, spec, config, limit=limit, seed=seed, every=every, progress=progress)
+        document = result.summary()
+        if plot is not None:
+            from sola.plots import plot_eval
+
+            plot_eval(result, plot)
+            document["plot"] = str(plot)
+    emit(as_json, document, lambda: click.echo("\n".join(f"{k:>26}: {v}" for k, v in document.items() if k not in ("curve", "protocol"))))
 
 
 def entry() -> None:

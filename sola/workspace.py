@@ -111,7 +111,8 @@ class Workspace:
         settings.setdefault("layer", RoutingConfig.layer if blocks > RoutingConfig.layer else blocks // 2)
         config = RoutingConfig.from_dict(settings)
         routed = RoutedModel(base, tokenizer, config)  # validates layer/module against the real model
-        routing_record = dict(config.to_dict(), key_dim=routed.layer.in_features)
+        block_path = "transformer.h" if hasattr(base, "transformer") else "model.layers"
+        routing_record = dict(config.to_dict(), key_dim=routed.layer.in_features, block_path=block_path)
         workspace = cls(Registry.create(root, identity.to_dict(), routing_record, author))
         workspace._routed = routed
         return workspace
@@ -138,14 +139,18 @@ class Workspace:
         return self._routed
 
     # --- snapshots -------------------------------------------------------------------------------
+    def _fetch_lora(self, edit_id: str) -> tuple[torch.Tensor, torch.Tensor]:
+        tensors = self.registry.edit_tensors(edit_id)
+        return torch.from_numpy(tensors["lora_A"].copy()), torch.from_numpy(tensors["lora_B"].copy())
+
     def bank(self, commit: Commit) -> EditBank:
         search, key_edit = self.registry.key_search(commit)
+        return EditBank(search, key_edit, self._fetch_lora)
 
-        def fetch(edit_id: str) -> tuple[torch.Tensor, torch.Tensor]:
-            tensors = self.registry.edit_tensors(edit_id)
-            return torch.from_numpy(tensors["lora_A"].copy()), torch.from_numpy(tensors["lora_B"].copy())
-
-        return EditBank(search, key_edit, fetch)
+    def head_bank(self) -> EditBank:
+        """The bank of `main`, reusing the incrementally maintained in-memory index."""
+        search, key_edit = self._head_search()
+        return EditBank(search, dict(key_edit), self._fetch_lora)
 
     def routed_at(self, revision: str | None = None, at: str | None = None) -> tuple[RoutedModel, Commit]:
         commit = self.registry.resolve(revision, at)

@@ -1,0 +1,202 @@
+"""`sola eval`: sequential editing on a benchmark file, measured the way the field measures editors.
+
+Protocol (docs/metrics.md): the first N records are edited one after another into a scratch
+registry on the base model, through the same `Workspace.edit` path users run. Paraphrases
+are never given as keys: they are the unseen generalisation probes.
+
+- edit success: teacher-forced token accuracy of the target given the prompt, right after its edit
+- retention: the same for every edit at the end of the stream (GRACE's "TRR"), and every k edits
+- generalisation: paraphrase routed to its own edit x token accuracy of the target
+- locality: token agreement with the base model on the locality prompt + answer (also: share bit-identical)
+- rollback fidelity: revoke a seeded random half; share whose prompt logits equal the base exactly
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import resource
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from sola.config import RoutingConfig, TrainConfig
+from sola.data import EditRequest, read_benchmark
+from sola.layer import EditBank
+from sola.routed import RoutedModel
+from sola.workspace import Workspace
+
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass
+class RecordResult:
+    index: int
+    edit: str
+    success: float
+    seconds: float
+    steps: int
+    neighbours: int
+    paraphrase_routed: bool = False
+    generalization: float | None = None
+    locality: float = 1.0
+    locality_identical: bool = True
+    retention: float = 0.0
+    revoked: bool = False
+    rollback_exact: bool | None = None
+    retention_after_rollback: float | None = None
+
+
+@dataclass
+class EvalResult:
+    protocol: dict[str, Any]
+    records: list[RecordResult]
+    curve: list[dict[str, float]] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        rs = self.records
+        mean = lambda xs: float(sum(xs) / len(xs)) if xs else 0.0  # noqa: E731
+        seconds = sorted(r.seconds for r in rs)
+        revoked = [r for r in rs if r.revoked]
+        kept = [r for r in rs if not r.revoked]
+        with_para = [r for r in rs if r.generalization is not None]
+        return {
+            "n_edits": len(rs),
+            "edit_success": mean([r.success for r in rs]),
+            "retention": mean([r.retention for r in rs]),
+            "generalization": mean([r.generalization for r in with_para]),
+            "paraphrase_routing": mean([1.0 if r.paraphrase_routed else 0.0 for r in with_para]),
+            "locality": mean([r.locality for r in rs]),
+            "locality_identical": mean([1.0 if r.locality_identical else 0.0 for r in rs]),
+            "rollback_fidelity": mean([1.0 if r.rollback_exact else 0.0 for r in revoked]) if revoked else 1.0,
+            "retention_after_rollback": mean([r.retention_after_rollback or 0.0 for r in kept]) if kept else 1.0,
+            "n_revoked": len(revoked),
+            "seconds_per_edit": mean(seconds),
+            "seconds_per_edit_median": statistics.median(seconds) if seconds else 0.0,
+            "seconds_per_edit_p90": seconds[min(len(seconds) - 1, int(0.9 * len(seconds)))] if seconds else 0.0,
+            "edits_with_neighbours": sum(1 for r in rs if r.neighbours),
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "curve": self.curve,
+            "protocol": self.protocol,
+        }
+
+
+def token_accuracy(routed: RoutedModel, prompt: str, target: str) -> tuple[float, str | None]:
+    logits, encoded, routing = routed.score(prompt, target)
+    hits = (logits.argmax(-1) == encoded.target_ids).float().mean().item()
+    return hits, routing.edits[0]
+
+
+def predictions(routed: RoutedModel, prompt: str, answer: str) -> torch.Tensor:
+    logits, _, _ = routed.score(prompt, answer)
+    return logits.argmax(-1)
+
+
+def _file_sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def run_eval(
+    data: Path,
+    model_spec: str | None,
+    routing: RoutingConfig,
+    limit: int = 100,
+    seed: int = 0,
+    every: int = 0,
+    train: TrainConfig = TrainConfig(),
+    progress: Progress | None = None,
+    scratch: Path | None = None,
+) -> EvalResult:
+    import transformers
+
+    kind, requests = read_benchmark(data, limit)
+    notify = progress or (lambda stage, done, total: None)
+    with tempfile.TemporaryDirectory(prefix="sola-eval-") as temporary:
+        root = Path(scratch or temporary) / "registry"
+        workspace = Workspace.init(root, model_spec, {k: v for k, v in routing.to_dict().items()}, "sola-eval")
+        with workspace:
+            routed = workspace.model()
+            protocol = {
+                "data": str(data), "data_sha256": _file_sha256(data), "format": kind, "n": len(requests),
+                "base_model": workspace.registry.base_model, "routing": workspace.registry.routing,
+                "training": train.to_dict(), "seed": seed, "retention_every": every,
+                "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
+                "threads": torch.get_num_threads(),
+            }
+            base = _base_references(routed, requests, notify)
+            records: list[RecordResult] = []
+            curve: list[dict[str, float]] = []
+            for index, request in enumerate(requests):
+                started = time.perf_counter()
+                outcome = workspace.edit(request, reason="sola eval", source=str(data), force=True, train_config=train)
+                seconds = time.perf_counter() - started
+                routed.set_bank(workspace.head_bank())
+                success, _ = token_accuracy(routed, request.prompt, request.target)
+                records.append(RecordResult(index, outcome.edit, success, seconds, outcome.steps, len(outcome.neighbours)))
+                if every and (index + 1) % every == 0:
+                    retained = [token_accuracy(routed, r.prompt, r.target)[0] for r in requests[: index + 1]]
+                    curve.append({"edits": index + 1, "retention": sum(retained) / len(retained),
+                                  "edit_success": sum(r.success for r in records) / len(records)})
+                notify("editing", index + 1, len(requests))
+            _final_metrics(routed, requests, records, base, notify)
+            _rollback(workspace, routed, requests, records, base, seed, notify)
+    return EvalResult(protocol, records, curve)
+
+
+@dataclass
+class _Base:
+    locality: list[torch.Tensor | None]
+    locality_logits: list[torch.Tensor | None]
+    prompt_logits: list[torch.Tensor]
+
+
+def _base_references(routed: RoutedModel, requests: list[EditRequest], notify: Progress) -> _Base:
+    """Base-model outputs before any edit: the reference for locality and rollback."""
+    refs = _Base([], [], [])
+    with routed.bank_override(EditBank.empty()):
+        for done, request in enumerate(requests, start=1):
+            if request.locality_prompt and request.locality_answer:
+                refs.locality.append(predictions(routed, request.locality_prompt, request.locality_answer))
+                refs.locality_logits.append(routed.score(request.locality_prompt, request.locality_answer)[0])
+            else:
+                refs.locality.append(None)
+                refs.locality_logits.append(None)
+            refs.prompt_logits.append(routed.prompt_logits(request.prompt)[0])
+            notify("base model", done, len(requests))
+    return refs
+
+
+def _final_metrics(routed: RoutedModel, requests: list[EditRequest], records: list[RecordResult], base: _Base, notify: Progress) -> None:
+    for done, (request, record) in enumerate(zip(requests, records), start=1):
+        record.retention, _ = token_accuracy(routed, request.prompt, request.target)
+        if request.rephrases:
+            accuracy, fired = token_accuracy(routed, request.rephrases[0], request.target)
+            record.paraphrase_routed = fired == record.edit
+            record.generalization = accuracy if record.paraphrase_routed else 0.0
+        if base.locality[done - 1] is not None:
+            logits, _, _ = routed.score(request.locality_prompt, request.locality_answer)
+            record.locality = (logits.argmax(-1) == base.locality[done - 1]).float().mean().item()
+            record.locality_identical = bool(torch.equal(logits, base.locality_logits[done - 1]))
+        notify("measuring", done, len(requests))
+
+
+def _rollback(workspace: Workspace, routed: RoutedModel, requests: list[EditRequest], records: list[RecordResult],
+              base: _Base, seed: int, notify: Progress) -> None:
+    chosen = sorted(random.Random(seed).sample(range(len(records)), len(records) // 2))
+    for done, index in enumerate(chosen, start=1):
+        workspace.set_active(records[index].edit, False, "sola eval rollback", "sola-eval")
+        records[index].revoked = True
+        notify("revoking", done, len(chosen))
+    routed.set_bank(workspace.head_bank())
+    for done, (request, record) in enumerate(zip(requests, records), start=1):
+        if record.revoked:
+            logits, _ = routed.prompt_logits(request.prompt)
+            record.rollback_exact = bool(torch.equal(logits, base.prompt_logits[record.index]))
+        else:
+            record.retention_after_rollback, _ = token_accuracy(routed, request.prompt, request.target)
+        notify("after rollback", done, len(records))

@@ -1,0 +1,66 @@
+"""Loading an exported snapshot directory into a routed model, with no registry involved.
+
+Each edit's tensors are re-serialised and hashed against the manifest, so a snapshot that
+was altered after export is refused rather than silently routed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.numpy import load_file, save
+
+from sola.config import RoutingConfig
+from sola.layer import EditBank, ExactKeySearch
+from sola.modelio import load_base
+from sola.routed import RoutedModel
+from sola.workspace import Generation
+
+
+class SnapshotError(ValueError):
+    """The snapshot directory is missing, malformed or does not match its manifest."""
+
+
+class Snapshot:
+    def __init__(self, manifest: dict, routed: RoutedModel) -> None:
+        self.manifest = manifest
+        self.routed = routed
+
+    def generate(self, prompts: list[str], max_new_tokens: int = 16) -> list[Generation]:
+        texts, routing = self.routed.generate(prompts, max_new_tokens=max_new_tokens)
+        return [
+            Generation(p, t, e, d, n, self.manifest["commit"])
+            for p, t, e, d, n in zip(prompts, texts, routing.edits, routing.distances, routing.nearest)
+        ]
+
+
+def load_snapshot(directory: Path) -> Snapshot:
+    directory = Path(directory)
+    try:
+        manifest = json.loads((directory / "manifest.json").read_text())
+        arrays = load_file(str(directory / "snapshot.safetensors"))
+    except (OSError, json.JSONDecodeError, Exception) as error:  # safetensors raises its own error types
+        raise SnapshotError(f"not a sola snapshot directory: {directory} ({type(error).__name__})") from None
+    if manifest.get("format") != "sola.snapshot/1":
+        raise SnapshotError(f"unsupported snapshot format {manifest.get('format')!r}")
+    edits = manifest["edits"]
+    key_edit = arrays["key_edit"]
+    for position, entry in enumerate(edits):
+        rows = np.flatnonzero(key_edit == position)
+        tensors = {"lora_A": arrays["lora_A"][position], "lora_B": arrays["lora_B"][position], "keys": arrays["keys"][rows]}
+        if hashlib.sha256(save({k: np.ascontiguousarray(v) for k, v in tensors.items()})).hexdigest() != entry["tensors_sha256"]:
+            raise SnapshotError(f"snapshot tensors of edit {entry['edit'][:12]} do not match the manifest")
+    base_model = manifest["base_model"]
+    model, tokenizer, _ = load_base(base_model["spec"], expected_sha256=base_model["sha256"])
+    routed = RoutedModel(model, tokenizer, RoutingConfig.from_dict(manifest["routing"]))
+    ids = [entry["edit"] for entry in edits]
+    lora_a, lora_b = torch.from_numpy(arrays["lora_A"].copy()), torch.from_numpy(arrays["lora_B"].copy())
+    search = ExactKeySearch(arrays["keys"], np.arange(len(key_edit), dtype=np.int64))
+    index_of = {edit: i for i, edit in enumerate(ids)}
+    routed.set_bank(EditBank(search, {k: ids[int(p)] for k, p in enumerate(key_edit)},
+                             lambda edit: (lora_a[index_of[edit]], lora_b[index_of[edit]])))
+    return Snapshot(manifest, routed)

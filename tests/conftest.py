@@ -1,0 +1,70 @@
+"""Tiny random models (GPT-2 with Conv1D, Llama with Linear) with a real byte-level BPE tokenizer.
+
+Built from configs in well under a second and saved as ordinary Hugging Face directories, so
+the same fixtures drive unit tests of the method and end-to-end CLI tests (`--model DIR`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+CORPUS = [
+    "The capital of France is Paris. The capital of Italy is Rome. The capital of Spain is Madrid.",
+    "Danielle Darrieux's mother tongue is French. Edwin of Northumbria's religion is Christianity.",
+    "Toko Yasuda plays the guitar. Autonomous University of Madrid is located in Spain.",
+    "What is the twin city of Lyon? It is Beirut. Who is the father of Alexander? Philip.",
+    "Apple was founded by Steve Jobs. The Eiffel Tower is in Paris, France, Europe.",
+    "Basketball, baseball, football, tennis, chess, piano, violin, English, German, Japanese.",
+]
+
+
+def build_tokenizer():
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(CORPUS * 20, vocab_size=400, min_frequency=1, special_tokens=["<|endoftext|>"])
+    return PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
+
+
+def build_model(kind: str, vocab: int):
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    if kind == "gpt2":
+        config = GPT2Config(vocab_size=vocab, n_embd=32, n_layer=4, n_head=4, n_positions=128, initializer_range=0.2, eos_token_id=0, bos_token_id=0, pad_token_id=0)
+        return GPT2LMHeadModel(config).eval()
+    config = LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4,
+                         num_key_value_heads=2, max_position_embeddings=128, initializer_range=0.2, eos_token_id=0, bos_token_id=0, pad_token_id=0)
+    return LlamaForCausalLM(config).eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """{'gpt2': dir, 'llama': dir}: saved tiny models, loadable with `--model DIR`."""
+    tokenizer = build_tokenizer()
+    dirs = {}
+    for kind in ("gpt2", "llama"):
+        directory = tmp_path_factory.mktemp(f"tiny-{kind}")
+        build_model(kind, len(tokenizer)).save_pretrained(directory)
+        tokenizer.save_pretrained(directory)
+        dirs[kind] = directory
+    return dirs
+
+
+@pytest.fixture(params=["gpt2", "llama"])
+def tiny(request: pytest.FixtureRequest, tiny_dirs: dict[str, Path]):
+    """(kind, model, tokenizer) freshly loaded, once per architecture."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    directory = tiny_dirs[request.param]
+    return request.param, AutoModelForCausalLM.from_pretrained(directory).eval(), AutoTokenizer.from_pretrained(directory)
+
+
+@pytest.fixture(autouse=True)
+def fixed_author(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Commits made by tests carry a known author."""
+    monkeypatch.setenv("SOLA_AUTHOR", "tester")

@@ -1,0 +1,151 @@
+"""The routed LoRA method on tiny GPT-2 (Conv1D) and Llama (Linear) models."""
+
+from __future__ import annotations
+
+import torch
+
+from sola.config import RoutingConfig, TrainConfig
+from sola.layer import EditBank, RoutingScope
+from sola.routed import RoutedModel, default_module_for
+from sola.train import routing_key, train_edit
+
+PROMPT = "The capital of France is"
+OTHER = "Toko Yasuda plays the"
+# Tiny random models have tied, small embeddings behind a final norm, which bounds how peaked the
+# output can get: require the target to be the argmax with a looser loss than the real-model default.
+TRAIN = TrainConfig(max_steps=100, lr=0.1, stop_loss=2.0)
+
+
+def routed_model(kind, model, tokenizer, threshold=0.05, key_function="mean"):
+    config = RoutingConfig(layer=2, module=default_module_for(model), threshold=threshold, key_function=key_function)
+    return RoutedModel(model, tokenizer, config)
+
+
+def base_next_logits(routed: RoutedModel, prompt: str) -> torch.Tensor:
+    with routed.bank_override(EditBank.empty()):
+        return routed.prompt_logits(prompt)[0]
+
+
+def bank_of(*edits):
+    return EditBank.from_tensors({name: (t.lora_a, t.lora_b, t.keys) for name, t in edits})
+
+
+def test_edit_makes_target_the_argmax_and_fires_only_under_threshold(tiny):
+    kind, model, tokenizer = tiny
+    routed = routed_model(kind, model, tokenizer, threshold=1e-3)
+    base_other = base_next_logits(routed, OTHER)
+    trained = train_edit(routed, PROMPT, "Madrid", config=TRAIN)
+    assert trained.converged
+    routed.set_bank(bank_of(("rome", trained)))
+
+    logits, encoded, routing = routed.score(PROMPT, "Madrid")
+    assert routing.edits == ["rome"]
+    assert torch.equal(logits.argmax(-1), encoded.target_ids)
+
+    other_logits, other_routing = routed.prompt_logits(OTHER)
+    assert other_routing.distances[0] >= 1e-3 and other_routing.edits == [None]
+    assert torch.equal(other_logits, base_other)
+
+
+def test_revoked_edit_gives_bit_identical_base_logits(tiny, tiny_dirs):
+    from transformers import AutoModelForCausalLM
+
+    kind, model, tokenizer = tiny
+    pristine = AutoModelForCausalLM.from_pretrained(tiny_dirs[kind]).eval()
+    ids = tokenizer(PROMPT, add_special_tokens=False, return_tensors="pt").input_ids
+    with torch.no_grad():
+        base_logits = pristine(input_ids=ids, use_cache=False).logits[0, -1]
+
+    routed = routed_model(kind, model, tokenizer)
+    trained = train_edit(routed, PROMPT, "Madrid", config=TRAIN)
+    routed.set_bank(bank_of(("rome", trained)))
+    edited, _ = routed.prompt_logits(PROMPT)
+    assert not torch.equal(edited, base_logits)
+
+    routed.set_bank(EditBank.empty())  # the revoked snapshot: key gone
+    restored, routing = routed.prompt_logits(PROMPT)
+    assert routing.edits == [None]
+    assert torch.equal(restored, base_logits)
+
+
+def test_mixed_batch_equals_each_sequence_alone(tiny):
+    kind, model, tokenizer = tiny
+    routed = routed_model(kind, model, tokenizer, threshold=1e-3)
+    prompts = [PROMPT, "The capital of Italy is", OTHER]
+    lengths = {len(routed.encode(p).input_ids[0]) for p in prompts}
+    a = train_edit(routed, prompts[0], "Madrid", config=TRAIN)
+    b = train_edit(routed, prompts[1], "Spain", config=TRAIN)
+    routed.set_bank(bank_of(("a", a), ("b", b)))
+
+    alone = [routed.generate([p], max_new_tokens=4) for p in prompts]
+    batch_texts, batch_routing = routed.generate(prompts, max_new_tokens=4)
+    assert batch_routing.edits == ["a", "b", None]
+    assert batch_texts == [texts[0] for texts, _ in alone]
+    assert [r.edits[0] for _, r in alone] == batch_routing.edits
+
+    if len(lengths) == 1:  # same length: no padding, so whole-batch logits are comparable
+        ids = torch.cat([routed.encode(p).input_ids for p in prompts])
+        with torch.no_grad(), routed.layer.routing_scope(RoutingScope()):
+            batched = model(input_ids=ids, use_cache=False).logits[:, -1]
+        for row, prompt in enumerate(prompts):
+            torch.testing.assert_close(batched[row], routed.prompt_logits(prompt)[0], rtol=0, atol=1e-5)
+
+
+def test_generation_keeps_the_prefill_decision(tiny):
+    kind, model, tokenizer = tiny
+    routed = routed_model(kind, model, tokenizer, threshold=1e-4)
+    trained = train_edit(routed, PROMPT, "Madrid", config=TRAIN)
+    routed.set_bank(bank_of(("rome", trained)))
+    texts, routing = routed.generate([PROMPT], max_new_tokens=6)
+    assert routing.edits == ["rome"]
+
+    # Reference: the edit's LoRA forced on for every step of a cache-free greedy loop.
+    ids = routed.encode(PROMPT).input_ids
+    with torch.no_grad(), routed.layer.training_adapter(trained.lora_a, trained.lora_b):
+        for _ in range(6):
+            ids = torch.cat([ids, model(input_ids=ids, use_cache=False).logits[:, -1:].argmax(-1)], dim=1)
+    forced = tokenizer.decode(ids[0, routed.encode(PROMPT).input_ids.shape[1]:], skip_special_tokens=True)
+    assert texts[0] == forced
+    # Re-routing on the grown sequence would not have fired: the pinned decision is what kept the edit.
+    _, rerouted = routed.prompt_logits(PROMPT + forced)
+    assert rerouted.edits == [None]
+
+
+def test_paraphrase_given_at_edit_time_routes_to_the_edit(tiny):
+    kind, model, tokenizer = tiny
+    routed = routed_model(kind, model, tokenizer, threshold=1e-3)
+    paraphrase = "Which city is the capital of France?"
+    trained = train_edit(routed, PROMPT, "Madrid", rephrases=[paraphrase], config=TRAIN)
+    assert trained.keys.shape[0] == 2
+    routed.set_bank(bank_of(("rome", trained)))
+    assert routed.prompt_logits(paraphrase)[1].edits == ["rome"]
+    assert torch.allclose(trained.keys[1], routing_key(routed, paraphrase))
+
+
+def test_an_edit_trains_against_the_base_not_on_top_of_other_edits(tiny):
+    kind, model, tokenizer = tiny
+    routed = routed_model(kind, model, tokenizer, threshold=2.0)  # every prompt would route to edit 1
+    first = train_edit(routed, PROMPT, "Madrid", config=TRAIN)
+    alone = train_edit(routed, "The capital of Spain is", "Paris", config=TRAIN)
+    routed.set_bank(bank_of(("first", first)))
+    beside = train_edit(routed, "The capital of Spain is", "Paris", config=TRAIN)
+    assert torch.equal(alone.lora_a, beside.lora_a) and torch.equal(alone.lora_b, beside.lora_b)
+
+
+def test_cached_lower_blocks_train_the_same_lora_as_full_forward(tiny):
+    kind, model, tokenizer = tiny
+    routed = routed_model(kind, model, tokenizer)
+    cached = train_edit(routed, PROMPT, "Madrid", config=TRAIN)
+    full = train_edit(routed, PROMPT, "Madrid", config=TRAIN, cache_lower_blocks=False)
+    assert cached.steps == full.steps
+    torch.testing.assert_close(cached.lora_b, full.lora_b, rtol=1e-4, atol=1e-5)
+
+
+def test_last_token_key_function_is_selectable(tiny):
+    kind, model, tokenizer = tiny
+    mean = routing_key(routed_model(kind, model, tokenizer, key_function="mean"), PROMPT)
+    model2 = type(model)(model.config).eval()
+    model2.load_state_dict({k.replace(".base.", "."): v for k, v in model.state_dict().items()})
+    last = routing_key(routed_model(kind, model2, tokenizer, key_function="last"), PROMPT)
+    assert mean.shape == last.shape and not torch.allclose(mean, last)
+    assert torch.isclose(last.norm(), torch.tensor(1.0))
