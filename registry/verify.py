@@ -58,11 +58,12 @@ def _check_edits(registry: Registry, report: Report) -> set[str]:
     rank = int(registry.routing["rank"])
     cursor = registry.db.execute("SELECT * FROM edits ORDER BY edit_id")
     columns = [d[0] for d in cursor.description]
+    edit_rows = cursor.fetchall()  # fetch now: the next execute on this connection replaces the result
     key_rows: dict[str, list[tuple[int, int, str]]] = {}
     for key_id, edit_id, ordinal, prompt in registry.db.execute("SELECT key_id, edit_id, ordinal, prompt FROM edit_keys ORDER BY key_id").fetchall():
         key_rows.setdefault(edit_id, []).append((key_id, ordinal, prompt))
     count = 0
-    for values in cursor.fetchall():
+    for values in edit_rows:
         row = dict(zip(columns, values))
         edit_id = row["edit_id"]
         short = edit_id[:12]

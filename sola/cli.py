@@ -454,11 +454,13 @@ def export_edit(ctx: click.Context, edit: str, directory: Path, as_json: bool) -
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for the rollback half.")
 @click.option("--every", type=int, default=0, help="Measure retention of all past edits every K edits.")
 @click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write a PNG of the run.")
+@click.option("--layer", type=int, default=None, help="Edited block (default: the registry's).")
+@click.option("--key-function", type=click.Choice(["mean", "last"]), default=None, help="Key function (default: the registry's).")
 @click.option("--model", default=None, help="Base model when there is no registry (default: the registry's).")
 @json_option
 @click.pass_context
 def eval_command(ctx: click.Context, data: Path, limit: int, threshold: float | None, seed: int, every: int,
-                 plot: Path | None, model: str | None, as_json: bool) -> None:
+                 plot: Path | None, layer: int | None, key_function: str | None, model: str | None, as_json: bool) -> None:
     """Edit the first N records into a scratch registry and report the field's metrics."""
     from sola.config import RoutingConfig
     from sola.evaluate import run_eval
@@ -472,8 +474,8 @@ def eval_command(ctx: click.Context, data: Path, limit: int, threshold: float | 
             with open_registry(ctx) as registry:
                 routing = dict(registry.routing)
                 spec = spec or registry.base_model["spec"]
-        if threshold is not None:
-            routing["threshold"] = threshold
+        overrides = {"threshold": threshold, "layer": layer, "key_function": key_function}
+        routing.update({k: v for k, v in overrides.items() if v is not None})
         config = RoutingConfig.from_dict(routing)
         with StageProgress() as progress:
             result = run_eval(data, spec, config, limit=limit, seed=seed, every=every, progress=progress)

@@ -1,0 +1,28 @@
+"""Build registries with random tensors of a small shape, through the real store code path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from registry.store import Registry, iso, utcnow
+
+ROUTING = {"layer": 1, "module": "mlp.up_proj", "rank": 2, "alpha": 2.0, "threshold": 0.1, "key_function": "mean",
+           "duplicate_distance": 0.002, "key_dim": 8, "block_path": "model.layers"}
+BASE = {"spec": "tiny", "name": "tiny", "sha256": "ab" * 32}
+
+
+def new_registry(root: Path) -> Registry:
+    return Registry.create(root, BASE, ROUTING, "tester")
+
+
+def add_edit(registry: Registry, prompt: str, target: str = "x", seed: int = 0, author: str = "tester") -> str:
+    rng = np.random.default_rng(seed)
+    key = rng.normal(size=(1, 8)).astype(np.float32)
+    key /= np.linalg.norm(key)
+    tensors = {"lora_A": rng.normal(size=(2, 8)).astype(np.float32), "lora_B": rng.normal(size=(16, 2)).astype(np.float32), "keys": key}
+    provenance = {"prompt": prompt, "target": target, "author": author, "reason": "test", "source": None, "subject": None,
+                  "created_at": iso(utcnow())}
+    edit_id, _ = registry.store_edit(tensors, provenance, [prompt], author, f"add {prompt}")
+    return edit_id

@@ -1,0 +1,214 @@
+"""End to end through the CLI (click's runner) on a tiny Llama saved as a Hugging Face directory."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from sola.cli import main
+
+PROMPT = "The capital of France is"
+
+
+class Sola:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.runner = CliRunner()
+
+    def __call__(self, *args: str, ok: bool = True):
+        result = self.runner.invoke(main, ["--registry", str(self.root), *args], catch_exceptions=False)
+        if ok:
+            assert result.exit_code == 0, result.output
+        return result
+
+    def json(self, *args: str):
+        return json.loads(self(*args, "--json").stdout)
+
+    def fails(self, *args: str) -> str:
+        result = self(*args, ok=False)
+        assert result.exit_code != 0
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+        return lines[0]
+
+
+@pytest.fixture
+def sola(tmp_path, tiny_dirs) -> Sola:
+    cli = Sola(tmp_path / "reg")
+    cli("init", "--model", str(tiny_dirs["llama"]), "--threshold", "0.001")
+    return cli
+
+
+def test_edit_generate_revoke_roundtrip(sola):
+    before = sola.json("generate", PROMPT, "--max-new-tokens", "4")
+    assert before["edit"] is None
+    made = sola.json("edit", "--prompt", PROMPT, "--target", "Madrid", "--reason", "demo", "--steps", "100")
+    assert made["edit"] and made["commit"]
+    during = sola.json("generate", PROMPT, "--max-new-tokens", "4")
+    assert during["edit"] == made["edit"]
+    assert during["text"].startswith(" Madrid")
+    revoked = sola.json("revoke", made["edit"][:10], "--reason", "wrong")
+    assert revoked["op"] == "revoke"
+    after = sola.json("generate", PROMPT, "--max-new-tokens", "4")
+    assert after["edit"] is None and after["text"] == before["text"]
+
+
+def test_log_lists_commits_newest_first_with_contract_fields(sola):
+    made = sola.json("edit", "--prompt", PROMPT, "--target", "Madrid", "--author", "alice")
+    log = sola.json("log")
+    assert [c["op"] for c in log] == ["add", "init"]
+    assert log[0]["commit"] == made["commit"] and log[0]["author"] == "alice"
+    assert {"commit", "time", "author", "op", "message"} <= set(log[0])
+    assert len(sola.json("log", "--limit", "1")) == 1
+
+
+def test_generate_at_a_revision_and_a_time_sees_the_model_as_it_was(sola):
+    first = sola.json("log")[0]
+    made = sola.json("edit", "--prompt", PROMPT, "--target", "Madrid")
+    sola("tag", "before", first["commit"][:12])
+    assert sola.json("generate", PROMPT, "--rev", "before")["edit"] is None
+    assert sola.json("generate", PROMPT, "--rev", "main~1")["edit"] is None
+    assert sola.json("generate", PROMPT, "--at", first["time"])["edit"] is None
+    assert sola.json("generate", PROMPT, "--rev", made["commit"][:8])["edit"] == made["edit"]
+    assert "error: main did not exist" in sola.fails("generate", PROMPT, "--at", "1999-01-01T00:00:00Z")
+
+
+def test_show_diff_audit_and_restore(sola):
+    made = sola.json("edit", "--prompt", PROMPT, "--target", "Madrid", "--reason", "why not", "--source", "unit")
+    shown = sola.json("show", made["edit"][:12])
+    assert shown["kind"] == "edit" and shown["provenance"]["reason"] == "why not" and shown["active"]
+    assert sola.json("show", made["commit"][:12])["changes"][0]["edit"] == made["edit"]
+    assert [e["edit"] for e in sola.json("diff", "main~1", "main")["added"]] == [made["edit"]]
+    sola("revoke", made["edit"], "--reason", "false", "--author", "auditor")
+    [item] = sola.json("audit", "--revoked")
+    assert {k: item[k] for k in ("edit", "prompt", "target", "revoked_by", "reason")} == {
+        "edit": made["edit"], "prompt": PROMPT, "target": "Madrid", "revoked_by": "auditor", "reason": "false"}
+    assert item["commit"] == sola.json("log")[0]["commit"] and item["revoked_at"]
+    sola("restore", made["edit"], "--reason", "true after all")
+    assert sola.json("audit", "--revoked") == []
+    assert [a["op"] for a in sola.json("audit")] == ["init", "add", "revoke", "restore"]
+    assert sola.json("generate", PROMPT)["edit"] == made["edit"]
+
+
+def test_contradiction_is_refused_unless_superseded_and_duplicate_changes_nothing(sola):
+    first = sola.json("edit", "--prompt", PROMPT, "--target", "Madrid")
+    message = sola.fails("edit", "--prompt", PROMPT, "--target", "Spain")
+    assert first["edit"][:12] in message and "distance" in message
+    duplicate = sola.json("edit", "--prompt", PROMPT, "--target", " Madrid")
+    assert duplicate["duplicate"] and duplicate["edit"] == first["edit"] and duplicate["commit"] is None
+    assert len(sola.json("log")) == 2
+    replaced = sola.json("edit", "--prompt", PROMPT, "--target", "Spain", "--supersede", first["edit"][:12])
+    assert replaced["superseded"] == [first["edit"]]
+    commit = sola.json("show", replaced["commit"])
+    assert commit["op"] == "supersede" and {(c["edit"], c["active"]) for c in commit["changes"]} == {
+        (first["edit"], False), (replaced["edit"], True)}
+
+
+def test_neighbours_within_threshold_are_reported(tmp_path, tiny_dirs):
+    sola = Sola(tmp_path / "wide")
+    sola("init", "--model", str(tiny_dirs["llama"]), "--threshold", "1.5")
+    first = sola.json("edit", "--prompt", PROMPT, "--target", "Madrid")
+    second = sola.json("edit", "--prompt", "Toko Yasuda plays the", "--target", "piano")
+    assert [n["edit"] for n in second["neighbours"]] == [first["edit"]]
+    assert sola.json("show", second["edit"])["neighbours"][0]["edit"] == first["edit"]
+    [pair] = sola.json("conflicts")
+    assert {pair["a"]["edit"], pair["b"]["edit"]} == {first["edit"], second["edit"]}
+
+
+def test_edit_file_validates_every_line_before_training(sola, tmp_path):
+    bad = tmp_path / "edits.jsonl"
+    bad.write_text(json.dumps({"prompt": PROMPT, "target_new": "Madrid"}) + "\n{not json}\n")
+    assert ":2:" in sola.fails("edit", "--file", str(bad))
+    missing = tmp_path / "missing.jsonl"
+    missing.write_text(json.dumps({"prompt": "x"}) + "\n")
+    assert "target_new" in sola.fails("edit", "--file", str(missing))
+    assert len(sola.json("log")) == 1
+    good = tmp_path / "good.jsonl"
+    good.write_text("\n".join(json.dumps(r) for r in [
+        {"prompt": PROMPT, "target_new": "Madrid", "rephrase_prompt": "France's capital is"},
+        {"prompt": "Toko Yasuda plays the", "target_new": "piano"}]) + "\n")
+    result = sola.json("edit", "--file", str(good))
+    assert result["count"] == 2
+    assert [c["op"] for c in sola.json("log")] == ["add", "add", "init"]
+    assert sola.json("generate", "France's capital is")["edit"] == result["edits"][0]["edit"]
+
+
+def test_bad_input_gives_one_error_line_and_changes_nothing(sola, tiny_dirs, tmp_path):
+    sola.json("edit", "--prompt", PROMPT, "--target", "Madrid")
+    before = sola.json("log")
+    assert "empty prompt" in sola.fails("edit", "--prompt", "  ", "--target", "x")
+    assert "empty target" in sola.fails("edit", "--prompt", "x", "--target", "")
+    assert "unknown edit" in sola.fails("revoke", "abcdef123456", "--reason", "x")
+    assert "unknown revision" in sola.fails("generate", PROMPT, "--rev", "nope")
+    assert "empty prompt" in sola.fails("generate", " ")
+    edit = before[0]["commit"]
+    made = sola.json("show", edit)["changes"][0]["edit"]
+    sola("revoke", made, "--reason", "x")
+    assert "already revoked" in sola.fails("revoke", made, "--reason", "again")
+    assert "model not found" in Sola(tmp_path / "other").fails("init", "--model", str(tmp_path / "nothing"))
+    assert not (tmp_path / "other").exists()
+    assert "no registry" in Sola(tmp_path / "none").fails("log")
+    assert len(sola.json("log")) == len(before) + 1
+
+
+def test_registry_refuses_a_different_base_model(sola, tiny_dirs):
+    weights = tiny_dirs["llama"] / "model.safetensors"
+    original = weights.read_bytes()
+    try:
+        from safetensors.torch import load_file, save_file
+
+        tensors = load_file(str(weights))
+        name = next(iter(tensors))
+        tensors[name] = tensors[name] + 1
+        save_file(tensors, str(weights), metadata={"format": "pt"})
+        assert "edits were made on" in sola.fails("generate", PROMPT)
+    finally:
+        weights.write_bytes(original)
+
+
+def test_export_snapshot_generates_like_the_registry_without_it(sola, tmp_path):
+    made = sola.json("edit", "--prompt", PROMPT, "--target", "Madrid", "--steps", "100")
+    expected = sola.json("generate", PROMPT, "--max-new-tokens", "4")
+    exported = sola.json("export", "main", str(tmp_path / "snap"))
+    assert exported["edits"] == 1
+    manifest = json.loads((tmp_path / "snap" / "manifest.json").read_text())
+    assert manifest["edits"][0]["edit"] == made["edit"] and manifest["base_model"]["sha256"]
+    snapshot = Sola(tmp_path / "no-registry-here").json("generate", PROMPT, "--snapshot", str(tmp_path / "snap"), "--max-new-tokens", "4")
+    assert (snapshot["text"], snapshot["edit"]) == (expected["text"], made["edit"])
+    assert "not empty" in sola.fails("export", "main", str(tmp_path / "snap"))
+
+
+def test_verify_passes_then_names_a_tampered_object(sola):
+    made = sola.json("edit", "--prompt", PROMPT, "--target", "Madrid")
+    assert sola.json("verify")["ok"]
+    tensors = sola.json("show", made["edit"])["tensors_sha256"]
+    path = sola.root / "objects" / tensors[:2] / tensors[2:]
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    assert "corrupted" in sola.fails("verify")
+
+
+def test_second_writer_is_told_the_registry_is_locked(sola):
+    import subprocess
+    import sys
+
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import duckdb, sys, time; c = duckdb.connect(sys.argv[1]); print('locked', flush=True); time.sleep(30)"),
+        str(sola.root / "registry.duckdb")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        message = sola.fails("revoke", "abcd", "--reason", "x")
+        assert message == "error: registry is locked by another sola process"
+    finally:
+        holder.kill()
+
+
+def test_every_cli_command_is_documented():
+    docs = (Path(__file__).parent.parent / "docs" / "cli.md").read_text()
+    documented = set(re.findall(r"^## `sola ([a-z-]+)", docs, flags=re.M))
+    assert set(main.commands) == documented
