@@ -13,6 +13,7 @@ are never given as keys: they are the unseen generalisation probes.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import random
 import resource
@@ -133,7 +134,9 @@ def run_eval(
             curve: list[dict[str, float]] = []
             for index, request in enumerate(requests):
                 started = time.perf_counter()
-                outcome = workspace.edit(request, reason="sola eval", source=str(data), force=True, train_config=train)
+                # Paraphrases are the unseen generalisation probes, never extra keys.
+                unseen = dataclasses.replace(request, rephrases=())
+                outcome = workspace.edit(unseen, reason="sola eval", source=str(data), force=True, train_config=train)
                 seconds = time.perf_counter() - started
                 routed.set_bank(workspace.head_bank())
                 success, _ = token_accuracy(routed, request.prompt, request.target)

@@ -130,7 +130,6 @@ class RoutedLoRA(nn.Module):
         self.bank = EditBank.empty()
         self.scope: RoutingScope | None = None
         self.trainable: tuple[torch.Tensor, torch.Tensor] | None = None
-        self.captured: list[torch.Tensor] | None = None
 
     # --- explicit modes, each entered and left by a context manager -------------------------
     @contextmanager
@@ -150,14 +149,6 @@ class RoutedLoRA(nn.Module):
         finally:
             self.trainable = None
 
-    @contextmanager
-    def capture_inputs(self) -> Iterator[list[torch.Tensor]]:
-        self.captured = []
-        try:
-            yield self.captured
-        finally:
-            self.captured = None
-
     # --- routing ---------------------------------------------------------------------------
     def route(self, inputs: torch.Tensor, query_mask: torch.Tensor | None) -> Routing:
         batch = inputs.shape[0]
@@ -175,8 +166,6 @@ class RoutedLoRA(nn.Module):
         return Routing(edits, distances, nearest)
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        if self.captured is not None:
-            self.captured.append(inputs.detach())
         output = self.base(inputs)
         if self.trainable is not None:
             lora_a, lora_b = self.trainable

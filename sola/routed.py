@@ -60,6 +60,10 @@ def attach(model: nn.Module, config: RoutingConfig) -> RoutedLoRA:
     return routed
 
 
+class _StopForward(Exception):
+    """Raised by a hook to end a forward pass once the needed activations are captured."""
+
+
 class _ReplayInput(nn.Module):
     """Stands in for the frozen lower blocks: returns their cached output, ignoring its input."""
 
@@ -166,17 +170,29 @@ class RoutedModel:
     def capture(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(input of the edited block, input of the edited module) for one unpadded sequence.
 
-        Both are unaffected by any edit: edits live at or above the edited module's output.
+        Both are unaffected by any edit (edits live at or above the edited module's output),
+        so the forward pass stops as soon as the edited module receives its input.
         """
         block = decoder_blocks(self.model)[self.config.layer]
-        seen: list[torch.Tensor] = []
-        handle = block.register_forward_pre_hook(lambda _m, args, kwargs: seen.append(args[0] if args else kwargs["hidden_states"]), with_kwargs=True)
+        seen: dict[str, torch.Tensor] = {}
+
+        def keep_block_input(_module: nn.Module, args: tuple, kwargs: dict) -> None:
+            seen["block"] = (args[0] if args else kwargs["hidden_states"]).detach()
+
+        def keep_module_input_and_stop(_module: nn.Module, args: tuple) -> None:
+            seen["module"] = args[0].detach()
+            raise _StopForward
+
+        handles = [block.register_forward_pre_hook(keep_block_input, with_kwargs=True),
+                   self.layer.register_forward_pre_hook(keep_module_input_and_stop)]
         try:
-            with self.layer.capture_inputs() as module_inputs, self.bank_override(EditBank.empty()):
-                self.model(input_ids=input_ids, use_cache=False)
+            self.model(input_ids=input_ids, use_cache=False)
+        except _StopForward:
+            pass
         finally:
-            handle.remove()
-        return seen[0].detach(), module_inputs[0]
+            for handle in handles:
+                handle.remove()
+        return seen["block"], seen["module"]
 
     @contextmanager
     def upper_stack(self, block_input: torch.Tensor) -> Iterator[None]:

@@ -1,0 +1,57 @@
+"""Sequential-editing benchmark: `sola eval` on a benchmark file, results to JSON + PNG.
+
+    .venv/bin/python benchmarks/edit_stream.py --data ../shared/data/counterfact-1k.json --limit 100 --name counterfact-100
+
+Writes benchmarks/results/<name>.json (summary, per-record results, protocol) and <name>.png.
+Threads are fixed (default 2) and recorded; run nothing else heavy at the same time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import platform
+import sys
+from pathlib import Path
+
+import torch
+
+from sola.config import RoutingConfig
+from sola.evaluate import run_eval
+from sola.plots import plot_eval
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--limit", type=int, default=100)
+    parser.add_argument("--name", required=True)
+    parser.add_argument("--layer", type=int, default=RoutingConfig.layer)
+    parser.add_argument("--threshold", type=float, default=RoutingConfig.threshold)
+    parser.add_argument("--key-function", default=RoutingConfig.key_function)
+    parser.add_argument("--every", type=int, default=0, help="retention of all past edits every K edits")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+
+    torch.set_num_threads(args.threads)
+    routing = RoutingConfig(layer=args.layer, threshold=args.threshold, key_function=args.key_function)
+
+    def progress(stage: str, done: int, total: int) -> None:
+        if done == total or done % 10 == 0:
+            print(f"{stage}: {done}/{total}", file=sys.stderr, flush=True)
+
+    result = run_eval(args.data, None, routing, limit=args.limit, every=args.every, progress=progress)
+    summary = result.summary()
+    summary["protocol"]["machine"] = {"cpus": torch.get_num_threads(), "platform": platform.platform(), "python": platform.python_version()}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    document = {"summary": summary, "records": [dataclasses.asdict(r) for r in result.records]}
+    (RESULTS / f"{args.name}.json").write_text(json.dumps(document, indent=1))
+    plot_eval(result, RESULTS / f"{args.name}.png")
+    print(json.dumps({k: v for k, v in summary.items() if k not in ("protocol", "curve")}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
