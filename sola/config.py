@@ -23,11 +23,11 @@ class RoutingConfig:
     module over the prompt become one vector ("mean" over prompt tokens or "last" token).
     """
 
-    layer: int = 16
+    layer: int = 8
     module: str = "mlp.up_proj"
     rank: int = 4
     alpha: float = 4.0
-    threshold: float = 0.06
+    threshold: float = 0.04
     key_function: str = "mean"
     duplicate_distance: float = 0.002
 

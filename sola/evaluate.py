@@ -50,6 +50,7 @@ class RecordResult:
     retention: float = 0.0
     revoked: bool = False
     rollback_exact: bool | None = None
+    rerouted_to: str | None = None
     retention_after_rollback: float | None = None
 
 
@@ -75,6 +76,9 @@ class EvalResult:
             "locality": mean([r.locality for r in rs]),
             "locality_identical": mean([1.0 if r.locality_identical else 0.0 for r in rs]),
             "rollback_fidelity": mean([1.0 if r.rollback_exact else 0.0 for r in revoked]) if revoked else 1.0,
+            # Revoked prompts that no longer route anywhere must be exact; the rest fired a neighbouring edit.
+            "rollback_unrouted_exact": mean([1.0 if r.rollback_exact else 0.0 for r in revoked if r.rerouted_to is None]) if revoked else 1.0,
+            "rollback_rerouted": sum(1 for r in revoked if r.rerouted_to is not None),
             "retention_after_rollback": mean([r.retention_after_rollback or 0.0 for r in kept]) if kept else 1.0,
             "n_revoked": len(revoked),
             "seconds_per_edit": mean(seconds),
@@ -198,8 +202,9 @@ def _rollback(workspace: Workspace, routed: RoutedModel, requests: list[EditRequ
     routed.set_bank(workspace.head_bank())
     for done, (request, record) in enumerate(zip(requests, records), start=1):
         if record.revoked:
-            logits, _ = routed.prompt_logits(request.prompt)
+            logits, routing = routed.prompt_logits(request.prompt)
             record.rollback_exact = bool(torch.equal(logits, base.prompt_logits[record.index]))
+            record.rerouted_to = routing.edits[0]
         else:
             record.retention_after_rollback, _ = token_accuracy(routed, request.prompt, request.target)
         notify("after rollback", done, len(records))
