@@ -37,7 +37,7 @@ def main() -> None:
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
-    routing = RoutingConfig(layer=args.layer, threshold=args.threshold, key_function=args.key_function)
+    routing = RoutingConfig(layer=args.layer, threshold=args.threshold, key_function=args.key_function).to_dict()
 
     def progress(stage: str, done: int, total: int) -> None:
         if done == total or done % 10 == 0:

@@ -24,10 +24,7 @@ from sola.modelio import ModelError
 
 
 class Failure(click.ClickException):
-    """Rendered as a single `error:` line."""
-
-    def show(self, file: Any = None) -> None:
-        click.echo(f"error: {self.message}", err=True)
+    """A user-facing failure, rendered by SolaGroup as a single `error:` line."""
 
 
 KNOWN_ERRORS = (RegistryError, RegistryLocked, RequestError, ModelError, CorruptObject, ValueError, OSError)
@@ -76,7 +73,24 @@ def open_registry(ctx: click.Context, writable: bool = False, wait: float = 0.0)
     return Registry.open(registry_path(ctx), writable=writable, wait_seconds=wait)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class SolaGroup(click.Group):
+    """A click group whose usage errors also follow the contract: one `error:` line, non-zero exit."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs["standalone_mode"] = False
+        try:
+            code = super().main(*args, **kwargs)
+        except click.exceptions.Abort:
+            click.echo("error: aborted", err=True)
+            sys.exit(1)
+        except click.ClickException as error:
+            message = error.format_message().splitlines()[0] if error.format_message() else type(error).__name__
+            click.echo(f"error: {message}", err=True)
+            sys.exit(error.exit_code)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+@click.group(cls=SolaGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--registry",
     envvar="SOLA_REGISTRY",
@@ -110,8 +124,6 @@ def init(ctx: click.Context, model: str | None, layer: int | None, module: str |
     with failures():
         routing = {k: v for k, v in {"layer": layer, "module": module, "rank": rank, "threshold": threshold,
                                       "key_function": key_function}.items() if v is not None}
-        if rank is not None:
-            routing["alpha"] = float(rank)
         workspace = Workspace.init(registry_path(ctx), model, routing, author or default_author())
         with workspace:
             head = workspace.registry.head()
@@ -156,6 +168,8 @@ def edit(ctx: click.Context, prompt: str | None, target: str | None, rephrase: t
     with failures():
         if file is not None and (prompt is not None or target is not None):
             raise RequestError("give either --file or --prompt/--target, not both")
+        if file is not None and supersede:
+            raise RequestError("--supersede names one edit to replace; use it with --prompt/--target, not --file")
         if file is not None:
             requests = read_jsonl(file)
         elif prompt is None or target is None:
@@ -166,7 +180,7 @@ def edit(ctx: click.Context, prompt: str | None, target: str | None, rephrase: t
         train = TrainConfig(max_steps=steps if steps is not None else defaults.max_steps, lr=lr if lr is not None else defaults.lr)
         outcomes: list[dict[str, Any]] = []
         with open_workspace(ctx, writable=True, wait=wait) as workspace:
-            workspace.model()
+            workspace.preflight(requests, list(supersede), force)
             show_progress = len(requests) > 1
             with click.progressbar(requests, label="editing", file=sys.stderr, show_pos=True) if show_progress else _plain(requests) as items:
                 for request in items:
@@ -216,10 +230,11 @@ def _plain(items: list[Any]) -> Iterator[list[Any]]:
 @click.option("--snapshot", type=click.Path(file_okay=False, path_type=Path), default=None, help="An exported snapshot directory (no registry needed).")
 @click.option("--max-new-tokens", type=int, default=16, show_default=True)
 @click.option("--explain", is_flag=True, help="Say which edit fired and at what distance.")
+@wait_option
 @json_option
 @click.pass_context
 def generate(ctx: click.Context, prompt: str, rev: str | None, at: str | None, snapshot: Path | None,
-             max_new_tokens: int, explain: bool, as_json: bool) -> None:
+             max_new_tokens: int, explain: bool, wait: float, as_json: bool) -> None:
     """Greedy completion of PROMPT by the model at a revision (default: main)."""
     with failures():
         if rev is not None and at is not None:
@@ -233,7 +248,7 @@ def generate(ctx: click.Context, prompt: str, rev: str | None, at: str | None, s
 
             result = load_snapshot(snapshot).generate([prompt], max_new_tokens=max_new_tokens)[0].to_dict()
         else:
-            with open_workspace(ctx, writable=False) as workspace:
+            with open_workspace(ctx, writable=False, wait=wait) as workspace:
                 result = workspace.generate([prompt], rev, at, max_new_tokens)[0].to_dict()
     def human() -> None:
         click.echo(prompt + result["text"])
@@ -476,9 +491,9 @@ def eval_command(ctx: click.Context, data: Path, limit: int, threshold: float | 
                 spec = spec or registry.base_model["spec"]
         overrides = {"threshold": threshold, "layer": layer, "key_function": key_function}
         routing.update({k: v for k, v in overrides.items() if v is not None})
-        config = RoutingConfig.from_dict(routing)
+        RoutingConfig.from_dict(routing)  # validate the overrides before loading anything
         with StageProgress() as progress:
-            result = run_eval(data, spec, config, limit=limit, seed=seed, every=every, progress=progress)
+            result = run_eval(data, spec, routing, limit=limit, seed=seed, every=every, progress=progress)
         document = result.summary()
         if plot is not None:
             from sola.plots import plot_eval

@@ -26,7 +26,7 @@ from typing import Any, Callable
 
 import torch
 
-from sola.config import RoutingConfig, TrainConfig
+from sola.config import TrainConfig
 from sola.data import EditRequest, read_benchmark
 from sola.layer import EditBank
 from sola.routed import RoutedModel
@@ -109,7 +109,7 @@ def _file_sha256(path: Path) -> str:
 def run_eval(
     data: Path,
     model_spec: str | None,
-    routing: RoutingConfig,
+    routing: dict[str, Any],
     limit: int = 100,
     seed: int = 0,
     every: int = 0,
@@ -123,7 +123,7 @@ def run_eval(
     notify = progress or (lambda stage, done, total: None)
     with tempfile.TemporaryDirectory(prefix="sola-eval-") as temporary:
         root = Path(scratch or temporary) / "registry"
-        workspace = Workspace.init(root, model_spec, {k: v for k, v in routing.to_dict().items()}, "sola-eval")
+        workspace = Workspace.init(root, model_spec, routing, "sola-eval")
         with workspace:
             routed = workspace.model()
             protocol = {

@@ -106,6 +106,7 @@ class Workspace:
         """Create a registry for a base model; loading it once also warms the conversion cache."""
         base, tokenizer, identity = load_base(model)
         settings = dict(routing)
+        settings.setdefault("alpha", float(settings.get("rank", RoutingConfig.rank)))  # scale alpha/rank = 1
         settings.setdefault("module", default_module_for(base))
         blocks = base.config.num_hidden_layers
         settings.setdefault("layer", RoutingConfig.layer if blocks > RoutingConfig.layer else blocks // 2)
@@ -206,6 +207,8 @@ class Workspace:
         train_config: TrainConfig = TrainConfig(),
     ) -> EditOutcome:
         """Train and record one edit, after checking it against the active edits' keys."""
+        if not self.registry.writable:
+            raise RegistryError("registry opened read-only")
         request = request.validated()
         author = author or default_author()
         routed = self.model()
@@ -256,6 +259,30 @@ class Workspace:
             converged=trained.converged,
             seconds=trained.seconds,
         )
+
+    def preflight(self, requests: list[EditRequest], supersede: list[str] | None = None, force: bool = False) -> None:
+        """Refuse a batch before training anything if any request contradicts an active edit or
+        an earlier request of the same batch (nearly the same key, a different target)."""
+        routed = self.model()
+        superseded = {self.registry.resolve_edit(e) for e in supersede or []}
+        if force:
+            return
+        seen: list[tuple[torch.Tensor, str, int]] = []
+        for line, request in enumerate(requests, start=1):
+            request = request.validated()
+            key = routing_key(routed, request.prompt)
+            target = join_target(request.prompt, request.target).strip()
+            for near in self.neighbours(key, self.routing.duplicate_distance):
+                if near.edit not in superseded and join_target(near.prompt, near.target).strip() != target:
+                    raise EditConflict(
+                        f"request {line} contradicts active edit {near.edit[:12]} ({near.prompt!r} -> {near.target!r}) "
+                        f"at distance {near.distance:.4f}; nothing was edited"
+                    )
+            for other_key, other_target, other_line in seen:
+                distance = 1.0 - float(key @ other_key)
+                if distance < self.routing.duplicate_distance and other_target != target:
+                    raise EditConflict(f"requests {other_line} and {line} contradict each other (distance {distance:.4f}); nothing was edited")
+            seen.append((key, target, line))
 
     def _advance_head_index(self, commit: Commit, edit_id: str, removed: list[str]) -> None:
         """Keep the in-memory head index current without rebuilding it (batches of edits)."""

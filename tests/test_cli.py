@@ -155,6 +155,22 @@ def test_bad_input_gives_one_error_line_and_changes_nothing(sola, tiny_dirs, tmp
     assert len(sola.json("log")) == len(before) + 1
 
 
+def test_usage_errors_are_one_error_line(sola):
+    assert "--reason" in sola.fails("revoke", "abcd")
+    assert "nope" in sola.fails("nope")
+    assert "--limit" in sola.fails("log", "--limit", "many")
+
+
+def test_batch_contradictions_are_refused_before_any_training(sola, tmp_path):
+    batch = tmp_path / "batch.jsonl"
+    batch.write_text("\n".join(json.dumps(r) for r in [
+        {"prompt": "Toko Yasuda plays the", "target_new": "piano"},
+        {"prompt": PROMPT, "target_new": "Madrid"},
+        {"prompt": PROMPT, "target_new": "Spain"}]) + "\n")
+    assert "requests 2 and 3 contradict" in sola.fails("edit", "--file", str(batch))
+    assert len(sola.json("log")) == 1
+
+
 def test_registry_refuses_a_different_base_model(sola, tiny_dirs):
     weights = tiny_dirs["llama"] / "model.safetensors"
     original = weights.read_bytes()
