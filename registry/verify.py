@@ -167,7 +167,10 @@ def _check_caches(registry: Registry, report: Report, commits: list[Commit]) -> 
             report.problems.append("cache: key matrix has more rows than the registry has keys (delete cache/ to rebuild)")
         for first in range(0, rows, 4096):
             end = min(first + 4096, rows)
-            expected = registry._load_key_rows(first, end)
+            try:
+                expected = registry._load_key_rows(first, end)
+            except CorruptObject:
+                break  # already reported with the edit it belongs to
             if not np.array_equal(registry.key_matrix.rows(np.arange(first, end), dim), expected):
                 report.problems.append(f"cache: key matrix rows {first}..{end} differ from the objects (delete cache/ to rebuild)")
                 break
