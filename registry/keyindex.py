@@ -95,6 +95,9 @@ class FaissKeySearch:
         keep = ids[0] >= 0
         return sims[0][keep], ids[0][keep]
 
+    def copy(self) -> "FaissKeySearch":
+        return FaissKeySearch(faiss.clone_index(self.index))
+
     def add(self, keys: np.ndarray, key_ids: np.ndarray) -> None:
         self.index.add_with_ids(np.ascontiguousarray(keys, dtype=np.float32), np.asarray(key_ids, dtype=np.int64))
 

@@ -17,7 +17,7 @@ import click
 
 from registry.db import RegistryLocked
 from registry.objects import CorruptObject
-from registry.store import Registry, RegistryError, iso
+from registry.store import Registry, RegistryError
 from sola.config import TrainConfig
 from sola.data import EditRequest, RequestError, read_jsonl
 from sola.modelio import ModelError

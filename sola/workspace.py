@@ -149,9 +149,10 @@ class Workspace:
         return EditBank(search, key_edit, self._fetch_lora)
 
     def head_bank(self) -> EditBank:
-        """The bank of `main`, reusing the incrementally maintained in-memory index."""
+        """The bank of `main`, from a copy of the incrementally maintained in-memory index
+        (the bank must not change under its holder when later edits extend the head index)."""
         search, key_edit = self._head_search()
-        return EditBank(search, dict(key_edit), self._fetch_lora)
+        return EditBank(search.copy(), dict(key_edit), self._fetch_lora)
 
     def routed_at(self, revision: str | None = None, at: str | None = None) -> tuple[RoutedModel, Commit]:
         commit = self.registry.resolve(revision, at)

@@ -228,3 +228,17 @@ def test_every_cli_command_is_documented():
     docs = (Path(__file__).parent.parent / "docs" / "cli.md").read_text()
     documented = set(re.findall(r"^## `sola ([a-z-]+)", docs, flags=re.M))
     assert set(main.commands) == documented
+
+
+@pytest.mark.parametrize("fixture", ["counterfact-4.json", "zsre-3.json"])
+def test_eval_reports_every_contract_metric(sola, fixture, tmp_path):
+    data = Path(__file__).parent / "fixtures" / fixture
+    report = sola.json("eval", "--data", str(data), "--limit", "3", "--plot", str(tmp_path / "eval.png"))
+    assert report["n_edits"] == 3
+    for name in ("edit_success", "retention", "generalization", "locality", "rollback_fidelity"):
+        assert 0.0 <= report[name] <= 1.0, name
+    assert report["seconds_per_edit"] > 0
+    assert report["rollback_unrouted_exact"] == 1.0
+    assert report["protocol"]["format"] == ("zsre" if "zsre" in fixture else "counterfact")
+    assert (tmp_path / "eval.png").stat().st_size > 0
+    assert len(sola.json("log")) == 1  # the scratch registry, not this one, received the edits

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import time
 
-import duckdb
-import numpy as np
 import pytest
 
 from registry.db import connect, migrate, schema_version, latest_version
