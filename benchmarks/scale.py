@@ -365,7 +365,7 @@ def measure(root: Path, n_queries: int, skip_cold: bool) -> dict[str, Any]:
             t, (key_ids, _) = timed(lambda: fresh.active_keys(commit))
             phases["active_keys_query_s"] = t
             total = fresh.db.execute("SELECT count(*) FROM edit_keys").fetchone()[0]
-            t, _ = timed(lambda: fresh.key_matrix.sync(total, KEY_DIM, fresh._load_key_rows))
+            t, _ = timed(lambda: fresh.key_matrix.sync(total, KEY_DIM, fresh._load_key_rows, fresh.all_commits()[0].commit_id))
             phases["key_matrix_sync_s"] = t
             t, rows = timed(lambda: fresh.key_matrix.rows(key_ids, KEY_DIM))
             phases["matrix_row_select_s"] = t

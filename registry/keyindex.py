@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import faiss
 import numpy as np
@@ -29,17 +29,20 @@ class KeyMatrix:
         self.data_path = root / "keys.f32"
         self.meta_path = root / "keys.json"
 
-    def _meta(self) -> dict[str, int]:
+    def _meta(self) -> dict[str, Any]:
         try:
             return json.loads(self.meta_path.read_text())
         except (FileNotFoundError, json.JSONDecodeError):
-            return {"rows": 0, "dim": 0}
+            return {"rows": 0, "dim": 0, "owner": None}
 
-    def sync(self, total_rows: int, dim: int, load_rows: RowLoader, batch: int = 4096) -> None:
-        """Extend the matrix to `total_rows`, loading only the rows it lacks."""
+    def sync(self, total_rows: int, dim: int, load_rows: RowLoader, owner: str, batch: int = 4096) -> None:
+        """Extend the matrix to `total_rows`, loading only the rows it lacks.
+
+        `owner` identifies the registry (its first commit): a matrix left by another registry
+        in the same directory is rebuilt, never reused."""
         meta = self._meta()
-        if meta["dim"] not in (0, dim) or meta["rows"] > total_rows:
-            meta = {"rows": 0, "dim": dim}  # stale (different registry state): rebuild
+        if meta.get("owner") != owner or meta["dim"] not in (0, dim) or meta["rows"] > total_rows:
+            meta = {"rows": 0, "dim": dim}  # stale: rebuild from the objects
         self.root.mkdir(parents=True, exist_ok=True)
         rows = meta["rows"]
         if rows == total_rows and self.data_path.exists():
@@ -54,7 +57,7 @@ class KeyMatrix:
             handle.truncate(total_rows * dim * 4)
             handle.flush()
             os.fsync(handle.fileno())
-        write_atomically(self.meta_path, json.dumps({"rows": total_rows, "dim": dim}).encode())
+        write_atomically(self.meta_path, json.dumps({"rows": total_rows, "dim": dim, "owner": owner}).encode())
 
     def rows(self, key_ids: np.ndarray, dim: int) -> np.ndarray:
         meta = self._meta()

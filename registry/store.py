@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -127,6 +128,7 @@ class Registry:
         if (root / "registry.duckdb").exists():
             raise RegistryError(f"a registry already exists at {root}")
         root.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(root / "cache", ignore_errors=True)  # derived from a registry that no longer exists
         connection = connect(root / "registry.duckdb", read_only=False)
         registry = cls(root, connection, writable=True)
         migrate(connection)
@@ -213,6 +215,11 @@ class Registry:
         if row is None:
             raise RegistryError(f"unknown commit {commit_id}")
         return self._commit_from_row(row)
+
+    def all_commits(self) -> list[Commit]:
+        """Every commit in chain order, in one query (verify, audit)."""
+        rows = self.db.execute(f"SELECT {_COMMIT_COLUMNS} FROM commits ORDER BY seq").fetchall()
+        return [self._commit_from_row(r) for r in rows]
 
     def changes(self, commit_id: str) -> list[tuple[str, bool]]:
         rows = self.db.execute(
@@ -468,7 +475,8 @@ class Registry:
                 pass  # unreadable cache file: rebuild below
         total = self.db.execute("SELECT count(*) FROM edit_keys").fetchone()[0]
         if total:
-            self.key_matrix.sync(total, dim, self._load_key_rows)
+            owner = self.db.execute("SELECT commit_id FROM commits WHERE seq = 0").fetchone()[0]
+            self.key_matrix.sync(total, dim, self._load_key_rows, owner)
         search = FaissKeySearch.build(self.key_matrix.rows(key_ids, dim), key_ids, dim)
         self._write_index_cache(cache_file, search)
         return search, key_edit

