@@ -32,7 +32,6 @@ from typing import Any, Iterable
 
 import duckdb
 import numpy as np
-from safetensors.numpy import save as save_safetensors
 
 from registry.objects import canonical_json, sha256_hex
 from registry.store import (
@@ -44,7 +43,6 @@ from registry.store import (
     RegistryError,
     commit_record,
     edit_term,
-    parse_time,
     tree_id_for,
     utcnow,
 )
@@ -131,31 +129,13 @@ class BulkLoader:
         supersede: Iterable[str] = (),
     ) -> str:
         """Same arguments and checks as `Registry.store_edit`; returns the edit id (commit comes at flush)."""
-        keys = tensors["keys"]
-        if keys.shape[0] != len(key_prompts):
-            raise ValueError("one key prompt per key row")
-        objects = self.registry.objects
-        tensors_sha = objects.put(save_safetensors({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in tensors.items()}))
-        document = dict(provenance, tensors_sha256=tensors_sha, key_prompts=key_prompts)
-        edit_id = objects.put(canonical_json(document))
+        edit_id, row, document = self.registry.write_edit_objects(tensors, provenance, key_prompts, author)
         if edit_id in self._rows:  # against the registry: checked for the whole batch at flush
             raise RegistryError(f"edit {edit_id[:12]} already exists")
         superseded = list(supersede)
         for old in superseded:
             if not self.is_active(old):
                 raise RegistryError(f"cannot supersede {old[:12]}: it is not active")
-        row = [
-            edit_id,
-            tensors_sha,
-            document["prompt"],
-            document["target"],
-            document.get("subject"),
-            author,
-            document.get("reason"),
-            document.get("source"),
-            parse_time(document["created_at"]),
-            len(key_prompts),
-        ]
         changes = [(old, False) for old in superseded] + [(edit_id, True)]
         op = "supersede" if superseded else "add"
         self._queue.append(_Pending(op, changes, author, message, document.get("reason"), row, list(key_prompts)))

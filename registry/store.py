@@ -366,6 +366,21 @@ class Registry:
     def edit_tensors(self, edit_id: str) -> dict[str, np.ndarray]:
         return load_safetensors(self.objects.get(self.edit_row(edit_id)["tensors_sha256"]))
 
+    def write_edit_objects(
+        self, tensors: dict[str, np.ndarray], provenance: dict[str, Any], key_prompts: list[str], author: str
+    ) -> tuple[str, list[Any], dict[str, Any]]:
+        """Write an edit's tensors and provenance objects (before any row points at them).
+
+        Returns (edit id, its `edits` row values, the provenance document)."""
+        if tensors["keys"].shape[0] != len(key_prompts):
+            raise ValueError("one key prompt per key row")
+        tensors_sha = self.objects.put(save_safetensors({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in tensors.items()}))
+        document = dict(provenance, tensors_sha256=tensors_sha, key_prompts=key_prompts)
+        edit_id = self.objects.put(canonical_json(document))
+        row = [edit_id, tensors_sha, document["prompt"], document["target"], document.get("subject"), author,
+               document.get("reason"), document.get("source"), parse_time(document["created_at"]), len(key_prompts)]
+        return edit_id, row, document
+
     def store_edit(
         self,
         tensors: dict[str, np.ndarray],
@@ -376,12 +391,7 @@ class Registry:
         supersede: Iterable[str] = (),
     ) -> tuple[str, Commit]:
         """Write the edit's objects, then record it and its `add` commit in one transaction."""
-        keys = tensors["keys"]
-        if keys.shape[0] != len(key_prompts):
-            raise ValueError("one key prompt per key row")
-        tensors_sha = self.objects.put(save_safetensors({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in tensors.items()}))
-        document = dict(provenance, tensors_sha256=tensors_sha, key_prompts=key_prompts)
-        edit_id = self.objects.put(canonical_json(document))
+        edit_id, row, document = self.write_edit_objects(tensors, provenance, key_prompts, author)
         if self.db.execute("SELECT 1 FROM edits WHERE edit_id = ?", [edit_id]).fetchone():
             raise RegistryError(f"edit {edit_id[:12]} already exists")
         superseded = list(supersede)
@@ -389,21 +399,7 @@ class Registry:
             if not self.is_active(old):
                 raise RegistryError(f"cannot supersede {old[:12]}: it is not active")
         with self.transaction():
-            self.db.execute(
-                "INSERT INTO edits VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    edit_id,
-                    tensors_sha,
-                    document["prompt"],
-                    document["target"],
-                    document.get("subject"),
-                    author,
-                    document.get("reason"),
-                    document.get("source"),
-                    parse_time(document["created_at"]),
-                    len(key_prompts),
-                ],
-            )
+            self.db.execute("INSERT INTO edits VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
             first_key = self.db.execute("SELECT coalesce(max(key_id), -1) + 1 FROM edit_keys").fetchone()[0]
             self.db.executemany(
                 "INSERT INTO edit_keys VALUES (?, ?, ?, ?)",
