@@ -50,7 +50,7 @@ def main() -> None:
         show("before", prompt, workspace.generate([prompt], max_new_tokens=8)[0])
     reference = {p: base_logits(workspace, p) for p in (FACT, UNRELATED)}
 
-    print(f"3. sola edit --prompt {FACT!r} --target {NEW_TARGET!r}")
+    print(f"3. sola edit --prompt {FACT!r} --target {NEW_TARGET!r} --rephrase {PARAPHRASE!r}")
     outcome = workspace.edit(EditRequest(FACT, NEW_TARGET, (PARAPHRASE,)), author="demo", reason="counterfactual demo", source="demo")
     print(f"   edit {outcome.edit[:12]} in commit {outcome.commit[:12]}: {outcome.steps} steps, loss {outcome.loss:.3f}, {outcome.seconds:.2f} s")
     for prompt in (FACT, PARAPHRASE, UNRELATED):
