@@ -27,53 +27,22 @@ are refused at `add`; duplicates of edits already in the registry are refused at
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Iterable
 
 import duckdb
 import numpy as np
 
-from registry.objects import canonical_json, sha256_hex
 from registry.store import (
     _COMMIT_COLUMNS,
     MAIN,
-    MODULUS,
     Commit,
     Registry,
     RegistryError,
-    commit_record,
-    edit_term,
-    tree_id_for,
-    utcnow,
+    next_commit,
 )
 
 ROWS_PER_INSERT = 200
-
-
-def next_commit(
-    parent: Commit | None, config_digest: str, changes: list[tuple[str, bool]], author: str, op: str, message: str, reason: str | None
-) -> Commit:
-    """The commit `Registry._append_commit` makes on top of `parent` (same fields, same hashing)."""
-    set_sum = int(parent.tree_sum, 16) if parent else 0
-    n_active = parent.n_active if parent else 0
-    for edit_id, active in changes:
-        set_sum = (set_sum + (edit_term(edit_id) if active else -edit_term(edit_id))) % MODULUS
-        n_active += 1 if active else -1
-    draft = Commit(
-        commit_id="",
-        seq=parent.seq + 1 if parent else 0,
-        parent_id=parent.commit_id if parent else None,
-        tree_id=tree_id_for(config_digest, set_sum),
-        tree_sum=f"{set_sum:064x}",
-        n_active=n_active,
-        author=author,
-        time=utcnow(),
-        op=op,
-        message=message,
-        reason=reason,
-    )
-    commit_id = sha256_hex(canonical_json(commit_record(draft, changes)))
-    return replace(draft, commit_id=commit_id)
 
 
 def _insert(db: duckdb.DuckDBPyConnection, table: str, rows: list[list[Any]], columns: str | None = None) -> None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable
@@ -108,6 +108,33 @@ def commit_record(commit: Commit, changes: list[tuple[str, bool]]) -> dict[str, 
         "reason": commit.reason,
         "changes": [[edit_id, active] for edit_id, active in changes],
     }
+
+
+def next_commit(
+    parent: Commit | None, config_digest: str, changes: list[tuple[str, bool]], author: str, op: str, message: str, reason: str | None
+) -> Commit:
+    """The next commit on top of `parent`: tree derived incrementally from the parent's set hash,
+    id = sha256 of the canonical commit record. Shared by `Registry._append_commit` and the bulk loader."""
+    set_sum = int(parent.tree_sum, 16) if parent else 0
+    n_active = parent.n_active if parent else 0
+    for edit_id, active in changes:
+        set_sum = (set_sum + (edit_term(edit_id) if active else -edit_term(edit_id))) % MODULUS
+        n_active += 1 if active else -1
+    draft = Commit(
+        commit_id="",
+        seq=parent.seq + 1 if parent else 0,
+        parent_id=parent.commit_id if parent else None,
+        tree_id=tree_id_for(config_digest, set_sum),
+        tree_sum=f"{set_sum:064x}",
+        n_active=n_active,
+        author=author,
+        time=utcnow(),
+        op=op,
+        message=message,
+        reason=reason,
+    )
+    commit_id = sha256_hex(canonical_json(commit_record(draft, changes)))
+    return replace(draft, commit_id=commit_id)
 
 
 class Registry:
@@ -231,26 +258,8 @@ class Registry:
         """Insert a commit on top of main and move main; the caller holds the transaction."""
         row = self.db.execute(f"SELECT {_COMMIT_COLUMNS} FROM commits ORDER BY seq DESC LIMIT 1").fetchone()
         parent = self._commit_from_row(row) if row else None
-        set_sum = int(parent.tree_sum, 16) if parent else 0
-        n_active = parent.n_active if parent else 0
-        for edit_id, active in changes:
-            set_sum = (set_sum + (edit_term(edit_id) if active else -edit_term(edit_id))) % MODULUS
-            n_active += 1 if active else -1
-        draft = Commit(
-            commit_id="",
-            seq=parent.seq + 1 if parent else 0,
-            parent_id=parent.commit_id if parent else None,
-            tree_id=tree_id_for(self.config_digest(), set_sum),
-            tree_sum=f"{set_sum:064x}",
-            n_active=n_active,
-            author=author,
-            time=utcnow(),
-            op=op,
-            message=message,
-            reason=reason,
-        )
-        commit_id = sha256_hex(canonical_json(commit_record(draft, changes)))
-        commit = Commit(commit_id, *[getattr(draft, f) for f in _COMMIT_COLUMNS.split(", ")[1:]])
+        commit = next_commit(parent, self.config_digest(), changes, author, op, message, reason)
+        commit_id = commit.commit_id
         self.db.execute(
             f"INSERT INTO commits ({_COMMIT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [getattr(commit, f) for f in _COMMIT_COLUMNS.split(", ")],
