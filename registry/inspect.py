@@ -18,8 +18,10 @@ def describe_object(registry: Registry, ident: str) -> dict[str, Any]:
     """`show`: a ref/commit or an edit, by id or unique prefix."""
     text = ident.strip().lower().removeprefix("sha256:")
     is_ref = registry.db.execute("SELECT 1 FROM refs WHERE name = ?", [ident.split("~")[0]]).fetchone()
-    commits = [] if is_ref else _matches(registry, "commits", "commit_id", text) if len(text) >= 4 else []
-    edits = [] if is_ref else _matches(registry, "edits", "edit_id", text) if len(text) >= 4 else []
+    if is_ref or len(text) < 4:
+        return describe_commit(registry, registry.resolve(ident))
+    commits = _matches(registry, "commits", "commit_id", text)
+    edits = _matches(registry, "edits", "edit_id", text)
     if len(commits) + len(edits) > 1:
         raise RegistryError(f"ambiguous id {ident!r}: give more characters")
     if edits:
@@ -27,11 +29,14 @@ def describe_object(registry: Registry, ident: str) -> dict[str, Any]:
     return describe_commit(registry, registry.resolve(ident))
 
 
+def edit_summary(registry: Registry, edit_id: str) -> dict[str, Any]:
+    """The short form of an edit used in listings: id, prompt, target."""
+    row = registry.edit_row(edit_id)
+    return {"edit": edit_id, "prompt": row["prompt"], "target": row["target"]}
+
+
 def describe_commit(registry: Registry, commit: Commit) -> dict[str, Any]:
-    changes = []
-    for edit_id, active in registry.changes(commit.commit_id):
-        row = registry.edit_row(edit_id)
-        changes.append({"edit": edit_id, "active": active, "prompt": row["prompt"], "target": row["target"]})
+    changes = [dict(edit_summary(registry, edit_id), active=active) for edit_id, active in registry.changes(commit.commit_id)]
     refs = [r[0] for r in registry.db.execute("SELECT name FROM refs WHERE commit_id = ? ORDER BY name", [commit.commit_id]).fetchall()]
     return dict(commit.to_dict(), kind="commit", changes=changes, refs=refs)
 
@@ -52,8 +57,7 @@ def edit_neighbours(registry: Registry, edit_id: str, commit: Commit | None = No
                 best[other] = min(distance, best.get(other, distance))
     out = []
     for other, distance in sorted(best.items(), key=lambda item: item[1]):
-        row = registry.edit_row(other)
-        out.append({"edit": other, "distance": round(distance, 6), "prompt": row["prompt"], "target": row["target"]})
+        out.append(dict(edit_summary(registry, other), distance=round(distance, 6)))
     return out
 
 
@@ -152,9 +156,7 @@ def conflicts(registry: Registry, commit: Commit) -> list[dict[str, Any]]:
                 pairs[pair] = min(distance, pairs.get(pair, distance))
     out = []
     for (a, b), distance in sorted(pairs.items(), key=lambda item: item[1]):
-        ra, rb = registry.edit_row(a), registry.edit_row(b)
-        out.append({"distance": round(distance, 6), "a": {"edit": a, "prompt": ra["prompt"], "target": ra["target"]},
-                    "b": {"edit": b, "prompt": rb["prompt"], "target": rb["target"]}})
+        out.append({"distance": round(distance, 6), "a": edit_summary(registry, a), "b": edit_summary(registry, b)})
     return out
 
 

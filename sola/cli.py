@@ -334,13 +334,14 @@ def tag(ctx: click.Context, name: str, rev: str | None, author: str | None, wait
 @click.pass_context
 def diff(ctx: click.Context, rev_a: str, rev_b: str, as_json: bool) -> None:
     """Edits active in REV_B but not REV_A (added) and the reverse (removed)."""
+    from registry.inspect import edit_summary
+
     with failures():
         with open_registry(ctx) as registry:
             a, b = registry.resolve(rev_a), registry.resolve(rev_b)
             changes = registry.diff(a, b)
-            describe = lambda e: {"edit": e, **{k: registry.edit_row(e)[k] for k in ("prompt", "target")}}  # noqa: E731
             document = {"from": a.commit_id, "to": b.commit_id,
-                        "added": [describe(e) for e in changes["added"]], "removed": [describe(e) for e in changes["removed"]]}
+                        **{kind: [edit_summary(registry, e) for e in changes[kind]] for kind in ("added", "removed")}}
     def human() -> None:
         for kind, sign in (("added", "+"), ("removed", "-")):
             for item in document[kind]:
