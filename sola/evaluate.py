@@ -9,6 +9,8 @@ are never given as keys: they are the unseen generalisation probes.
 - generalisation: paraphrase routed to its own edit x token accuracy of the target
 - locality: token agreement with the base model on the locality prompt + answer (also: share bit-identical)
 - rollback fidelity: revoke a seeded random half; share whose prompt logits equal the base exactly
+- restore: bring back a seeded fifth of the revoked edits; they must produce their targets again,
+  the still-revoked ones must stay bit-identical to the base, the never-revoked ones unchanged
 """
 
 from __future__ import annotations
@@ -52,6 +54,9 @@ class RecordResult:
     rollback_exact: bool | None = None
     rerouted_to: str | None = None
     retention_after_rollback: float | None = None
+    restored: bool = False
+    retention_after_restore: float | None = None
+    still_revoked_exact: bool | None = None
 
 
 @dataclass
@@ -81,6 +86,11 @@ class EvalResult:
             "rollback_rerouted": sum(1 for r in revoked if r.rerouted_to is not None),
             "retention_after_rollback": mean([r.retention_after_rollback or 0.0 for r in kept]) if kept else 1.0,
             "n_revoked": len(revoked),
+            # Restore a seeded fifth of the revoked edits: they must work again, the rest stay revoked.
+            "n_restored": sum(1 for r in revoked if r.restored),
+            "restored_retention": mean([r.retention_after_restore or 0.0 for r in revoked if r.restored]) if any(r.restored for r in revoked) else 1.0,
+            "still_revoked_unrouted_exact": mean([1.0 if r.still_revoked_exact else 0.0 for r in revoked if not r.restored and r.rerouted_to is None]) if revoked else 1.0,
+            "retention_after_restore": mean([r.retention_after_restore or 0.0 for r in kept]) if kept else 1.0,
             "seconds_per_edit": mean(seconds),
             "seconds_per_edit_median": statistics.median(seconds) if seconds else 0.0,
             "seconds_per_edit_p90": seconds[min(len(seconds) - 1, int(0.9 * len(seconds)))] if seconds else 0.0,
@@ -146,12 +156,11 @@ def run_eval(
                 success, _ = token_accuracy(routed, request.prompt, request.target)
                 records.append(RecordResult(index, outcome.edit, success, seconds, outcome.steps, len(outcome.neighbours)))
                 if every and (index + 1) % every == 0:
-                    retained = [token_accuracy(routed, r.prompt, r.target)[0] for r in requests[: index + 1]]
-                    curve.append({"edits": index + 1, "retention": sum(retained) / len(retained),
-                                  "edit_success": sum(r.success for r in records) / len(records)})
+                    curve.append(_checkpoint(routed, requests, records, base))
                 notify("editing", index + 1, len(requests))
             _final_metrics(routed, requests, records, base, notify)
             _rollback(workspace, routed, requests, records, base, seed, notify)
+            _restore(workspace, routed, requests, records, base, seed, notify)
     return EvalResult(protocol, records, curve)
 
 
@@ -178,17 +187,34 @@ def _base_references(routed: RoutedModel, requests: list[EditRequest], notify: P
     return refs
 
 
+def _measure(routed: RoutedModel, request: EditRequest, record: RecordResult, base: _Base) -> None:
+    """Retention, generalisation and locality of one edit against the model as it is now."""
+    record.retention, _ = token_accuracy(routed, request.prompt, request.target)
+    if request.rephrases:
+        accuracy, fired = token_accuracy(routed, request.rephrases[0], request.target)
+        record.paraphrase_routed = fired == record.edit
+        record.generalization = accuracy if record.paraphrase_routed else 0.0
+    if base.locality[record.index] is not None:
+        logits, _, _ = routed.score(request.locality_prompt, request.locality_answer)
+        record.locality = (logits.argmax(-1) == base.locality[record.index]).float().mean().item()
+        record.locality_identical = bool(torch.equal(logits, base.locality_logits[record.index]))
+
+
+def _checkpoint(routed: RoutedModel, requests: list[EditRequest], records: list[RecordResult], base: _Base) -> dict[str, float]:
+    """Every metric over all edits so far, as the stream grows (the final pass overwrites them)."""
+    for request, record in zip(requests, records):
+        _measure(routed, request, record, base)
+    mean = lambda xs: float(sum(xs) / len(xs)) if xs else 0.0  # noqa: E731
+    with_para = [r for r in records if r.generalization is not None]
+    return {"edits": len(records), "retention": mean([r.retention for r in records]),
+            "edit_success": mean([r.success for r in records]),
+            "generalization": mean([r.generalization for r in with_para]),
+            "locality": mean([r.locality for r in records])}
+
+
 def _final_metrics(routed: RoutedModel, requests: list[EditRequest], records: list[RecordResult], base: _Base, notify: Progress) -> None:
     for done, (request, record) in enumerate(zip(requests, records), start=1):
-        record.retention, _ = token_accuracy(routed, request.prompt, request.target)
-        if request.rephrases:
-            accuracy, fired = token_accuracy(routed, request.rephrases[0], request.target)
-            record.paraphrase_routed = fired == record.edit
-            record.generalization = accuracy if record.paraphrase_routed else 0.0
-        if base.locality[done - 1] is not None:
-            logits, _, _ = routed.score(request.locality_prompt, request.locality_answer)
-            record.locality = (logits.argmax(-1) == base.locality[done - 1]).float().mean().item()
-            record.locality_identical = bool(torch.equal(logits, base.locality_logits[done - 1]))
+        _measure(routed, request, record, base)
         notify("measuring", done, len(requests))
 
 
@@ -208,3 +234,23 @@ def _rollback(workspace: Workspace, routed: RoutedModel, requests: list[EditRequ
         else:
             record.retention_after_rollback, _ = token_accuracy(routed, request.prompt, request.target)
         notify("after rollback", done, len(records))
+
+
+def _restore(workspace: Workspace, routed: RoutedModel, requests: list[EditRequest], records: list[RecordResult],
+             base: _Base, seed: int, notify: Progress) -> None:
+    """Restore commits are the other half of rollback: history says the fact is live again."""
+    revoked = [r.index for r in records if r.revoked]
+    count = max(len(revoked) // 5, 1) if len(revoked) >= 2 else 0  # 100 of 500; keep one revoked at least
+    chosen = sorted(random.Random(seed + 1).sample(revoked, count))
+    for done, index in enumerate(chosen, start=1):
+        workspace.set_active(records[index].edit, True, "sola eval restore", "sola-eval")
+        records[index].restored = True
+        notify("restoring", done, len(chosen))
+    routed.set_bank(workspace.head_bank())
+    for done, (request, record) in enumerate(zip(requests, records), start=1):
+        if record.revoked and not record.restored:
+            logits, _ = routed.prompt_logits(request.prompt)
+            record.still_revoked_exact = bool(torch.equal(logits, base.prompt_logits[record.index]))
+        else:
+            record.retention_after_restore, _ = token_accuracy(routed, request.prompt, request.target)
+        notify("after restore", done, len(records))

@@ -24,7 +24,11 @@ def plot_eval(result: EvalResult, path: Path) -> None:
     right.plot(xs, [r.success for r in records], ".", markersize=3, label="edit success (right after)")
     right.plot(xs, [r.retention for r in records], "x", markersize=3, label="retention (end of stream)")
     if result.curve:
-        right.plot([c["edits"] for c in result.curve], [c["retention"] for c in result.curve], "-o", label="retention of all past edits")
+        edits = [c["edits"] for c in result.curve]
+        right.plot(edits, [c["retention"] for c in result.curve], "-o", label="retention of all past edits")
+        for metric in ("generalization", "locality"):
+            if all(metric in c for c in result.curve):
+                right.plot(edits, [c[metric] for c in result.curve], "-s", markersize=4, label=f"{metric} of all past edits")
     right.set_ylim(-0.05, 1.05)
     right.set_xlabel("edit #")
     right.set_title(f"{result.protocol['format']} ({len(records)} edits, threshold {result.protocol['routing']['threshold']})")

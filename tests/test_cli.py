@@ -10,6 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from sola.cli import main
+from sola.config import TrainConfig
 
 PROMPT = "The capital of France is"
 
@@ -242,3 +243,20 @@ def test_eval_reports_every_contract_metric(sola, fixture, tmp_path):
     assert report["protocol"]["format"] == ("zsre" if "zsre" in fixture else "counterfact")
     assert (tmp_path / "eval.png").stat().st_size > 0
     assert len(sola.json("log")) == 1  # the scratch registry, not this one, received the edits
+
+
+def test_eval_restore_brings_edits_back_and_leaves_the_rest_revoked(tiny_dirs, tmp_path):
+    from sola.evaluate import run_eval
+
+    data = Path(__file__).parent / "fixtures" / "counterfact-4.json"
+    result = run_eval(data, str(tiny_dirs["llama"]), {"threshold": 0.001}, limit=4, every=2,
+                      train=TrainConfig(max_steps=100), scratch=tmp_path)
+    restored = [r for r in result.records if r.restored]
+    still_revoked = [r for r in result.records if r.revoked and not r.restored]
+    assert len(restored) == 1 and len(still_revoked) == 1
+    assert restored[0].retention_after_restore == restored[0].retention == 1.0
+    assert still_revoked[0].still_revoked_exact is True
+    assert [c["edits"] for c in result.curve] == [2, 4]
+    assert all({"generalization", "locality", "retention"} <= set(c) for c in result.curve)
+    summary = result.summary()
+    assert summary["n_restored"] == 1 and summary["restored_retention"] == 1.0
