@@ -152,10 +152,10 @@ def check_against_product(model, tok, prompts, layer, pools, layers) -> None:
     routed = RoutedModel(model, tok, RoutingConfig(layer=layer, module=MODULE))
     li = layers.index(layer)
     for p, prompt in enumerate(prompts):
-        with torch.no_grad(), routed.layer.capture_inputs() as seen:
-            model(input_ids=routed.encode(prompt).input_ids, use_cache=False)
+        with torch.no_grad():
+            _, module_input = routed.capture(routed.encode(prompt).input_ids)
         for fn in ("mean", "last"):
-            product = pool_prompt(seen[0], None, fn)[0].numpy()
+            product = pool_prompt(module_input, None, fn)[0].numpy()
             ours = pools[p, li, RAW_POOLS.index(fn)]
             if not np.allclose(product, ours / np.linalg.norm(ours), atol=1e-5):
                 raise AssertionError(f"{fn} key differs from sola.keys.pool_prompt for {prompt!r}")

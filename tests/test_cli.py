@@ -260,3 +260,20 @@ def test_eval_restore_brings_edits_back_and_leaves_the_rest_revoked(tiny_dirs, t
     assert all({"generalization", "locality", "retention"} <= set(c) for c in result.curve)
     summary = result.summary()
     assert summary["n_restored"] == 1 and summary["restored_retention"] == 1.0
+
+
+def test_eval_summary_separates_restated_facts_from_unique_subjects():
+    from sola.evaluate import EvalResult, RecordResult
+
+    def record(index: int, subject: str, shared: bool, generalization: float, fired: str) -> RecordResult:
+        return RecordResult(index, f"e{index}", subject, 1.0, 0.1, 3, 0, subject_shared=shared,
+                            paraphrase_routed=fired == f"e{index}", paraphrase_fired=fired, generalization=generalization)
+
+    records = [record(0, "Toodyay Fire Station", True, 0.0, "e1"),  # paraphrase fired the restatement
+               record(1, "Toodyay Fire Station", True, 1.0, "e1"),
+               record(2, "NGC 6604", False, 1.0, "e2"),
+               record(3, "Kyrre Nakkim", False, 0.0, None)]
+    summary = EvalResult({}, records).summary()
+    assert summary["generalization"] == 0.5
+    assert summary["generalization_unique_subject"] == 0.5 and summary["n_unique_subject"] == 2
+    assert summary["paraphrase_to_same_subject_edit"] == 1
