@@ -13,11 +13,13 @@ and 1% of edits supersede an active edit with the same prompt.
 Measured (time.perf_counter, median of several runs for the cheap ones):
   fill rate (plain path on a small sample, bulk path on the full fill), `log --limit 20`
   (API and CLI subprocess, with the CLI's bare start-up separately), `diff` between revisions
-  50k edits apart, `generate --at` resolution + key index ready (cold: cache/ deleted; matrix
-  warm but no index for the tree; warm: cached .faiss), key search per query (batch of 1),
-  `verify`, and bytes per edit on disk (objects and DuckDB, separately from the cache);
-  `store_edit` one by one on a copy of the full database (--plain-at-scale) and, with
-  --ann-study, float16 and HNSW indexes over the same keys for comparison.
+  50k edits apart, `generate --at` resolution + key index ready (cold: cache/ deleted, keys
+  read from `key_vectors`, IVF groups trained; warm: key matrix and IVF groups cached), key
+  search per query (batch of 1) with its recall against an exact index at the routing
+  threshold, `verify`, bytes per edit on disk (objects and DuckDB, separately from the cache),
+  the migration-3 upgrade of a registry filled by older code, `store_edit` one by one on a copy
+  of the full database (--plain-at-scale) and, with --ivf-study, the IVF probe count swept on
+  the registry's keys and on clustered keys fitted to real ones (--real-keys).
 Results go to benchmarks/results/scale.json.
 """
 
@@ -33,6 +35,7 @@ import argparse
 import hashlib
 import json
 import platform
+import resource
 import shutil
 import statistics
 import subprocess
@@ -48,8 +51,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from registry.bulk import BulkLoader  # noqa: E402
-from registry.store import Registry, iso, utcnow  # noqa: E402
-from registry.verify import _check_caches, _check_chain, _check_edits, _check_refs, Report, verify  # noqa: E402
+from registry.db import latest_version, schema_version  # noqa: E402
+from registry.keyindex import FaissKeySearch, lists_for, nearest_lists, train_centroids  # noqa: E402
+from registry.store import Registry, iso, load_tensors, utcnow  # noqa: E402
+from registry.verify import _check_caches, _check_chain, _check_edits, _check_key_vectors, _check_refs, Report, verify  # noqa: E402
 
 faiss.omp_set_num_threads(1)
 
@@ -298,6 +303,15 @@ def run_cli(args: list[str]) -> tuple[float, str]:
 def measure(root: Path, n_queries: int, skip_cold: bool) -> dict[str, Any]:
     out: dict[str, Any] = {}
 
+    # --- upgrade: a registry filled by the code before migration 3 gets its key_vectors --------
+    with _raw_connection(root) as probe:
+        version = schema_version(probe)
+    if version < latest_version():
+        t, _ = timed(lambda: Registry.open(root, writable=True).close())
+        out["upgrade"] = {"from_version": version, "to_version": latest_version(), "seconds": t,
+                          "note": "migration 3 back-fills key_vectors from every tensors object, in one transaction"}
+        print(f"  upgrade {version} -> {latest_version()}: {t:.1f} s", flush=True)
+
     # --- open + log --------------------------------------------------------------------------
     out["open_read_only"] = repeat(lambda: Registry.open(root).close(), 5)
     registry = Registry.open(root)
@@ -310,19 +324,30 @@ def measure(root: Path, n_queries: int, skip_cold: bool) -> dict[str, Any]:
             [c.to_dict() for c in fresh.log(20)]
     out["log_limit20_api_with_open"] = repeat(open_and_log, 10)
 
-    cli_log = [run_cli([str(CLI), "--registry", str(root), "log", "--limit", "20", "--json"])[0] for _ in range(4)][1:]
-    cli_start = [run_cli([sys.executable, "-c", "import sola.cli"])[0] for _ in range(4)][1:]
-    bare_python = [run_cli([sys.executable, "-c", "pass"])[0] for _ in range(4)][1:]
-    store_only = [run_cli([sys.executable, "-c", "import registry.store"])[0] for _ in range(4)][1:]
-    imports = {name: statistics.median([run_cli([sys.executable, "-c", f"import {name}"])[0] for _ in range(3)])
-               for name in ("duckdb", "numpy", "faiss", "safetensors", "torch")}
+    def cli_times(args: list[str], runs: int) -> dict[str, Any]:
+        """Wall and CPU (user + sys of the child) seconds; CPU time is what contention on this
+        shared machine inflates least."""
+        run_cli(args)
+        walls, cpus = [], []
+        for _ in range(runs):
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
+            walls.append(run_cli(args)[0])
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            cpus.append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
+        return {"wall_median_s": statistics.median(walls), "wall_min_s": min(walls), "cpu_median_s": statistics.median(cpus)}
+
+    cli_log = cli_times([str(CLI), "--registry", str(root), "log", "--limit", "20", "--json"], 10)
+    loaded = subprocess.run([sys.executable, "-c", "import sys, sola.cli; print(' '.join(m for m in "
+                             "('duckdb', 'numpy', 'faiss', 'safetensors', 'torch', 'click') if m in sys.modules))"],
+                            capture_output=True, text=True, check=True).stdout.split()
     out["log_limit20_cli"] = {
-        "median_s": statistics.median(cli_log), "samples_s": cli_log,
-        "cli_import_only_median_s": statistics.median(cli_start),
-        "python_start_median_s": statistics.median(bare_python),
-        "import_registry_store_median_s": statistics.median(store_only),
-        "import_alone_median_s": imports,
-        "note": "`import sola.cli` pulls in torch (sola.cli -> sola.modelio); that, not the query, is the CLI's cost",
+        "median_s": cli_log["wall_median_s"], **cli_log,
+        "cli_import_only": cli_times([sys.executable, "-c", "import sola.cli"], 5),
+        "python_start": cli_times([sys.executable, "-c", "pass"], 5),
+        "import_alone": {name: cli_times([sys.executable, "-c", f"import {name}"], 5)
+                         for name in ("duckdb", "click", "numpy", "faiss", "torch")},
+        "modules_loaded_by_sola_cli": loaded,
+        "note": "the CLI imports duckdb and click, not numpy/faiss/torch; python start-up + duckdb import dominate",
     }
 
     # --- diff between revisions 50k edits apart -----------------------------------------------
@@ -358,26 +383,37 @@ def measure(root: Path, n_queries: int, skip_cold: bool) -> dict[str, Any]:
 
     def breakdown(at: str) -> dict[str, float]:
         """The same steps as Registry.key_search, timed one by one (cache state as found)."""
-        from registry.keyindex import FaissKeySearch
+        from registry.keyindex import FLAT_LIMIT, CoarseLists, FaissKeySearch
         phases: dict[str, float] = {}
         with Registry.open(root) as fresh:
             commit = fresh.resolve(at=at)
             t, (key_ids, _) = timed(lambda: fresh.active_keys(commit))
             phases["active_keys_query_s"] = t
             total = fresh.db.execute("SELECT count(*) FROM edit_keys").fetchone()[0]
-            t, _ = timed(lambda: fresh.key_matrix.sync(total, KEY_DIM, fresh._load_key_rows, fresh.all_commits()[0].commit_id))
+            owner = fresh.all_commits()[0].commit_id
+            t, _ = timed(lambda: fresh.key_matrix.sync(total, KEY_DIM, fresh._load_key_rows, owner))
             phases["key_matrix_sync_s"] = t
+            coarse = None
+            if len(key_ids) >= FLAT_LIMIT:
+                t, (centroids, groups) = timed(lambda: CoarseLists(cache).sync(fresh.key_matrix, total, KEY_DIM, owner))
+                phases["ivf_groups_sync_s"] = t
+                coarse = (centroids, groups[key_ids])
             t, rows = timed(lambda: fresh.key_matrix.rows(key_ids, KEY_DIM))
             phases["matrix_row_select_s"] = t
-            t, search = timed(lambda: FaissKeySearch.build(rows, key_ids, KEY_DIM))
-            phases["faiss_build_s"] = t
-            path = cache / "index" / f"{commit.tree_id}.faiss"
-            if path.exists():
-                t, loaded = timed(lambda: FaissKeySearch.load(path))
-                phases["faiss_load_s"] = t
-                t, _ = timed(lambda: np.array_equal(np.sort(loaded.ids()), key_ids))
-                phases["cached_ids_check_s"] = t
+            t, _ = timed(lambda: FaissKeySearch.build(rows, key_ids, KEY_DIM, coarse))
+            phases["index_build_s"] = t
         return phases
+
+    def cold_steps() -> dict[str, float]:
+        """What a cold start pays before any index exists: the key_vectors scan alone, and the
+        same keys read the old way (every tensors object, hash-checked) on 5,000 of them."""
+        with Registry.open(root) as fresh:
+            total = fresh.db.execute("SELECT count(*) FROM edit_keys").fetchone()[0]
+            t_scan, _ = timed(lambda: fresh._load_key_rows(0, total))
+            shas = [r[0] for r in fresh.db.execute("SELECT tensors_sha256 FROM edits LIMIT 5000").fetchall()]
+            t_objects, _ = timed(lambda: [load_tensors(fresh.objects.get(sha))["keys"] for sha in shas])
+        return {"key_vectors_scan_s": t_scan, "keys": total, "objects_read_5000_s": t_objects,
+                "objects_read_projected_s": t_objects * total / max(len(shas), 1)}
 
     index_ready: dict[str, Any] = {"head_at": iso(head_time), "mid_at": iso(mid_time)}
     for label, at in (("head", iso(head_time)), ("mid", iso(mid_time))):
@@ -385,56 +421,40 @@ def measure(root: Path, n_queries: int, skip_cold: bool) -> dict[str, Any]:
             shutil.rmtree(cache, ignore_errors=True)
             index_ready[f"{label}_cold"] = resolve_and_index(at)
             print(f"  index ready ({label}, cold): {index_ready[f'{label}_cold']['total_s']:.2f} s", flush=True)
-        for path in (cache / "index").glob("*.faiss"):
-            path.unlink()
-        index_ready[f"{label}_matrix_warm_no_index"] = resolve_and_index(at)
+            shutil.rmtree(cache, ignore_errors=True)
+            index_ready[f"{label}_cold_breakdown"] = breakdown(at)
         warm = [resolve_and_index(at) for _ in range(4)][1:]
         index_ready[f"{label}_warm"] = {key: statistics.median([w[key] for w in warm]) for key in warm[0]}
         print(f"  index ready ({label}, warm): {index_ready[f'{label}_warm']['total_s']:.2f} s", flush=True)
         index_ready[f"{label}_breakdown_warm"] = breakdown(at)
-        index_ready[f"{label}_faiss_file_bytes"] = [p.stat().st_size for p in (cache / "index").glob("*.faiss")]
+    index_ready["cold_key_read"] = cold_steps()
+    index_ready["cache_files_bytes"] = {p.name: p.stat().st_size for p in cache.iterdir() if p.is_file()}
     out["index_ready"] = index_ready
 
     # --- key search per query --------------------------------------------------------------------
     with Registry.open(root) as fresh:
         search, key_edit = fresh.key_search(fresh.head())
-        rng = np.random.default_rng(7)
-        queries = rng.standard_normal((n_queries, KEY_DIM), dtype=np.float32)
-        # half random directions, half near a stored key (cosine distance ~0.03, i.e. an edit that fires)
-        stored = fresh.key_matrix.rows(np.asarray(rng.choice(list(key_edit), n_queries // 2)), KEY_DIM)
-        queries[: n_queries // 2] = stored + rng.standard_normal(stored.shape, dtype=np.float32) * 0.011
-        queries /= np.linalg.norm(queries, axis=1, keepdims=True)
-        for q in queries[:20]:
-            search.search(q[None])
-        per_query = []
-        hits = 0
-        for q in queries:
-            started = time.perf_counter()
-            sims, ids = search.search(q[None])
-            per_query.append(time.perf_counter() - started)
-            hits += int(1.0 - sims[0] < ROUTING["threshold"])
-        ms = sorted(1000 * s for s in per_query)
-        t, _ = timed(lambda: search.search(queries))
-        out["key_search"] = {
-            "index_size": search.size, "queries": n_queries, "median_ms": statistics.median(ms), "mean_ms": statistics.mean(ms),
-            "p90_ms": ms[int(0.9 * len(ms))], "p99_ms": ms[int(0.99 * len(ms))], "fired": hits,
-            "batched_all_queries_ms_per_query": 1000 * t / n_queries, "index": type(search.index).__name__,
-            "threads": faiss.omp_get_max_threads(),
-        }
-        print(f"  key search: {out['key_search']['median_ms']:.2f} ms/query median", flush=True)
+        key_ids = np.array(sorted(key_edit), dtype=np.int64)
+        keys = fresh.key_matrix.rows(key_ids, KEY_DIM)
+    out["key_search"] = search_study(search, keys, key_ids, n_queries, np.random.default_rng(7), ROUTING["threshold"])
+    out["key_search"]["keys"] = "the registry's synthetic keys: uniformly random on the sphere (the worst case for IVF)"
+    print(f"  key search: {out['key_search']['median_ms']:.2f} ms/query median ({out['key_search']['index']}), "
+          f"near-key recall {out['key_search']['near_key_recall']}", flush=True)
 
     # --- verify -----------------------------------------------------------------------------------
     with Registry.open(root) as fresh:
         t, report = timed(lambda: verify(fresh))
         out["verify"] = {"seconds": t, "ok": report.ok, "problems": report.problems[:10], "notes": report.notes,
-                         "checked": report.checked, "cache_state": "key matrix + faiss index files present"}
+                         "checked": report.checked, "cache_state": "key matrix + ivf.npz present"}
         print(f"  verify: {t:.1f} s ok={report.ok}", flush=True)
         parts: dict[str, float] = {}
         scratch = Report()
-        parts["edits_and_objects_s"], _ = timed(lambda: _check_edits(fresh, scratch))
+        keys_by_id: dict[int, np.ndarray] = {}
+        parts["edits_and_objects_s"], _ = timed(lambda: _check_edits(fresh, scratch, keys_by_id))
+        parts["key_vectors_s"], _ = timed(lambda: _check_key_vectors(fresh, scratch, keys_by_id))
         parts["chain_s"], commits = timed(lambda: _check_chain(fresh, scratch))
         parts["refs_s"], _ = timed(lambda: _check_refs(fresh, scratch, commits))
-        parts["caches_s"], _ = timed(lambda: _check_caches(fresh, scratch, commits))
+        parts["caches_s"], _ = timed(lambda: _check_caches(fresh, scratch, keys_by_id))
         parts["list_objects_s"], _ = timed(lambda: sum(1 for _ in fresh.objects))
         out["verify"]["breakdown_second_run"] = parts
 
@@ -469,6 +489,116 @@ def measure(root: Path, n_queries: int, skip_cold: bool) -> dict[str, Any]:
     return out
 
 
+def _raw_connection(root: Path) -> duckdb.DuckDBPyConnection:
+    return duckdb.connect(str(root / "registry.duckdb"), read_only=True)
+
+
+def near_queries(keys: np.ndarray, distance: float, rng: np.random.Generator) -> np.ndarray:
+    """Each key moved to exactly `distance` cosine distance, in a random direction orthogonal to it."""
+    noise = rng.standard_normal(keys.shape, dtype=np.float32)
+    noise -= (noise * keys).sum(1, keepdims=True) * keys
+    noise /= np.linalg.norm(noise, axis=1, keepdims=True)
+    cos = 1.0 - distance
+    return (cos * keys + np.sqrt(1 - cos * cos) * noise).astype(np.float32)
+
+
+NEAR_DISTANCES = (0.01, 0.02, 0.03, 0.04)
+
+
+def per_query_ms(search: FaissKeySearch, queries: np.ndarray) -> tuple[list[float], np.ndarray, np.ndarray]:
+    """Batch-of-1 latencies (ms, sorted) and the results, as the routed layer searches."""
+    for q in queries[:20]:
+        search.search(q[None])
+    times, sims, ids = [], [], []
+    for q in queries:
+        started = time.perf_counter()
+        s, i = search.search(q[None])
+        times.append(1000 * (time.perf_counter() - started))
+        sims.append(s[0])
+        ids.append(i[0])
+    return sorted(times), np.asarray(sims), np.asarray(ids)
+
+
+def search_study(search: FaissKeySearch, keys: np.ndarray, key_ids: np.ndarray, n_queries: int,
+                 rng: np.random.Generator, threshold: float, random_queries: np.ndarray | None = None) -> dict[str, Any]:
+    """Latency of `search` and its agreement with an exact flat index over the same keys.
+
+    Near-key queries are stored keys moved to cosine distance 0.01..0.04 (edits that must fire:
+    recall = the stored key is returned); random queries are unrelated prompts (agreement = same
+    nearest key, and the same routing decision at `threshold`)."""
+    exact = FaissKeySearch.build(keys, key_ids, keys.shape[1])
+    per_distance = max(n_queries // len(NEAR_DISTANCES), 1)
+    picks = rng.choice(len(keys), per_distance * len(NEAR_DISTANCES), replace=False)
+    near = np.concatenate([near_queries(keys[picks[i * per_distance:(i + 1) * per_distance]], d, rng)
+                           for i, d in enumerate(NEAR_DISTANCES)])
+    if random_queries is None:
+        random_queries = rng.standard_normal((n_queries, keys.shape[1]), dtype=np.float32)
+        random_queries /= np.linalg.norm(random_queries, axis=1, keepdims=True)
+    ms, _, near_ids = per_query_ms(search, near)
+    random_ms, random_sims, random_ids = per_query_ms(search, random_queries)
+    exact_ms, _, _ = per_query_ms(exact, random_queries[:100])
+    exact_sims, exact_ids = exact.search(random_queries)
+    fired, exact_fired = 1 - random_sims < threshold, 1 - exact_sims < threshold
+    all_ms = sorted(ms + random_ms)
+    t, _ = timed(lambda: search.search(near))
+    recall = {str(d): float(np.mean(near_ids[i * per_distance:(i + 1) * per_distance] == key_ids[picks[i * per_distance:(i + 1) * per_distance]]))
+              for i, d in enumerate(NEAR_DISTANCES)}
+    index = search.index
+    return {
+        "index": type(index).__name__, "index_size": search.size,
+        "nlist": int(getattr(index, "nlist", 0)), "nprobe": int(getattr(index, "nprobe", 0)),
+        "queries_near": len(near), "queries_random": len(random_queries),
+        "median_ms": statistics.median(all_ms), "p90_ms": all_ms[int(0.9 * len(all_ms))], "p99_ms": all_ms[int(0.99 * len(all_ms))],
+        "near_median_ms": statistics.median(ms), "random_median_ms": statistics.median(random_ms),
+        "exact_flat_median_ms": statistics.median(exact_ms),
+        "near_key_recall": recall,
+        "random_same_nearest_as_exact": float(np.mean(random_ids == exact_ids)),
+        "random_same_routing_decision_as_exact": float(np.mean((fired == exact_fired) & (~fired | (random_ids == exact_ids)))),
+        "random_fired_exact": int(exact_fired.sum()),
+        "batched_near_ms_per_query": 1000 * t / len(near),
+        "threads": faiss.omp_get_max_threads(),
+    }
+
+
+def fitted_keys(path: Path, n: int, rng: np.random.Generator) -> np.ndarray:
+    """Keys drawn from a Gaussian fitted (mean + full covariance) to real routing keys, normalised.
+
+    `path` is an .npz with `keys` (n, dim), or the routing study's pools file (layer 8, mean pool)."""
+    with np.load(path) as data:
+        real = data["keys"] if "keys" in data else data["pools"][:, 1, 1, :]
+    real = real.astype(np.float64)
+    real /= np.linalg.norm(real, axis=1, keepdims=True)
+    mean = real.mean(0)
+    values, vectors = np.linalg.eigh(np.cov(real - mean, rowvar=False))
+    sample = mean + (rng.standard_normal((n, real.shape[1])) * np.sqrt(np.clip(values, 0, None))) @ vectors.T
+    sample = sample.astype(np.float32)
+    return sample / np.linalg.norm(sample, axis=1, keepdims=True)
+
+
+def ivf_study(keys: np.ndarray, n_queries: int, seed: int, random_queries: np.ndarray | None = None) -> dict[str, Any]:
+    """The IVF index as `key_search` builds it (same nlist rule, training and groups), with the
+    probe count swept: latency against recall at the routing threshold."""
+    import registry.keyindex as keyindex
+
+    key_ids = np.arange(len(keys), dtype=np.int64)
+    nlist = lists_for(len(keys))
+    sample = np.unique(np.linspace(0, len(keys) - 1, min(len(keys), nlist * keyindex.TRAIN_POINTS_PER_LIST)).astype(np.int64))
+    t_train, centroids = timed(lambda: train_centroids(keys[sample], nlist))
+    t_assign, (groups, _) = timed(lambda: nearest_lists(keys, centroids))
+    t_build, search = timed(lambda: FaissKeySearch.build(keys, key_ids, keys.shape[1], (centroids, groups)))
+    sizes = np.bincount(groups, minlength=nlist)
+    out: dict[str, Any] = {"keys": len(keys), "nlist": nlist, "train_s": t_train, "assign_s": t_assign, "build_s": t_build,
+                           "group_size_min_median_max": [int(sizes.min()), int(np.median(sizes)), int(sizes.max())], "probes": {}}
+    for probes in (4, 8, 16, 32):
+        search.index.nprobe = probes
+        study = search_study(search, keys, key_ids, n_queries, np.random.default_rng(seed), ROUTING["threshold"], random_queries)
+        out["probes"][probes] = {k: study[k] for k in ("median_ms", "p99_ms", "near_key_recall", "random_same_nearest_as_exact",
+                                                       "random_same_routing_decision_as_exact", "random_fired_exact", "exact_flat_median_ms")}
+        print(f"    nprobe {probes}: {study['median_ms']:.2f} ms, near recall {study['near_key_recall']}, "
+              f"random decision agreement {study['random_same_routing_decision_as_exact']:.3f}", flush=True)
+    return out
+
+
 def plain_at_scale(root: Path, n: int, seed: int) -> dict[str, Any]:
     """`store_edit` / `set_active` one by one on a copy of the full registry's database (objects not needed)."""
     scratch = root.parent / (root.name + "-plain-at-scale")
@@ -496,43 +626,23 @@ def plain_at_scale(root: Path, n: int, seed: int) -> dict[str, Any]:
             "edits_per_s": n / (sum(adds) + sum(revokes)), "n_store_edit": n, "n_set_active": len(revokes)}
 
 
-def ann_study(root: Path, n_queries: int) -> dict[str, Any]:
-    """What the 2 ms target would need: the same keys in an HNSW graph and in a float16 flat index."""
-    out: dict[str, Any] = {}
+def ivf_studies(root: Path, n_queries: int, real_keys: Path | None) -> dict[str, Any]:
+    """IVF probe sweep on the registry's keys (random on the sphere) and, with --real-keys, on as
+    many keys drawn from a Gaussian fitted to real routing keys (clustered, anisotropic)."""
     with Registry.open(root) as registry:
-        search, key_edit = registry.key_search(registry.head())
-        key_ids = np.array(sorted(key_edit), dtype=np.int64)
-        keys = registry.key_matrix.rows(key_ids, KEY_DIM)
-    rng = np.random.default_rng(11)
-    picks = rng.choice(len(key_ids), n_queries)
-    queries = keys[picks] + rng.standard_normal((n_queries, KEY_DIM), dtype=np.float32) * 0.011
-    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
-    _, truth = search.search(queries)
-
-    def per_query(index: faiss.Index) -> tuple[float, float]:
-        found, times = [], []
-        for q in queries:
-            started = time.perf_counter()
-            _, ids = index.search(q[None], 1)
-            times.append(time.perf_counter() - started)
-            found.append(ids[0, 0])
-        recall = float(np.mean(np.asarray(found) == truth))
-        return 1000 * statistics.median(times), recall
-
-    out["flat_f32"] = dict(zip(("median_ms", "recall_at_1"), per_query(search.index)))
-    fp16 = faiss.IndexIDMap2(faiss.IndexScalarQuantizer(KEY_DIM, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT))
-    t, _ = timed(lambda: fp16.add_with_ids(keys, key_ids))
-    out["flat_f16"] = dict(zip(("median_ms", "recall_at_1"), per_query(fp16)), build_s=t)
-    hnsw = faiss.IndexHNSWFlat(KEY_DIM, 32, faiss.METRIC_INNER_PRODUCT)
-    hnsw.hnsw.efConstruction = 64
-    wrapped = faiss.IndexIDMap2(hnsw)
-    t, _ = timed(lambda: wrapped.add_with_ids(keys, key_ids))
-    out["hnsw32"] = {"build_s": t}
-    for ef in (32, 64):
-        hnsw.hnsw.efSearch = ef
-        out["hnsw32"][f"ef{ef}"] = dict(zip(("median_ms", "recall_at_1"), per_query(wrapped)))
-    out["queries"] = n_queries
-    out["note"] = "queries are stored keys plus noise (cosine distance ~0.03, an edit that fires); random 576-d keys are the worst case for graph search"
+        _, key_edit = registry.key_search(registry.head())
+        keys = registry.key_matrix.rows(np.array(sorted(key_edit), dtype=np.int64), KEY_DIM)
+    out: dict[str, Any] = {}
+    print("  IVF study, registry keys (random on the sphere):", flush=True)
+    out["sphere"] = ivf_study(keys, n_queries, 11)
+    if real_keys is not None:
+        rng = np.random.default_rng(12)
+        fitted = fitted_keys(real_keys, len(keys) + n_queries, rng)
+        print(f"  IVF study, keys fitted to {real_keys}:", flush=True)
+        out["fitted"] = ivf_study(fitted[: len(keys)], n_queries, 13, random_queries=fitted[len(keys):])
+        out["fitted"]["source"] = str(real_keys)
+        out["fitted"]["note"] = ("keys and random queries drawn from one Gaussian (mean + covariance) fitted to real "
+                                 "layer-8 mean-pooled SmolLM2 keys; random queries are unrelated prompts from the same distribution")
     return out
 
 
@@ -559,7 +669,9 @@ def main() -> None:
     parser.add_argument("--skip-cold", action="store_true", help="skip the cold index rebuilds")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--plain-at-scale", type=int, default=200, help="store_edit calls timed on a copy of the full registry; 0 to skip")
-    parser.add_argument("--ann-study", action="store_true", help="also time HNSW and float16 indexes over the same keys")
+    parser.add_argument("--ivf-study", action="store_true", help="also sweep the IVF probe count (latency vs recall at the threshold)")
+    parser.add_argument("--real-keys", type=Path, default=None,
+                        help="with --ivf-study: .npz of real routing keys (`keys`, or the routing study's `pools`) to fit clustered keys to")
     parser.add_argument("--output", type=Path, default=RESULTS / "scale.json")
     args = parser.parse_args()
 
@@ -591,19 +703,24 @@ def main() -> None:
     if args.plain_at_scale:
         print(f"plain path at scale: {args.plain_at_scale} store_edit calls ...", flush=True)
         document["measurements"]["plain_path_at_scale"] = plain_at_scale(args.root, args.plain_at_scale, args.seed)
-    if args.ann_study:
-        print("ANN study ...", flush=True)
-        document["measurements"]["ann_study"] = ann_study(args.root, min(args.queries, 500))
+    if args.ivf_study:
+        print("IVF study ...", flush=True)
+        document["measurements"]["ivf_study"] = ivf_studies(args.root, min(args.queries, 1000), args.real_keys)
     m = document["measurements"]
     document["summary"] = {
         "log_limit20_api_s": m["log_limit20_api_with_open"]["median_s"],
         "log_limit20_cli_s": m["log_limit20_cli"]["median_s"],
-        "cli_startup_s": m["log_limit20_cli"]["cli_import_only_median_s"],
+        "log_limit20_cli_cpu_s": m["log_limit20_cli"]["cpu_median_s"],
+        "cli_startup_s": m["log_limit20_cli"]["cli_import_only"]["wall_median_s"],
+        "duckdb_import_alone_s": m["log_limit20_cli"]["import_alone"]["duckdb"]["wall_median_s"],
         "diff_50k_apart_s": m["diff"]["median_s"],
         "resolve_index_ready_cold_s": m["index_ready"].get("head_cold", {}).get("total_s"),
-        "resolve_index_ready_matrix_warm_s": m["index_ready"]["head_matrix_warm_no_index"]["total_s"],
         "resolve_index_ready_warm_s": m["index_ready"]["head_warm"]["total_s"],
         "key_search_median_ms": m["key_search"]["median_ms"],
+        "key_search_index": m["key_search"]["index"],
+        "key_search_near_key_recall": m["key_search"]["near_key_recall"],
+        "key_search_random_same_routing_decision": m["key_search"]["random_same_routing_decision_as_exact"],
+        "upgrade_backfill_s": m.get("upgrade", {}).get("seconds"),
         "verify_s": m["verify"]["seconds"],
         "verify_ok": m["verify"]["ok"],
         "source_of_truth_bytes_per_edit_apparent": m["bytes"]["source_of_truth_apparent_per_edit"],

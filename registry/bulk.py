@@ -14,7 +14,8 @@ path and only changes how rows reach DuckDB:
   `tree_id_for` and `Commit` (so the hash chain, incremental tree sum, n_active, message and
   ref log entry are the ones `store_edit`/`set_active` would write), and each ref move gets its
   own ref log row;
-- key ids stay dense and in call order, as `store_edit` assigns them;
+- key ids stay dense and in call order, as `store_edit` assigns them, and each key's
+  `key_vectors` copy goes into the same transaction as its `edit_keys` row;
 - the rows of a whole batch go in with multi-row INSERTs in one transaction.
 
 `tests/test_bulk.py` checks that a bulk-filled registry passes `registry.verify` and that its
@@ -30,29 +31,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Iterable
 
-import duckdb
 import numpy as np
 
+from registry.db import insert_rows
 from registry.store import (
     _COMMIT_COLUMNS,
     MAIN,
     Commit,
     Registry,
     RegistryError,
+    key_vector_blobs,
     next_commit,
 )
-
-ROWS_PER_INSERT = 200
-
-
-def _insert(db: duckdb.DuckDBPyConnection, table: str, rows: list[list[Any]], columns: str | None = None) -> None:
-    """Multi-row INSERTs (DuckDB's executemany costs about a millisecond per row)."""
-    target = f"{table} ({columns})" if columns else table
-    for start in range(0, len(rows), ROWS_PER_INSERT):
-        chunk = rows[start : start + ROWS_PER_INSERT]
-        row = "(" + ", ".join("?" * len(chunk[0])) + ")"
-        db.execute(f"INSERT INTO {target} VALUES " + ", ".join([row] * len(chunk)), [value for r in chunk for value in r])
-
 
 @dataclass
 class _Pending:
@@ -63,6 +53,7 @@ class _Pending:
     reason: str | None
     edit_row: list[Any] | None = None  # the `edits` row for add/supersede
     key_prompts: list[str] | None = None
+    key_vectors: list[bytes] | None = None  # the `key_vectors` copies of its key rows
 
 
 class BulkLoader:
@@ -107,7 +98,7 @@ class BulkLoader:
                 raise RegistryError(f"cannot supersede {old[:12]}: it is not active")
         changes = [(old, False) for old in superseded] + [(edit_id, True)]
         op = "supersede" if superseded else "add"
-        self._queue.append(_Pending(op, changes, author, message, document.get("reason"), row, list(key_prompts)))
+        self._queue.append(_Pending(op, changes, author, message, document.get("reason"), row, list(key_prompts), key_vector_blobs(tensors)))
         self._rows[edit_id] = (document["prompt"], document["target"])
         for edit, active in changes:
             self._state[edit] = active
@@ -167,12 +158,13 @@ class BulkLoader:
         next_log = db.execute("SELECT coalesce(max(id), -1) + 1 FROM reflog").fetchone()[0]
         main = db.execute("SELECT commit_id FROM refs WHERE name = ?", [MAIN]).fetchone()
         old_ref = main[0] if main else None
-        edit_rows, key_rows, commit_rows, change_rows, log_rows, made = [], [], [], [], [], []
+        edit_rows, key_rows, vector_rows, commit_rows, change_rows, log_rows, made = [], [], [], [], [], [], []
         for pending in queue:
             if pending.edit_row is not None:
                 edit_rows.append(pending.edit_row)
-                for ordinal, text in enumerate(pending.key_prompts or []):
+                for ordinal, (text, vector) in enumerate(zip(pending.key_prompts or [], pending.key_vectors or [])):
                     key_rows.append([next_key, pending.edit_row[0], ordinal, text])
+                    vector_rows.append([next_key, vector])
                     next_key += 1
             commit = next_commit(parent, digest, pending.changes, pending.author, pending.op, pending.message, pending.reason)
             commit_rows.append([getattr(commit, name) for name in _COMMIT_COLUMNS.split(", ")])
@@ -181,15 +173,16 @@ class BulkLoader:
             next_log, old_ref = next_log + 1, commit.commit_id
             made.append(commit)
             parent = commit
-        _insert(db, "edits", edit_rows)
-        _insert(db, "edit_keys", key_rows)
-        _insert(db, "commits", commit_rows, _COMMIT_COLUMNS)
-        _insert(db, "commit_changes", change_rows)
+        insert_rows(db, "edits", edit_rows)
+        insert_rows(db, "edit_keys", key_rows)
+        insert_rows(db, "key_vectors", vector_rows)
+        insert_rows(db, "commits", commit_rows, _COMMIT_COLUMNS)
+        insert_rows(db, "commit_changes", change_rows)
         if main is None:
             db.execute("INSERT INTO refs VALUES (?, ?, ?)", [MAIN, "branch", made[-1].commit_id])
         else:
             db.execute("UPDATE refs SET commit_id = ? WHERE name = ?", [made[-1].commit_id, MAIN])
-        _insert(db, "reflog", log_rows)
+        insert_rows(db, "reflog", log_rows)
         return made
 
     def discard(self) -> None:

@@ -6,8 +6,12 @@ import time
 from datetime import datetime, timezone
 from importlib import resources
 from pathlib import Path
+from typing import Any, Callable, Mapping
 
 import duckdb
+
+ROWS_PER_INSERT = 200
+Backfill = Callable[[duckdb.DuckDBPyConnection], None]  # data a migration needs from outside SQL (objects)
 
 
 class RegistryLocked(Exception):
@@ -47,8 +51,22 @@ def schema_version(connection: duckdb.DuckDBPyConnection) -> int:
     return connection.execute("SELECT coalesce(max(version), 0) FROM schema_migrations").fetchone()[0]
 
 
-def migrate(connection: duckdb.DuckDBPyConnection, up_to: int | None = None) -> list[int]:
-    """Apply pending migrations, each in its own transaction with its record; returns versions applied."""
+def insert_rows(db: duckdb.DuckDBPyConnection, table: str, rows: list[list[Any]], columns: str | None = None) -> None:
+    """Multi-row INSERTs (DuckDB's executemany costs about a millisecond per row)."""
+    target = f"{table} ({columns})" if columns else table
+    for start in range(0, len(rows), ROWS_PER_INSERT):
+        chunk = rows[start : start + ROWS_PER_INSERT]
+        row = "(" + ", ".join("?" * len(chunk[0])) + ")"
+        db.execute(f"INSERT INTO {target} VALUES " + ", ".join([row] * len(chunk)), [value for r in chunk for value in r])
+
+
+def migrate(
+    connection: duckdb.DuckDBPyConnection, up_to: int | None = None, backfills: Mapping[int, Backfill] | None = None
+) -> list[int]:
+    """Apply pending migrations, each in its own transaction with its record; returns versions applied.
+
+    `backfills[version]` runs inside that version's transaction after its SQL, for data SQL
+    cannot compute (version 3 copies keys out of the objects): the upgrade is all or nothing."""
     connection.execute(
         "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name VARCHAR NOT NULL, applied_at TIMESTAMPTZ NOT NULL)"
     )
@@ -60,6 +78,8 @@ def migrate(connection: duckdb.DuckDBPyConnection, up_to: int | None = None) -> 
         connection.execute("BEGIN TRANSACTION")
         try:
             connection.execute(sql)
+            if backfills and version in backfills:
+                backfills[version](connection)
             connection.execute(
                 "INSERT INTO schema_migrations VALUES (?, ?, ?)", [version, name, datetime.now(timezone.utc)]
             )

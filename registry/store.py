@@ -18,20 +18,20 @@ import shutil
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
-import duckdb
-import numpy as np
-from safetensors.numpy import load as load_safetensors
-from safetensors.numpy import save as save_safetensors
-
-from registry.db import RegistryLocked, connect, latest_version, migrate, schema_version
-from registry.keyindex import FaissKeySearch, KeyMatrix
+from registry.db import Backfill, RegistryLocked, connect, insert_rows, latest_version, migrate, schema_version
 from registry.objects import CorruptObject, ObjectStore, canonical_json, sha256_hex
+
+if TYPE_CHECKING:  # numpy, safetensors and FAISS are imported where used: `sola log` needs none of them
+    import duckdb
+    import numpy as np
+
+    from registry.keyindex import FaissKeySearch, KeyMatrix
 
 MODULUS = 1 << 256
 MAIN = "main"
-INDEX_CACHE_LIMIT = 8
+KEY_VECTORS_VERSION = 3  # the migration that added `key_vectors`
 
 
 class RegistryError(Exception):
@@ -137,6 +137,46 @@ def next_commit(
     return replace(draft, commit_id=commit_id)
 
 
+def key_vector_blobs(tensors: dict[str, np.ndarray]) -> list[bytes]:
+    """The `key_vectors` copy of each key row: exactly the bytes of that row in the tensors object
+    (little-endian float32), so `verify` can compare them byte for byte."""
+    import numpy as np
+
+    keys = np.ascontiguousarray(tensors["keys"], dtype="<f4")
+    return [row.tobytes() for row in keys]
+
+
+def load_tensors(data: bytes) -> dict[str, np.ndarray]:
+    from safetensors.numpy import load
+
+    return load(data)
+
+
+def backfill_key_vectors(connection: duckdb.DuckDBPyConnection, objects: ObjectStore) -> None:
+    """Migration 3 for a registry made before it: copy every key out of its (hash-checked)
+    tensors object into `key_vectors`, inside the migration's transaction."""
+    rows = connection.execute(
+        """SELECT k.key_id, k.ordinal, e.tensors_sha256 FROM edit_keys k JOIN edits e USING (edit_id)
+           WHERE k.key_id NOT IN (SELECT key_id FROM key_vectors) ORDER BY e.tensors_sha256, k.ordinal"""
+    ).fetchall()
+    keys_by_object: dict[str, list[bytes]] = {}
+    batch: list[list[Any]] = []
+    for key_id, ordinal, sha in rows:
+        if sha not in keys_by_object:
+            keys_by_object = {sha: key_vector_blobs(load_tensors(objects.get(sha)))}
+        batch.append([key_id, keys_by_object[sha][ordinal]])
+        if len(batch) >= 10_000:
+            insert_rows(connection, "key_vectors", batch)
+            batch = []
+    if batch:
+        insert_rows(connection, "key_vectors", batch)
+
+
+def backfills(root: Path) -> dict[int, Backfill]:
+    """Migration steps that need the objects, for `registry.db.migrate`."""
+    return {KEY_VECTORS_VERSION: lambda connection: backfill_key_vectors(connection, ObjectStore(root / "objects"))}
+
+
 class Registry:
     """One registry directory: `registry.duckdb`, `objects/`, and the derived `cache/`."""
 
@@ -145,7 +185,6 @@ class Registry:
         self.db = connection
         self.writable = writable
         self.objects = ObjectStore(root / "objects")
-        self.key_matrix = KeyMatrix(root / "cache")
         self.db.execute("SET TimeZone = 'UTC'")
 
     # --- lifecycle ---------------------------------------------------------------------------
@@ -158,7 +197,7 @@ class Registry:
         shutil.rmtree(root / "cache", ignore_errors=True)  # derived from a registry that no longer exists
         connection = connect(root / "registry.duckdb", read_only=False)
         registry = cls(root, connection, writable=True)
-        migrate(connection)
+        migrate(connection, backfills=backfills(root))
         with registry.transaction():
             connection.execute("INSERT INTO registry_config VALUES ('base_model', ?)", [canonical_json(base_model).decode()])
             connection.execute("INSERT INTO registry_config VALUES ('routing', ?)", [canonical_json(routing).decode()])
@@ -176,11 +215,11 @@ class Registry:
             if not writable:  # upgrading needs the write lock; reopen briefly as a writer
                 connection.close()
                 connection = connect(database, read_only=False, wait_seconds=wait_seconds)
-                migrate(connection)
+                migrate(connection, backfills=backfills(root))
                 connection.close()
                 connection = connect(database, read_only=True, wait_seconds=wait_seconds)
             else:
-                migrate(connection)
+                migrate(connection, backfills=backfills(root))
         return cls(root, connection, writable)
 
     def close(self) -> None:
@@ -336,6 +375,8 @@ class Registry:
         return [r[0] for r in rows]
 
     def active_keys(self, commit: Commit) -> tuple[np.ndarray, list[str]]:
+        import numpy as np
+
         rows = self.db.execute(
             """WITH active AS (SELECT edit_id FROM commit_changes WHERE seq <= ?
                                GROUP BY edit_id HAVING arg_max(active, seq))
@@ -373,7 +414,7 @@ class Registry:
         return self.objects.get_json(edit_id)
 
     def edit_tensors(self, edit_id: str) -> dict[str, np.ndarray]:
-        return load_safetensors(self.objects.get(self.edit_row(edit_id)["tensors_sha256"]))
+        return load_tensors(self.objects.get(self.edit_row(edit_id)["tensors_sha256"]))
 
     def write_edit_objects(
         self, tensors: dict[str, np.ndarray], provenance: dict[str, Any], key_prompts: list[str], author: str
@@ -381,6 +422,9 @@ class Registry:
         """Write an edit's tensors and provenance objects (before any row points at them).
 
         Returns (edit id, its `edits` row values, the provenance document)."""
+        import numpy as np
+        from safetensors.numpy import save as save_safetensors
+
         if tensors["keys"].shape[0] != len(key_prompts):
             raise ValueError("one key prompt per key row")
         tensors_sha = self.objects.put(save_safetensors({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in tensors.items()}))
@@ -414,6 +458,7 @@ class Registry:
                 "INSERT INTO edit_keys VALUES (?, ?, ?, ?)",
                 [[first_key + i, edit_id, i, text] for i, text in enumerate(key_prompts)],
             )
+            insert_rows(self.db, "key_vectors", [[first_key + i, blob] for i, blob in enumerate(key_vector_blobs(tensors))])
             changes = [(old, False) for old in superseded] + [(edit_id, True)]
             op = "supersede" if superseded else "add"
             commit = self._append_commit(changes, author, op, message, document.get("reason"))
@@ -449,51 +494,44 @@ class Registry:
         """Width of a routing key (the edited module's input), recorded at init."""
         return int(self.routing["key_dim"])
 
+    @property
+    def key_matrix(self) -> "KeyMatrix":
+        from registry.keyindex import KeyMatrix
+
+        return KeyMatrix(self.root / "cache")
+
     def _load_key_rows(self, first: int, end: int) -> np.ndarray:
-        rows = self.db.execute(
-            """SELECT k.key_id, k.ordinal, e.tensors_sha256 FROM edit_keys k JOIN edits e USING (edit_id)
-               WHERE k.key_id >= ? AND k.key_id < ? ORDER BY k.key_id""",
-            [first, end],
-        ).fetchall()
-        if len(rows) != end - first:
-            raise CorruptObject("edit_keys has gaps in its key ids")
-        by_object: dict[str, np.ndarray] = {}
-        out = []
-        for _, ordinal, sha in rows:
-            if sha not in by_object:
-                by_object = {sha: load_safetensors(self.objects.get(sha))["keys"]}
-            out.append(by_object[sha][ordinal])
-        return np.stack(out)
+        """Key ids first..end-1 from `key_vectors`, in key id order (one scan, no sort in SQL:
+        ordering 100k blobs in DuckDB costs seconds, ordering their ids in numpy microseconds)."""
+        import numpy as np
+
+        rows = self.db.execute("SELECT key_id, vector FROM key_vectors WHERE key_id >= ? AND key_id < ?", [first, end]).fetchall()
+        ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+        if len(rows) != end - first or not np.array_equal(np.sort(ids), np.arange(first, end)):
+            raise CorruptObject("key_vectors does not hold every key id exactly once (run `sola verify`)")
+        matrix = np.frombuffer(b"".join(r[1] for r in rows), dtype="<f4").reshape(len(rows), -1)
+        return matrix[np.argsort(ids, kind="stable")]
 
     def key_search(self, commit: Commit) -> tuple[FaissKeySearch, dict[int, str]]:
-        """The FAISS index of the commit's active keys (cached per tree id) and key id -> edit id."""
+        """The key index of the commit's active keys and key id -> edit id.
+
+        Built from the cached key matrix (refreshed from `key_vectors`), exact below
+        `FLAT_LIMIT` keys and IVF above it, with the registry's cached coarse lists."""
+        from registry.keyindex import FLAT_LIMIT, CoarseLists, FaissKeySearch
+
         key_ids, edit_ids = self.active_keys(commit)
         key_edit = dict(zip(key_ids.tolist(), edit_ids))
         dim = self.key_dim()
-        cache_file = self.root / "cache" / "index" / f"{commit.tree_id}.faiss"
-        if cache_file.is_file():
-            try:
-                cached = FaissKeySearch.load(cache_file)
-                if np.array_equal(np.sort(cached.ids()), key_ids):
-                    return cached, key_edit
-            except RuntimeError:
-                pass  # unreadable cache file: rebuild below
         total = self.db.execute("SELECT count(*) FROM edit_keys").fetchone()[0]
-        if total:
-            owner = self.db.execute("SELECT commit_id FROM commits WHERE seq = 0").fetchone()[0]
-            self.key_matrix.sync(total, dim, self._load_key_rows, owner)
-        search = FaissKeySearch.build(self.key_matrix.rows(key_ids, dim), key_ids, dim)
-        self._write_index_cache(cache_file, search)
-        return search, key_edit
-
-    def _write_index_cache(self, path: Path, search: FaissKeySearch) -> None:
-        try:
-            search.save(path)
-            cached = sorted(path.parent.glob("*.faiss"), key=lambda p: p.stat().st_mtime)
-            for old in cached[:-INDEX_CACHE_LIMIT]:
-                old.unlink(missing_ok=True)
-        except OSError:
-            pass  # a read-only location only costs a rebuild next time
+        if not total:
+            return FaissKeySearch.build(self.key_matrix.rows(key_ids, dim), key_ids, dim), key_edit
+        owner = self.db.execute("SELECT commit_id FROM commits WHERE seq = 0").fetchone()[0]
+        self.key_matrix.sync(total, dim, self._load_key_rows, owner)
+        coarse = None
+        if len(key_ids) >= FLAT_LIMIT:
+            centroids, groups = CoarseLists(self.root / "cache").sync(self.key_matrix, total, dim, owner)
+            coarse = (centroids, groups[key_ids])
+        return FaissKeySearch.build(self.key_matrix.rows(key_ids, dim), key_ids, dim, coarse), key_edit
 
     # --- queries for the CLI ------------------------------------------------------------------------
     def log(self, limit: int | None = None, revision: Commit | None = None) -> list[Commit]:

@@ -16,9 +16,9 @@ import numpy as np
 from safetensors.numpy import load as load_safetensors
 
 from registry.db import latest_version, schema_version
-from registry.keyindex import FaissKeySearch
+from registry.keyindex import CoarseLists, nearest_lists
 from registry.objects import CorruptObject, canonical_json, sha256_hex
-from registry.store import MODULUS, Commit, Registry, commit_record, edit_term, iso, tree_id_for
+from registry.store import MODULUS, Commit, Registry, commit_record, edit_term, iso, key_vector_blobs, tree_id_for
 
 _EDIT_FIELDS = ("prompt", "target", "subject", "author", "reason", "source")
 
@@ -43,9 +43,10 @@ def verify(registry: Registry) -> Report:
         report.problems.append(f"schema version {schema_version(registry.db)} != {latest_version()}")
     keys_by_id: dict[int, np.ndarray] = {}
     referenced = _check_edits(registry, report, keys_by_id)
+    _check_key_vectors(registry, report, keys_by_id)
     commits = _check_chain(registry, report)
     _check_refs(registry, report, commits)
-    _check_caches(registry, report, commits, keys_by_id)
+    _check_caches(registry, report, keys_by_id)
     orphans = [d for d in registry.objects if d not in referenced]
     if orphans:
         report.notes.append(f"{len(orphans)} unreferenced object(s) (left by interrupted edits; harmless)")
@@ -101,6 +102,23 @@ def _check_edits(registry: Registry, report: Report, keys_by_id: dict[int, np.nd
         report.problems.append("edit_keys: key ids are not dense")
     report.checked["edits"] = count
     return referenced
+
+
+def _check_key_vectors(registry: Registry, report: Report, keys_by_id: dict[int, np.ndarray]) -> None:
+    """The DuckDB copy of every key (`key_vectors`, what the index is built from) must be
+    byte-identical to its row in the hash-checked tensors object: one vector per key id."""
+    stored = dict(registry.db.execute("SELECT key_id, vector FROM key_vectors").fetchall())
+    key_ids = [r[0] for r in registry.db.execute("SELECT key_id FROM edit_keys").fetchall()]
+    missing = [k for k in key_ids if k not in stored]
+    extra = set(stored) - set(key_ids)
+    if missing:
+        report.problems.append(f"key_vectors: {len(missing)} key(s) have no vector (first: key {missing[0]})")
+    if extra:
+        report.problems.append(f"key_vectors: {len(extra)} vector(s) belong to no key")
+    differing = [k for k in key_ids if k in stored and k in keys_by_id and stored[k] != key_vector_blobs({"keys": keys_by_id[k][None]})[0]]
+    if differing:
+        report.problems.append(f"key_vectors: {len(differing)} vector(s) differ from the tensors objects (first: key {differing[0]})")
+    report.checked["key_vectors"] = len(stored)
 
 
 def _check_chain(registry: Registry, report: Report) -> list[Commit]:
@@ -160,8 +178,10 @@ def _check_refs(registry: Registry, report: Report, commits: list[Commit]) -> No
     report.checked["refs"] = len(refs)
 
 
-def _check_caches(registry: Registry, report: Report, commits: list[Commit], keys_by_id: dict[int, np.ndarray]) -> None:
-    """Derived caches must agree with the source of truth (or be absent: they rebuild).
+def _check_caches(registry: Registry, report: Report, keys_by_id: dict[int, np.ndarray]) -> None:
+    """Derived caches (key matrix, IVF groups) must agree with the source of truth (or be
+    absent: they rebuild). Per-snapshot indexes are not cached on disk: they are rebuilt from
+    these two in well under a second.
 
     `keys_by_id` holds the keys already read and hash-checked from the objects, so the cache
     is compared without reading any object a second time."""
@@ -180,27 +200,29 @@ def _check_caches(registry: Registry, report: Report, commits: list[Commit], key
             if not np.array_equal(registry.key_matrix.rows(np.arange(first, end), dim), expected):
                 report.problems.append(f"cache: key matrix rows {first}..{end} differ from the objects (delete cache/ to rebuild)")
                 break
-    latest_by_tree = {c.tree_id: c for c in commits}
-    index_dir = registry.root / "cache" / "index"
-    for path in sorted(index_dir.glob("*.faiss")) if index_dir.is_dir() else []:
-        commit = latest_by_tree.get(path.stem)
-        if commit is None:
-            report.problems.append(f"cache: index {path.stem[:12]} belongs to no snapshot (delete it to rebuild)")
-            continue
-        try:
-            cached = FaissKeySearch.load(path)
-        except RuntimeError:
-            report.problems.append(f"cache: index {path.stem[:12]} is unreadable (delete it to rebuild)")
-            continue
-        key_ids, _ = registry.active_keys(commit)
-        if not np.array_equal(np.sort(cached.ids()), key_ids):
-            report.problems.append(f"cache: index {path.stem[:12]} is stale (delete it to rebuild)")
-            continue
-        stored = cached.index.index.reconstruct_n(0, cached.size) if cached.size else np.zeros((0, dim), np.float32)
-        order = np.argsort(cached.ids())
-        if cached.size and not np.array_equal(stored[order], registry.key_matrix.rows(key_ids, dim)):
-            report.problems.append(f"cache: index {path.stem[:12]} holds different key vectors (delete it to rebuild)")
-    report.checked["index_files"] = len(list(index_dir.glob("*.faiss"))) if index_dir.is_dir() else 0
+    _check_coarse_lists(registry, report, keys_by_id)
+
+
+def _check_coarse_lists(registry: Registry, report: Report, keys_by_id: dict[int, np.ndarray]) -> None:
+    """Each cached IVF group must be its key's nearest centroid (up to float rounding): a wrong
+    group would make the index miss that key, i.e. an edit that silently stops firing."""
+    found = CoarseLists(registry.root / "cache").load()
+    report.checked["ivf_groups"] = 0 if found is None else len(found[2])
+    if found is None:
+        return
+    _, centroids, groups = found
+    ids = [k for k in range(len(groups)) if k in keys_by_id]
+    if len(ids) != len(groups):
+        report.problems.append("cache: ivf.npz covers keys the registry does not have (delete cache/ to rebuild)")
+        return
+    if not ids:
+        return
+    keys = np.stack([keys_by_id[k] for k in ids])
+    best_group, best = nearest_lists(keys, centroids)
+    assigned = np.einsum("ij,ij->i", keys, centroids[groups])
+    wrong = np.flatnonzero((groups != best_group) & (assigned < best - 1e-5))
+    if len(wrong):
+        report.problems.append(f"cache: ivf.npz puts {len(wrong)} key(s) in a group that is not their nearest (delete cache/ to rebuild)")
 
 
 __all__ = ["verify", "Report", "iso"]

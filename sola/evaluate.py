@@ -123,11 +123,6 @@ def token_accuracy(routed: RoutedModel, prompt: str, target: str) -> tuple[float
     return hits, routing.edits[0]
 
 
-def predictions(routed: RoutedModel, prompt: str, answer: str) -> torch.Tensor:
-    logits, _, _ = routed.score(prompt, answer)
-    return logits.argmax(-1)
-
-
 def _file_sha256(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
@@ -195,8 +190,9 @@ def _base_references(routed: RoutedModel, requests: list[EditRequest], notify: P
     with routed.bank_override(EditBank.empty()):
         for done, request in enumerate(requests, start=1):
             if request.locality_prompt and request.locality_answer:
-                refs.locality.append(predictions(routed, request.locality_prompt, request.locality_answer))
-                refs.locality_logits.append(routed.score(request.locality_prompt, request.locality_answer)[0])
+                logits = routed.score(request.locality_prompt, request.locality_answer)[0]
+                refs.locality.append(logits.argmax(-1))
+                refs.locality_logits.append(logits)
             else:
                 refs.locality.append(None)
                 refs.locality_logits.append(None)

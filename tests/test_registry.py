@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import time
 
+import numpy as np
 import pytest
 
 from registry.db import connect, migrate, schema_version, latest_version
 from registry.inspect import revoked_report
-from registry.store import Registry, RegistryError
+from registry.store import Registry, RegistryError, iso, utcnow
 from registry.verify import verify
 from registry_helpers import BASE, ROUTING, add_edit, new_registry
 
@@ -152,26 +154,90 @@ def test_verify_detects_a_deleted_object(tmp_path):
     assert any("missing" in p for p in report.problems)
 
 
-def test_previous_schema_is_upgraded_on_open(tmp_path):
-    root = tmp_path / "old"
+def _store_edit_as_version_2(registry: Registry, prompt: str, seed: int) -> str:
+    """What `store_edit` wrote before migration 3: objects, `edits` and `edit_keys` rows, a commit; no key vectors."""
+    rng = np.random.default_rng(seed)
+    keys = rng.normal(size=(2, 8)).astype(np.float32)
+    keys /= np.linalg.norm(keys, axis=1, keepdims=True)
+    tensors = {"lora_A": rng.normal(size=(2, 8)).astype(np.float32), "lora_B": rng.normal(size=(16, 2)).astype(np.float32), "keys": keys}
+    provenance = {"prompt": prompt, "target": "x", "author": "tester", "reason": "test", "source": None, "subject": None,
+                  "created_at": iso(utcnow())}
+    edit_id, row, _ = registry.write_edit_objects(tensors, provenance, [prompt, prompt + "?"], "tester")
+    with registry.transaction():
+        registry.db.execute("INSERT INTO edits VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
+        first = registry.db.execute("SELECT coalesce(max(key_id), -1) + 1 FROM edit_keys").fetchone()[0]
+        for ordinal, text in enumerate([prompt, prompt + "?"]):
+            registry.db.execute("INSERT INTO edit_keys VALUES (?, ?, ?, ?)", [first + ordinal, edit_id, ordinal, text])
+        registry._append_commit([(edit_id, True)], "tester", "add", f"add {prompt}", None)
+    return edit_id
+
+
+def _old_registry(root, version: int) -> Registry:
+    """A registry at schema `version`, initialised the way the code of that version did."""
     root.mkdir()
     connection = connect(root / "registry.duckdb", read_only=False)
-    migrate(connection, up_to=1)
-    assert schema_version(connection) == 1
-    connection.close()
-    # A version-1 registry made by the version-1 code: fill it through the store, then reopen.
-    registry = Registry(root, connect(root / "registry.duckdb", read_only=False), writable=True)
+    migrate(connection, up_to=version)
+    assert schema_version(connection) == version
+    registry = Registry(root, connection, writable=True)
     with registry.transaction():
-        registry.db.execute("INSERT INTO registry_config VALUES ('base_model', ?)", [__import__("json").dumps(BASE)])
-        registry.db.execute("INSERT INTO registry_config VALUES ('routing', ?)", [__import__("json").dumps(ROUTING)])
+        registry.db.execute("INSERT INTO registry_config VALUES ('base_model', ?)", [json.dumps(BASE)])
+        registry.db.execute("INSERT INTO registry_config VALUES ('routing', ?)", [json.dumps(ROUTING)])
         registry._append_commit([], "tester", "init", "init", None)
-    add_edit(registry, "a")
+    return registry
+
+
+def test_previous_schema_is_upgraded_on_open(tmp_path):
+    registry = _old_registry(tmp_path / "old", 1)
+    _store_edit_as_version_2(registry, "a", seed=1)
     registry.close()
-    upgraded = Registry.open(root)
-    assert schema_version(upgraded.db) == latest_version() >= 2
+    upgraded = Registry.open(tmp_path / "old")
+    assert schema_version(upgraded.db) == latest_version() >= 3
     indexes = {r[0] for r in upgraded.db.execute("SELECT index_name FROM duckdb_indexes()").fetchall()}
     assert "commit_changes_edit" in indexes
-    assert verify(upgraded).ok
+    assert verify(upgraded).ok, verify(upgraded).problems
+
+
+def test_upgrade_to_key_vectors_copies_every_key_from_its_tensors_object(tmp_path):
+    registry = _old_registry(tmp_path / "old", 2)
+    edits = [_store_edit_as_version_2(registry, f"p{i}", seed=i) for i in range(3)]
+    registry.close()
+    upgraded = Registry.open(tmp_path / "old")
+    rows = upgraded.db.execute(
+        "SELECT k.edit_id, k.ordinal, v.vector FROM edit_keys k JOIN key_vectors v USING (key_id) ORDER BY key_id"
+    ).fetchall()
+    assert len(rows) == 2 * len(edits)
+    for edit_id, ordinal, vector in rows:
+        expected = upgraded.edit_tensors(edit_id)["keys"][ordinal]
+        assert np.array_equal(np.frombuffer(vector, dtype="<f4"), expected)
+    # the index is then built from the copies and finds each stored key
+    search, key_edit = upgraded.key_search(upgraded.head())
+    sims, ids = search.search(upgraded.edit_tensors(edits[1])["keys"])
+    assert [key_edit[int(i)] for i in ids] == [edits[1], edits[1]]
+
+
+def test_store_edit_writes_key_vectors_equal_to_the_object_keys(tmp_path):
+    registry = new_registry(tmp_path / "r")
+    a = add_edit(registry, "a", seed=4)
+    [(vector,)] = registry.db.execute("SELECT vector FROM key_vectors").fetchall()
+    assert vector == registry.edit_tensors(a)["keys"][0].astype("<f4").tobytes()
+
+
+def test_verify_fails_when_the_duckdb_key_copy_is_tampered(tmp_path):
+    registry = new_registry(tmp_path / "r")
+    add_edit(registry, "a", seed=1)
+    add_edit(registry, "b", seed=2)
+    forged = np.ones(8, dtype="<f4") / np.sqrt(8)
+    registry.db.execute("UPDATE key_vectors SET vector = ? WHERE key_id = 1", [forged.tobytes()])
+    report = verify(registry)
+    assert any("key_vectors: 1 vector(s) differ from the tensors objects (first: key 1)" in p for p in report.problems)
+
+
+def test_verify_fails_when_a_key_vector_is_missing(tmp_path):
+    registry = new_registry(tmp_path / "r")
+    add_edit(registry, "a", seed=1)
+    registry.db.execute("DELETE FROM key_vectors")
+    report = verify(registry)
+    assert any("have no vector" in p for p in report.problems)
 
 
 def test_second_writer_gets_a_lock_error(tmp_path):
@@ -190,3 +256,76 @@ def test_second_writer_gets_a_lock_error(tmp_path):
             Registry.open(tmp_path / "r", writable=True, wait_seconds=0.5)
     finally:
         holder.kill()
+
+
+def _near(keys: np.ndarray, distance: float, rng: np.random.Generator) -> np.ndarray:
+    """Each key moved to exactly `distance` cosine distance in a random orthogonal direction."""
+    noise = rng.normal(size=keys.shape).astype(np.float32)
+    noise -= (noise * keys).sum(1, keepdims=True) * keys
+    noise /= np.linalg.norm(noise, axis=1, keepdims=True)
+    cos = 1.0 - distance
+    return (cos * keys + np.sqrt(1 - cos * cos) * noise).astype(np.float32)
+
+
+def test_ivf_search_returns_the_exact_nearest_key_for_queries_at_the_routing_threshold():
+    from registry.keyindex import FaissKeySearch, lists_for, nearest_lists, train_centroids
+
+    rng = np.random.default_rng(0)
+    keys = rng.normal(size=(12_000, 64)).astype(np.float32)
+    keys /= np.linalg.norm(keys, axis=1, keepdims=True)
+    ids = np.arange(100, 100 + len(keys), dtype=np.int64)
+    centroids = train_centroids(keys[::10], lists_for(len(keys)))
+    ivf = FaissKeySearch.build(keys, ids, 64, (centroids, nearest_lists(keys, centroids)[0]))
+    exact = FaissKeySearch.build(keys, ids, 64)
+    assert not ivf.is_exact and exact.is_exact
+    picks = rng.choice(len(keys), 300, replace=False)
+    for distance in (0.01, 0.04):
+        queries = _near(keys[picks], distance, rng)
+        sims, found = ivf.search(queries)
+        exact_sims, exact_found = exact.search(queries)
+        assert np.array_equal(found, exact_found) and np.array_equal(found, ids[picks])
+        assert np.allclose(sims, exact_sims, atol=1e-6) and np.allclose(sims, 1 - distance, atol=1e-5)
+
+
+def _ivf_registry(tmp_path, monkeypatch, n: int = 30) -> tuple[Registry, list[str]]:
+    import registry.keyindex
+
+    monkeypatch.setattr(registry.keyindex, "FLAT_LIMIT", 10)
+    registry = new_registry(tmp_path / "r")
+    return registry, [add_edit(registry, f"p{i}", seed=i) for i in range(n)]
+
+
+def test_key_search_above_the_flat_limit_is_ivf_and_drops_revoked_keys(tmp_path, monkeypatch):
+    registry, edits = _ivf_registry(tmp_path, monkeypatch)
+    search, key_edit = registry.key_search(registry.head())
+    assert not search.is_exact and search.size == len(edits)
+    keys = np.concatenate([registry.edit_tensors(e)["keys"] for e in edits])
+    sims, ids = search.search(keys)
+    assert [key_edit[int(i)] for i in ids] == edits and np.allclose(sims, 1.0, atol=1e-6)
+    # the in-memory head index is updated by copy + remove (what Workspace does after a revoke)
+    revoked_key = next(k for k, e in key_edit.items() if e == edits[3])
+    updated = search.copy()
+    updated.remove(np.array([revoked_key]))
+    assert updated.search(keys[3:4])[1][0] != revoked_key and search.search(keys[3:4])[1][0] == revoked_key
+    # and a snapshot after the revoke, rebuilt from the cached groups, no longer holds it
+    registry.set_active(edits[3], False, "tester", "wrong")
+    after, after_edit = registry.key_search(registry.head())
+    assert revoked_key not in after.ids().tolist() and after.size == len(edits) - 1
+    assert after_edit[int(after.search(keys[4:5])[1][0])] == edits[4]
+    assert verify(registry).ok, verify(registry).problems
+
+
+def test_verify_fails_when_a_cached_ivf_group_is_not_the_nearest_centroid(tmp_path, monkeypatch):
+    from registry.keyindex import CoarseLists
+
+    registry, _ = _ivf_registry(tmp_path, monkeypatch)
+    registry.key_search(registry.head())
+    lists = CoarseLists(tmp_path / "r" / "cache")
+    meta, centroids, groups = lists.load()
+    best = groups.copy()
+    groups[0] = (groups[0] + 1) % len(centroids)
+    lists._save(meta, centroids, groups)
+    report = verify(registry)
+    assert any("ivf.npz puts 1 key(s) in a group that is not their nearest" in p for p in report.problems)
+    lists._save(meta, centroids, best)
+    assert verify(registry).ok
