@@ -94,10 +94,21 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
     try:
         plain.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
-        os.replace(staging, target)
+        publish_conversion(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def publish_conversion(staging: Path, target: Path) -> None:
+    """Move a finished conversion into place. Two processes may convert the same GGUF at once
+    (two benchmarks started together); whoever renames second keeps the first one's identical copy."""
+    try:
+        os.replace(staging, target)
+    except OSError:
+        if not (target / "config.json").is_file():
+            raise
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def materialise(identity: ModelIdentity, path: Path) -> Path:

@@ -149,3 +149,18 @@ def test_last_token_key_function_is_selectable(tiny):
     last = routing_key(routed_model(kind, model2, tokenizer, key_function="last"), PROMPT)
     assert mean.shape == last.shape and not torch.allclose(mean, last)
     assert torch.isclose(last.norm(), torch.tensor(1.0))
+
+
+def test_second_finished_model_conversion_keeps_the_first_copy(tmp_path):
+    from sola.modelio import publish_conversion
+
+    target = tmp_path / "models" / "abc"
+    first, second = tmp_path / "models" / ".convert-1", tmp_path / "models" / ".convert-2"
+    for staging, text in ((first, "first"), (second, "second")):
+        staging.mkdir(parents=True)
+        (staging / "config.json").write_text(text)
+        (staging / "model.safetensors").write_text(text)
+    publish_conversion(first, target)
+    publish_conversion(second, target)  # a concurrent converter finishing later
+    assert (target / "config.json").read_text() == "first"
+    assert not second.exists() and not first.exists()
