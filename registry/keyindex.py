@@ -23,8 +23,9 @@ from __future__ import annotations
 import io
 import json
 import os
+import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, BinaryIO, Callable
 
 import faiss
 import numpy as np
@@ -64,26 +65,42 @@ class KeyMatrix:
     def sync(self, total_rows: int, dim: int, load_rows: RowLoader, owner: str, batch: int = 65_536) -> None:
         """Extend the matrix to `total_rows`, loading only the rows it lacks.
 
+        Several read-only processes may sync the same cache at once (two cold `sola generate`s).
+        So the file is never shrunk or rewritten in place: a first build or a rebuild goes to a
+        temporary file renamed over the old one, an extension appends bytes that every process
+        computes identically from the same key ids, and the committed row count only grows.
         `owner` identifies the registry (its first commit): a matrix left by another registry
         in the same directory is rebuilt, never reused."""
         meta = self._meta()
-        if meta.get("owner") != owner or meta["dim"] not in (0, dim) or meta["rows"] > total_rows:
-            meta = {"rows": 0, "dim": dim}  # stale: rebuild from the registry
-        self.root.mkdir(parents=True, exist_ok=True)
-        rows = meta["rows"]
+        rebuild = meta.get("owner") != owner or meta["dim"] not in (0, dim) or meta["rows"] > total_rows
+        rows = 0 if rebuild else meta["rows"]
         if rows == total_rows and self.data_path.exists():
             return
-        mode = "r+b" if self.data_path.exists() and rows > 0 else "wb"
-        with open(self.data_path, mode) as handle:
-            handle.seek(rows * dim * 4)
-            for first in range(rows, total_rows, batch):
-                end = min(first + batch, total_rows)
-                block = np.ascontiguousarray(load_rows(first, end), dtype=np.float32)
-                handle.write(block.tobytes())
-            handle.truncate(total_rows * dim * 4)
-            handle.flush()
-            os.fsync(handle.fileno())
-        write_atomically(self.meta_path, json.dumps({"rows": total_rows, "dim": dim, "owner": owner}).encode())
+        self.root.mkdir(parents=True, exist_ok=True)
+        if rows == 0:
+            fd, name = tempfile.mkstemp(prefix=".tmp-keys-", dir=self.root)
+            try:
+                with os.fdopen(fd, "wb") as handle:
+                    self._write_rows(handle, 0, total_rows, load_rows, batch)
+                os.replace(name, self.data_path)
+            except BaseException:
+                Path(name).unlink(missing_ok=True)
+                raise
+        else:
+            with open(self.data_path, "r+b") as handle:
+                handle.seek(rows * dim * 4)
+                self._write_rows(handle, rows, total_rows, load_rows, batch)
+        current = self._meta()
+        if rebuild or current.get("owner") != owner or current["rows"] < total_rows:
+            write_atomically(self.meta_path, json.dumps({"rows": total_rows, "dim": dim, "owner": owner}).encode())
+
+    @staticmethod
+    def _write_rows(handle: BinaryIO, first: int, end: int, load_rows: RowLoader, batch: int) -> None:
+        for start in range(first, end, batch):
+            block = np.ascontiguousarray(load_rows(start, min(start + batch, end)), dtype=np.float32)
+            handle.write(block.tobytes())
+        handle.flush()
+        os.fsync(handle.fileno())
 
     @property
     def row_count(self) -> int:

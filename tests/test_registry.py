@@ -329,3 +329,24 @@ def test_verify_fails_when_a_cached_ivf_group_is_not_the_nearest_centroid(tmp_pa
     assert any("ivf.npz puts 1 key(s) in a group that is not their nearest" in p for p in report.problems)
     lists._save(meta, centroids, best)
     assert verify(registry).ok
+
+
+
+def test_key_matrix_stays_readable_while_another_process_rebuilds_it(tmp_path):
+    """Read-only processes share one cache: while one rebuilds the matrix (here: it was left by
+    another registry), another reading it meanwhile must get the complete old rows, never a
+    truncated file."""
+    from registry.keyindex import KeyMatrix
+
+    rng = np.random.default_rng(0)
+    old, new = rng.normal(size=(40, 8)).astype(np.float32), rng.normal(size=(50, 8)).astype(np.float32)
+    KeyMatrix(tmp_path).sync(40, 8, lambda first, end: old[first:end], owner="r1", batch=16)
+    seen_mid_write = []
+
+    def loader_of_the_rebuilding_process(first: int, end: int) -> np.ndarray:
+        seen_mid_write.append(KeyMatrix(tmp_path).rows(np.arange(40), 8))  # another process reads meanwhile
+        return new[first:end]
+
+    KeyMatrix(tmp_path).sync(50, 8, loader_of_the_rebuilding_process, owner="r2", batch=16)
+    assert len(seen_mid_write) == 4 and all(np.array_equal(rows, old) for rows in seen_mid_write)
+    assert np.array_equal(KeyMatrix(tmp_path).rows(np.arange(50), 8), new)
