@@ -102,10 +102,6 @@ class KeyMatrix:
         handle.flush()
         os.fsync(handle.fileno())
 
-    @property
-    def row_count(self) -> int:
-        return int(self._meta()["rows"])
-
     def rows(self, key_ids: np.ndarray, dim: int) -> np.ndarray:
         meta = self._meta()
         if meta["rows"] == 0:
@@ -250,22 +246,22 @@ class FaissKeySearch:
     def remove(self, key_ids: np.ndarray) -> None:
         self.index.remove_ids(np.asarray(key_ids, dtype=np.int64))
 
-    def _ivf_lists(self) -> list[tuple[np.ndarray, np.ndarray]]:
-        """(ids, vectors) of every non-empty IVF group, read straight from the inverted lists."""
-        lists, dim, out = self.index.invlists, self.index.d, []
+    def _ivf_contents(self) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, vectors) of every key in the IVF groups, read straight from the inverted lists."""
+        lists, dim = self.index.invlists, self.index.d
+        ids, vectors = [np.zeros(0, np.int64)], [np.zeros((0, dim), np.float32)]
         for group in range(self.index.nlist):
             size = lists.list_size(group)
             if size:
-                ids = faiss.rev_swig_ptr(lists.get_ids(group), size).copy()
+                ids.append(faiss.rev_swig_ptr(lists.get_ids(group), size).astype(np.int64))
                 codes = faiss.rev_swig_ptr(lists.get_codes(group), size * dim * 4).copy()
-                out.append((ids.astype(np.int64), codes.view(np.float32).reshape(size, dim)))
-        return out
+                vectors.append(codes.view(np.float32).reshape(size, dim))
+        return np.concatenate(ids), np.concatenate(vectors)
 
     def ids(self) -> np.ndarray:
         if self.is_exact:
             return faiss.vector_to_array(self.index.id_map).astype(np.int64)
-        groups = self._ivf_lists()
-        return np.concatenate([ids for ids, _ in groups]) if groups else np.zeros(0, np.int64)
+        return self._ivf_contents()[0]
 
     def vectors(self) -> tuple[np.ndarray, np.ndarray]:
         """(key ids ascending, their stored vectors): what the index actually searches."""
@@ -273,8 +269,6 @@ class FaissKeySearch:
             ids = self.ids()
             stored = self.index.index.reconstruct_n(0, self.size) if self.size else np.zeros((0, self.index.d), np.float32)
         else:
-            groups = self._ivf_lists()
-            ids = np.concatenate([i for i, _ in groups]) if groups else np.zeros(0, np.int64)
-            stored = np.concatenate([v for _, v in groups]) if groups else np.zeros((0, self.index.d), np.float32)
+            ids, stored = self._ivf_contents()
         order = np.argsort(ids, kind="stable")
         return ids[order], stored[order]
