@@ -40,7 +40,6 @@ from registry.store import (
     Commit,
     Registry,
     RegistryError,
-    key_vector_blobs,
     next_commit,
 )
 
@@ -89,7 +88,7 @@ class BulkLoader:
         supersede: Iterable[str] = (),
     ) -> str:
         """Same arguments and checks as `Registry.store_edit`; returns the edit id (commit comes at flush)."""
-        edit_id, row, document = self.registry.write_edit_objects(tensors, provenance, key_prompts, author)
+        edit_id, row, document, key_blobs = self.registry.write_edit_objects(tensors, provenance, key_prompts, author)
         if edit_id in self._rows:  # against the registry: checked for the whole batch at flush
             raise RegistryError(f"edit {edit_id[:12]} already exists")
         superseded = list(supersede)
@@ -98,7 +97,7 @@ class BulkLoader:
                 raise RegistryError(f"cannot supersede {old[:12]}: it is not active")
         changes = [(old, False) for old in superseded] + [(edit_id, True)]
         op = "supersede" if superseded else "add"
-        self._queue.append(_Pending(op, changes, author, message, document.get("reason"), row, list(key_prompts), key_vector_blobs(tensors)))
+        self._queue.append(_Pending(op, changes, author, message, document.get("reason"), row, list(key_prompts), key_blobs))
         self._rows[edit_id] = (document["prompt"], document["target"])
         for edit, active in changes:
             self._state[edit] = active

@@ -55,9 +55,14 @@ def export_snapshot(registry: Registry, commit: Commit, directory: Path) -> dict
             loras_b.append(tensors["lora_B"])
             keys.append(tensors["keys"])
             key_edit.extend([position] * len(tensors["keys"]))
-            (staging / "provenance" / f"{edit_id}.json").write_bytes(registry.objects.get(edit_id))
-            entries.append({"edit": edit_id, "tensors_sha256": row["tensors_sha256"], "prompt": row["prompt"],
-                            "target": row["target"], "keys": int(len(tensors["keys"]))})
+            document = registry.objects.get(edit_id)
+            (staging / "provenance" / f"{edit_id}.json").write_bytes(document)
+            entry = {"edit": edit_id, "tensors_sha256": row["tensors_sha256"], "prompt": row["prompt"],
+                     "target": row["target"], "keys": int(len(tensors["keys"]))}
+            keys_sha = json.loads(document).get("keys_sha256")
+            if keys_sha:  # keys kept outside the tensors object: their own digest
+                entry["keys_sha256"] = keys_sha
+            entries.append(entry)
         out_features = loras_b[0].shape[0] if loras_b else 0
         arrays = {
             "lora_A": np.stack(loras_a) if loras_a else np.zeros((0, rank, dim), np.float32),

@@ -138,12 +138,19 @@ def next_commit(
 
 
 def key_vector_blobs(tensors: dict[str, np.ndarray]) -> list[bytes]:
-    """The `key_vectors` copy of each key row: exactly the bytes of that row in the tensors object
-    (little-endian float32), so `verify` can compare them byte for byte."""
+    """Each key row as `key_vectors` stores it: little-endian float32 bytes, so the stored key
+    is exactly the trained one and its digest is reproducible anywhere."""
     import numpy as np
 
     keys = np.ascontiguousarray(tensors["keys"], dtype="<f4")
     return [row.tobytes() for row in keys]
+
+
+def keys_digest(key_blobs: list[bytes]) -> str:
+    """`keys_sha256` of an edit: sha256 of its key rows' bytes in ordinal order. The keys live
+    once, in `key_vectors`; this digest in the provenance document (whose hash is the edit id)
+    is what makes them part of the content-addressed artifact."""
+    return sha256_hex(b"".join(key_blobs))
 
 
 def load_tensors(data: bytes) -> dict[str, np.ndarray]:
@@ -413,26 +420,52 @@ class Registry:
     def provenance(self, edit_id: str) -> dict[str, Any]:
         return self.objects.get_json(edit_id)
 
-    def edit_tensors(self, edit_id: str) -> dict[str, np.ndarray]:
+    def edit_lora(self, edit_id: str) -> dict[str, np.ndarray]:
+        """The edit's tensors object: `lora_A`, `lora_B` (and, for edits written before keys moved
+        to `key_vectors`, `keys`). What the routed layer needs when the edit fires."""
         return load_tensors(self.objects.get(self.edit_row(edit_id)["tensors_sha256"]))
+
+    def edit_keys(self, edit_id: str) -> np.ndarray:
+        """The edit's routing keys (one row per key prompt) from `key_vectors`, checked against
+        the `keys_sha256` of its provenance, so a tampered row is never returned."""
+        import numpy as np
+
+        blobs = [r[0] for r in self.db.execute(
+            "SELECT v.vector FROM edit_keys k JOIN key_vectors v USING (key_id) WHERE k.edit_id = ? ORDER BY k.ordinal", [edit_id]
+        ).fetchall()]
+        if keys_digest(blobs) != self.provenance(edit_id).get("keys_sha256"):
+            raise CorruptObject(f"keys of edit {edit_id[:12]} do not match its provenance (keys_sha256)")
+        return np.frombuffer(b"".join(blobs), dtype="<f4").reshape(len(blobs), self.key_dim()).copy()
+
+    def edit_tensors(self, edit_id: str) -> dict[str, np.ndarray]:
+        """LoRA factors and keys of one edit, whichever of the two layouts it was written in."""
+        tensors = self.edit_lora(edit_id)
+        if "keys" not in tensors:
+            tensors["keys"] = self.edit_keys(edit_id)
+        return tensors
 
     def write_edit_objects(
         self, tensors: dict[str, np.ndarray], provenance: dict[str, Any], key_prompts: list[str], author: str
-    ) -> tuple[str, list[Any], dict[str, Any]]:
+    ) -> tuple[str, list[Any], dict[str, Any], list[bytes]]:
         """Write an edit's tensors and provenance objects (before any row points at them).
 
-        Returns (edit id, its `edits` row values, the provenance document)."""
+        The tensors object holds the LoRA factors only; the keys go to `key_vectors` (in the
+        transaction that records the edit) and into the provenance as `keys_sha256`, so each
+        key is stored once (docs/scaling.md: bytes per edit).
+        Returns (edit id, its `edits` row values, the provenance document, the key rows' bytes)."""
         import numpy as np
         from safetensors.numpy import save as save_safetensors
 
         if tensors["keys"].shape[0] != len(key_prompts):
             raise ValueError("one key prompt per key row")
-        tensors_sha = self.objects.put(save_safetensors({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in tensors.items()}))
-        document = dict(provenance, tensors_sha256=tensors_sha, key_prompts=key_prompts)
+        lora = {name: np.ascontiguousarray(value, dtype=np.float32) for name, value in tensors.items() if name != "keys"}
+        key_blobs = key_vector_blobs(tensors)
+        tensors_sha = self.objects.put(save_safetensors(lora))
+        document = dict(provenance, tensors_sha256=tensors_sha, keys_sha256=keys_digest(key_blobs), key_prompts=key_prompts)
         edit_id = self.objects.put(canonical_json(document))
         row = [edit_id, tensors_sha, document["prompt"], document["target"], document.get("subject"), author,
                document.get("reason"), document.get("source"), parse_time(document["created_at"]), len(key_prompts)]
-        return edit_id, row, document
+        return edit_id, row, document, key_blobs
 
     def store_edit(
         self,
@@ -444,7 +477,7 @@ class Registry:
         supersede: Iterable[str] = (),
     ) -> tuple[str, Commit]:
         """Write the edit's objects, then record it and its `add` commit in one transaction."""
-        edit_id, row, document = self.write_edit_objects(tensors, provenance, key_prompts, author)
+        edit_id, row, document, key_blobs = self.write_edit_objects(tensors, provenance, key_prompts, author)
         if self.db.execute("SELECT 1 FROM edits WHERE edit_id = ?", [edit_id]).fetchone():
             raise RegistryError(f"edit {edit_id[:12]} already exists")
         superseded = list(supersede)
@@ -458,7 +491,7 @@ class Registry:
                 "INSERT INTO edit_keys VALUES (?, ?, ?, ?)",
                 [[first_key + i, edit_id, i, text] for i, text in enumerate(key_prompts)],
             )
-            insert_rows(self.db, "key_vectors", [[first_key + i, blob] for i, blob in enumerate(key_vector_blobs(tensors))])
+            insert_rows(self.db, "key_vectors", [[first_key + i, blob] for i, blob in enumerate(key_blobs)])
             changes = [(old, False) for old in superseded] + [(edit_id, True)]
             op = "supersede" if superseded else "add"
             commit = self._append_commit(changes, author, op, message, document.get("reason"))

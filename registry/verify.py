@@ -18,7 +18,7 @@ from safetensors.numpy import load as load_safetensors
 from registry.db import latest_version, schema_version
 from registry.keyindex import CoarseLists, nearest_lists
 from registry.objects import CorruptObject, canonical_json, sha256_hex
-from registry.store import MODULUS, Commit, Registry, commit_record, edit_term, iso, key_vector_blobs, tree_id_for
+from registry.store import MODULUS, Commit, Registry, commit_record, edit_term, iso, key_vector_blobs, keys_digest, tree_id_for
 
 _EDIT_FIELDS = ("prompt", "target", "subject", "author", "reason", "source")
 
@@ -42,8 +42,9 @@ def verify(registry: Registry) -> Report:
     if schema_version(registry.db) != latest_version():
         report.problems.append(f"schema version {schema_version(registry.db)} != {latest_version()}")
     keys_by_id: dict[int, np.ndarray] = {}
-    referenced = _check_edits(registry, report, keys_by_id)
-    _check_key_vectors(registry, report, keys_by_id)
+    stored_keys: dict[int, bytes] = dict(registry.db.execute("SELECT key_id, vector FROM key_vectors").fetchall())
+    referenced = _check_edits(registry, report, keys_by_id, stored_keys)
+    _check_key_vectors(registry, report, keys_by_id, stored_keys)
     commits = _check_chain(registry, report)
     _check_refs(registry, report, commits)
     _check_caches(registry, report, keys_by_id)
@@ -54,8 +55,12 @@ def verify(registry: Registry) -> Report:
     return report
 
 
-def _check_edits(registry: Registry, report: Report, keys_by_id: dict[int, np.ndarray]) -> set[str]:
-    """Check every edit's objects against its rows; collect its verified keys by key id."""
+def _check_edits(registry: Registry, report: Report, keys_by_id: dict[int, np.ndarray], stored_keys: dict[int, bytes]) -> set[str]:
+    """Check every edit's objects against its rows; collect its verified keys by key id.
+
+    An edit's keys are verified against `keys_sha256` in its provenance (keys kept in
+    `key_vectors` only) or, for edits written before that layout, against the `keys` tensor
+    of its tensors object."""
     referenced: set[str] = set()
     dim = registry.key_dim()
     rank = int(registry.routing["rank"])
@@ -91,6 +96,12 @@ def _check_edits(registry: Registry, report: Report, keys_by_id: dict[int, np.nd
         except CorruptObject as error:
             report.problems.append(f"edit {short}: tensors {error}")
             continue
+        if "keys_sha256" in document:
+            blobs = [stored_keys.get(key_id, b"") for key_id, _, _ in keys]
+            if keys_digest(blobs) != document["keys_sha256"]:
+                report.problems.append(f"edit {short}: its key_vectors rows do not match keys_sha256 in its provenance")
+                continue
+            tensors["keys"] = np.frombuffer(b"".join(blobs), dtype="<f4").reshape(len(blobs), -1)
         for key_id, ordinal, _ in keys:
             if ordinal < len(tensors.get("keys", ())):
                 keys_by_id[key_id] = tensors["keys"][ordinal]
@@ -104,10 +115,9 @@ def _check_edits(registry: Registry, report: Report, keys_by_id: dict[int, np.nd
     return referenced
 
 
-def _check_key_vectors(registry: Registry, report: Report, keys_by_id: dict[int, np.ndarray]) -> None:
-    """The DuckDB copy of every key (`key_vectors`, what the index is built from) must be
-    byte-identical to its row in the hash-checked tensors object: one vector per key id."""
-    stored = dict(registry.db.execute("SELECT key_id, vector FROM key_vectors").fetchall())
+def _check_key_vectors(registry: Registry, report: Report, keys_by_id: dict[int, np.ndarray], stored: dict[int, bytes]) -> None:
+    """One `key_vectors` row per key id, each byte-identical to the key verified for its edit
+    (for older edits: its row in the hash-checked tensors object)."""
     key_ids = [r[0] for r in registry.db.execute("SELECT key_id FROM edit_keys").fetchall()]
     missing = [k for k in key_ids if k not in stored]
     extra = set(stored) - set(key_ids)

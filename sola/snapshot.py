@@ -38,6 +38,20 @@ class Snapshot:
         ]
 
 
+def _edit_matches_manifest(lora_a: np.ndarray, lora_b: np.ndarray, keys: np.ndarray, entry: dict) -> bool:
+    """Recompute an edit's content hashes from the stacked arrays (docs/format.md): the tensors
+    object is the safetensors file of its LoRA factors, plus its keys when the manifest entry
+    has no `keys_sha256` (edits stored before keys moved to the registry's `key_vectors`)."""
+    tensors = {"lora_A": lora_a, "lora_B": lora_b}
+    if "keys_sha256" in entry:
+        key_bytes = np.ascontiguousarray(keys, dtype="<f4").tobytes()
+        if hashlib.sha256(key_bytes).hexdigest() != entry["keys_sha256"]:
+            return False
+    else:
+        tensors["keys"] = keys
+    return hashlib.sha256(save({k: np.ascontiguousarray(v) for k, v in tensors.items()})).hexdigest() == entry["tensors_sha256"]
+
+
 def load_snapshot(directory: Path) -> Snapshot:
     directory = Path(directory)
     try:
@@ -51,8 +65,7 @@ def load_snapshot(directory: Path) -> Snapshot:
     key_edit = arrays["key_edit"]
     for position, entry in enumerate(edits):
         rows = np.flatnonzero(key_edit == position)
-        tensors = {"lora_A": arrays["lora_A"][position], "lora_B": arrays["lora_B"][position], "keys": arrays["keys"][rows]}
-        if hashlib.sha256(save({k: np.ascontiguousarray(v) for k, v in tensors.items()})).hexdigest() != entry["tensors_sha256"]:
+        if not _edit_matches_manifest(arrays["lora_A"][position], arrays["lora_B"][position], arrays["keys"][rows], entry):
             raise SnapshotError(f"snapshot tensors of edit {entry['edit'][:12]} do not match the manifest")
     base_model = manifest["base_model"]
     model, tokenizer, _ = load_base(base_model["spec"], expected_sha256=base_model["sha256"])

@@ -141,7 +141,7 @@ class Workspace:
 
     # --- snapshots -------------------------------------------------------------------------------
     def _fetch_lora(self, edit_id: str) -> tuple[torch.Tensor, torch.Tensor]:
-        tensors = self.registry.edit_tensors(edit_id)
+        tensors = self.registry.edit_lora(edit_id)
         return torch.from_numpy(tensors["lora_A"].copy()), torch.from_numpy(tensors["lora_B"].copy())
 
     def bank(self, commit: Commit) -> EditBank:

@@ -164,3 +164,27 @@ def test_second_finished_model_conversion_keeps_the_first_copy(tmp_path):
     publish_conversion(second, target)  # a concurrent converter finishing later
     assert (target / "config.json").read_text() == "first"
     assert not second.exists() and not first.exists()
+
+
+def test_snapshot_check_accepts_both_edit_layouts_and_rejects_a_changed_key():
+    """Snapshot manifests carry `keys_sha256` for edits whose keys live in `key_vectors`, and
+    only `tensors_sha256` (over LoRA factors + keys) for edits stored before that layout."""
+    import hashlib
+
+    import numpy as np
+    from safetensors.numpy import save
+
+    from sola.snapshot import _edit_matches_manifest
+
+    rng = np.random.default_rng(0)
+    lora_a, lora_b = rng.normal(size=(2, 8)).astype(np.float32), rng.normal(size=(16, 2)).astype(np.float32)
+    keys = rng.normal(size=(1, 8)).astype(np.float32)
+    current = {"edit": "e" * 64, "tensors_sha256": hashlib.sha256(save({"lora_A": lora_a, "lora_B": lora_b})).hexdigest(),
+               "keys_sha256": hashlib.sha256(keys.astype("<f4").tobytes()).hexdigest()}
+    older = {"edit": "f" * 64, "tensors_sha256": hashlib.sha256(save({"lora_A": lora_a, "lora_B": lora_b, "keys": keys})).hexdigest()}
+    changed = keys.copy()
+    changed[0, 0] += 1e-3
+    assert _edit_matches_manifest(lora_a, lora_b, keys, current)
+    assert _edit_matches_manifest(lora_a, lora_b, keys, older)
+    assert not _edit_matches_manifest(lora_a, lora_b, changed, current)
+    assert not _edit_matches_manifest(lora_a, lora_b, changed, older)

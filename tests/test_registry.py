@@ -10,7 +10,7 @@ import pytest
 
 from registry.db import connect, migrate, schema_version, latest_version
 from registry.inspect import revoked_report
-from registry.store import Registry, RegistryError, iso, utcnow
+from registry.store import CorruptObject, Registry, RegistryError, iso, utcnow
 from registry.verify import verify
 from registry_helpers import BASE, ROUTING, add_edit, new_registry
 
@@ -162,7 +162,15 @@ def _store_edit_as_version_2(registry: Registry, prompt: str, seed: int) -> str:
     tensors = {"lora_A": rng.normal(size=(2, 8)).astype(np.float32), "lora_B": rng.normal(size=(16, 2)).astype(np.float32), "keys": keys}
     provenance = {"prompt": prompt, "target": "x", "author": "tester", "reason": "test", "source": None, "subject": None,
                   "created_at": iso(utcnow())}
-    edit_id, row, _ = registry.write_edit_objects(tensors, provenance, [prompt, prompt + "?"], "tester")
+    # the layout of that time: keys inside the tensors object, no keys_sha256 in the provenance
+    from safetensors.numpy import save as save_safetensors
+
+    from registry.objects import canonical_json
+
+    tensors_sha = registry.objects.put(save_safetensors(tensors))
+    document = dict(provenance, tensors_sha256=tensors_sha, key_prompts=[prompt, prompt + "?"])
+    edit_id = registry.objects.put(canonical_json(document))
+    row = [edit_id, tensors_sha, prompt, "x", None, "tester", "test", None, utcnow(), 2]
     with registry.transaction():
         registry.db.execute("INSERT INTO edits VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
         first = registry.db.execute("SELECT coalesce(max(key_id), -1) + 1 FROM edit_keys").fetchone()[0]
@@ -215,21 +223,44 @@ def test_upgrade_to_key_vectors_copies_every_key_from_its_tensors_object(tmp_pat
     assert [key_edit[int(i)] for i in ids] == [edits[1], edits[1]]
 
 
-def test_store_edit_writes_key_vectors_equal_to_the_object_keys(tmp_path):
+def test_store_edit_keeps_each_key_once_in_key_vectors_covered_by_the_provenance_digest(tmp_path):
+    import hashlib
+
+    from safetensors.numpy import load
+
     registry = new_registry(tmp_path / "r")
     a = add_edit(registry, "a", seed=4)
+    rng = np.random.default_rng(4)
+    written_key = rng.normal(size=(1, 8)).astype(np.float32)
+    written_key /= np.linalg.norm(written_key)
     [(vector,)] = registry.db.execute("SELECT vector FROM key_vectors").fetchall()
-    assert vector == registry.edit_tensors(a)["keys"][0].astype("<f4").tobytes()
+    assert vector == written_key[0].astype("<f4").tobytes()
+    assert registry.provenance(a)["keys_sha256"] == hashlib.sha256(vector).hexdigest()
+    assert set(load(registry.objects.get(registry.edit_row(a)["tensors_sha256"]))) == {"lora_A", "lora_B"}
+    assert np.array_equal(registry.edit_tensors(a)["keys"], written_key)
 
 
 def test_verify_fails_when_the_duckdb_key_copy_is_tampered(tmp_path):
     registry = new_registry(tmp_path / "r")
     add_edit(registry, "a", seed=1)
-    add_edit(registry, "b", seed=2)
+    b = add_edit(registry, "b", seed=2)
     forged = np.ones(8, dtype="<f4") / np.sqrt(8)
     registry.db.execute("UPDATE key_vectors SET vector = ? WHERE key_id = 1", [forged.tobytes()])
     report = verify(registry)
-    assert any("key_vectors: 1 vector(s) differ from the tensors objects (first: key 1)" in p for p in report.problems)
+    assert f"edit {b[:12]}: its key_vectors rows do not match keys_sha256 in its provenance" in report.problems
+    with pytest.raises(CorruptObject, match="do not match its provenance"):
+        registry.edit_tensors(b)
+
+
+def test_verify_fails_when_a_key_copy_of_an_older_edit_differs_from_its_tensors_object(tmp_path):
+    registry = _old_registry(tmp_path / "old", 2)
+    _store_edit_as_version_2(registry, "a", seed=1)
+    registry.close()
+    upgraded = Registry.open(tmp_path / "old", writable=True)
+    forged = np.ones(8, dtype="<f4") / np.sqrt(8)
+    upgraded.db.execute("UPDATE key_vectors SET vector = ? WHERE key_id = 1", [forged.tobytes()])
+    report = verify(upgraded)
+    assert "key_vectors: 1 vector(s) differ from the tensors objects (first: key 1)" in report.problems
 
 
 def test_verify_fails_when_a_key_vector_is_missing(tmp_path):
