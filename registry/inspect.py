@@ -72,6 +72,7 @@ def describe_edit(registry: Registry, edit_id: str) -> dict[str, Any]:
         "prompt": row["prompt"],
         "target": row["target"],
         "tensors_sha256": row["tensors_sha256"],
+        "keys_sha256": provenance.get("keys_sha256"),
         "provenance": provenance,
         "history": registry.edit_history(edit_id),
         "neighbours": edit_neighbours(registry, edit_id) if active else [],

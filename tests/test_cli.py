@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from pathlib import Path
 
+import duckdb
 import pytest
 from click.testing import CliRunner
 
@@ -82,6 +84,9 @@ def test_show_diff_audit_and_restore(sola):
     made = sola.json("edit", "--prompt", PROMPT, "--target", "Madrid", "--reason", "why not", "--source", "unit")
     shown = sola.json("show", made["edit"][:12])
     assert shown["kind"] == "edit" and shown["provenance"]["reason"] == "why not" and shown["active"]
+    with duckdb.connect(str(sola.root / "registry.duckdb"), read_only=True) as database:
+        [(key_bytes,)] = database.execute("SELECT vector FROM key_vectors").fetchall()
+    assert shown["keys_sha256"] == shown["provenance"]["keys_sha256"] == hashlib.sha256(key_bytes).hexdigest()
     assert sola.json("show", made["commit"][:12])["changes"][0]["edit"] == made["edit"]
     assert [e["edit"] for e in sola.json("diff", "main~1", "main")["added"]] == [made["edit"]]
     sola("revoke", made["edit"], "--reason", "false", "--author", "auditor")
