@@ -181,14 +181,10 @@ def plot(results: dict, path: Path, marks: list[float]) -> None:
     plt.close(figure)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--cache-dir", type=Path, default=Path("/tmp/sola_collision_study"))
-    parser.add_argument("--out", type=Path, default=RESULTS)
-    args = parser.parse_args()
-
-    from sola.config import RoutingConfig
-
+def study_keys(cache_dir: Path) -> tuple[list[dict], list[dict], dict[str, np.ndarray]]:
+    """The zsRE and CounterFact records and the keys of every prompt group the routing studies
+    use (zsRE questions, paraphrases and locality questions; CounterFact prompts and locality
+    prompts; known-1000 prompts), float64 for exact distances, cached in `cache_dir`."""
     zsre = json.loads((DATA / "zsre-eval-1037.json").read_text())
     counterfact = json.loads((DATA / "counterfact-1k.json").read_text())
     known = json.loads((DATA / "known-1000.json").read_text())
@@ -198,11 +194,28 @@ def main() -> None:
         "known_prompt": [r["prompt"] for r in known], "zsre_loc": [r["loc"] for r in zsre],
     }
     flat = [p for prompts in groups.values() for p in prompts]
-    every_key = product_keys(flat, args.cache_dir)
+    every_key = product_keys(flat, cache_dir)
     keys, offset = {}, 0
     for name, prompts in groups.items():
         keys[name] = every_key[offset: offset + len(prompts)].astype(np.float64)
         offset += len(prompts)
+    return zsre, counterfact, keys
+
+
+def study_arguments(doc: str) -> argparse.Namespace:
+    """The command line shared by the routing studies: where keys are cached, where results go."""
+    parser = argparse.ArgumentParser(description=doc.split("\n")[0])
+    parser.add_argument("--cache-dir", type=Path, default=Path("/tmp/sola_collision_study"))
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = study_arguments(__doc__)
+
+    from sola.config import RoutingConfig
+
+    zsre, counterfact, keys = study_keys(args.cache_dir)
 
     grid = np.round(np.arange(0.005, 0.2001, 0.005), 4)
     default = RoutingConfig().threshold

@@ -206,6 +206,7 @@ class FaissKeySearch:
         quantizer.add(np.ascontiguousarray(centroids, dtype=np.float32))
         index = faiss.IndexIVFFlat(quantizer, dim, len(centroids), faiss.METRIC_INNER_PRODUCT)
         index.nprobe = min(PROBES, len(centroids))
+        index.set_direct_map_type(faiss.DirectMap.Hashtable)  # `vector(key_id)`, and still removable
         keys = np.ascontiguousarray(keys, dtype=np.float32)
         ids = np.ascontiguousarray(key_ids, dtype=np.int64)
         lists = np.ascontiguousarray(groups, dtype=np.int64)
@@ -235,6 +236,10 @@ class FaissKeySearch:
         sims, ids = self.index.search(np.ascontiguousarray(query.reshape(1, -1), dtype=np.float32), min(k, self.index.ntotal))
         keep = ids[0] >= 0
         return sims[0][keep], ids[0][keep]
+
+    def vector(self, key_id: int) -> np.ndarray:
+        """The stored key of `key_id` (flat: the id map; IVF: the direct map set at build)."""
+        return self.index.reconstruct(int(key_id))
 
     def copy(self) -> "FaissKeySearch":
         return FaissKeySearch(faiss.clone_index(self.index))

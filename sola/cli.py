@@ -112,18 +112,20 @@ def main(ctx: click.Context, registry: str) -> None:
 @click.option("--module", default=None, help="Projection inside the block (default mlp.up_proj, GPT-2 mlp.c_fc).")
 @click.option("--rank", type=int, default=None, help="LoRA rank per edit.")
 @click.option("--threshold", type=float, default=None, help="Routing radius (cosine distance).")
+@click.option("--radius-ratio", type=float, default=None,
+              help="Shrink a key's radius to this times its distance to the nearest other edit's key (0 = off; default 0.5).")
 @click.option("--key-function", type=click.Choice(["mean", "last"]), default=None, help="How the prompt becomes a key.")
 @click.option("--author", default=None)
 @json_option
 @click.pass_context
 def init(ctx: click.Context, model: str | None, layer: int | None, module: str | None, rank: int | None,
-         threshold: float | None, key_function: str | None, author: str | None, as_json: bool) -> None:
+         threshold: float | None, radius_ratio: float | None, key_function: str | None, author: str | None, as_json: bool) -> None:
     """Create a registry on a base model (the bundled SmolLM2-135M-Instruct by default)."""
     from sola.workspace import Workspace, default_author
 
     with failures():
         routing = {k: v for k, v in {"layer": layer, "module": module, "rank": rank, "threshold": threshold,
-                                      "key_function": key_function}.items() if v is not None}
+                                      "radius_ratio": radius_ratio, "key_function": key_function}.items() if v is not None}
         workspace = Workspace.init(registry_path(ctx), model, routing, author or default_author())
         with workspace:
             head = workspace.registry.head()
@@ -254,9 +256,10 @@ def generate(ctx: click.Context, prompt: str, rev: str | None, at: str | None, s
         click.echo(prompt + result["text"])
         if explain:
             if result["edit"]:
-                click.echo(f"[edit {result['edit'][:12]} fired at distance {result['distance']:.4f}]", err=True)
+                click.echo(f"[edit {result['edit'][:12]} fired at distance {result['distance']:.4f} < radius {result['radius']:.4f}]", err=True)
             else:
-                nearest = f"nearest {result['nearest_edit'][:12]} at {result['distance']:.4f}" if result["nearest_edit"] else "no active edits"
+                nearest = (f"nearest {result['nearest_edit'][:12]} at {result['distance']:.4f}, radius {result['radius']:.4f}"
+                           if result["nearest_edit"] else "no active edits")
                 click.echo(f"[no edit fired: {nearest}]", err=True)
     emit(as_json, result, human)
 
@@ -467,6 +470,7 @@ def export_edit(ctx: click.Context, edit: str, directory: Path, as_json: bool) -
 @click.option("--data", "data", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path), help="CounterFact or zsRE file.")
 @click.option("--limit", type=int, default=100, show_default=True, help="Edit the first N records.")
 @click.option("--threshold", type=float, default=None, help="Routing threshold (default: the registry's).")
+@click.option("--radius-ratio", type=float, default=None, help="Per-key radius ratio, 0 = off (default: the registry's).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for the rollback half.")
 @click.option("--every", type=int, default=0, help="Measure retention of all past edits every K edits.")
 @click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write a PNG of the run.")
@@ -475,7 +479,7 @@ def export_edit(ctx: click.Context, edit: str, directory: Path, as_json: bool) -
 @click.option("--model", default=None, help="Base model when there is no registry (default: the registry's).")
 @json_option
 @click.pass_context
-def eval_command(ctx: click.Context, data: Path, limit: int, threshold: float | None, seed: int, every: int,
+def eval_command(ctx: click.Context, data: Path, limit: int, threshold: float | None, radius_ratio: float | None, seed: int, every: int,
                  plot: Path | None, layer: int | None, key_function: str | None, model: str | None, as_json: bool) -> None:
     """Edit the first N records into a scratch registry and report the field's metrics."""
     from sola.config import RoutingConfig
@@ -488,9 +492,9 @@ def eval_command(ctx: click.Context, data: Path, limit: int, threshold: float | 
         spec = model
         if (registry_path(ctx) / "registry.duckdb").exists():
             with open_registry(ctx) as registry:
-                routing = dict(registry.routing)
+                routing = RoutingConfig.from_record(registry.routing).to_dict()
                 spec = spec or registry.base_model["spec"]
-        overrides = {"threshold": threshold, "layer": layer, "key_function": key_function}
+        overrides = {"threshold": threshold, "radius_ratio": radius_ratio, "layer": layer, "key_function": key_function}
         routing.update({k: v for k, v in overrides.items() if v is not None})
         RoutingConfig.from_dict(routing)  # validate the overrides before loading anything
         with StageProgress() as progress:

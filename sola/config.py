@@ -21,6 +21,12 @@ class RoutingConfig:
     (1 - cos) between L2-normalised vectors: a query fires the nearest key only when the
     distance is strictly below it. `key_function` says how the per-token inputs of the edited
     module over the prompt become one vector ("mean" over prompt tokens or "last" token).
+
+    `radius_ratio` (> 0) shrinks the radius of a key that has close neighbours: key k fires
+    only when the distance is also below `radius_ratio` x the distance from k to the nearest
+    key of another active edit. Keys of one relation template crowd together, and the
+    unrelated prompts that share their template are what a single global threshold lets
+    through as the registry grows (docs/results.md, radius study); 0 turns it off.
     """
 
     layer: int = 8
@@ -30,8 +36,11 @@ class RoutingConfig:
     threshold: float = 0.04
     key_function: str = "mean"
     duplicate_distance: float = 0.002
+    radius_ratio: float = 0.5
 
     def __post_init__(self) -> None:
+        if self.radius_ratio < 0.0:
+            raise ValueError(f"radius_ratio must be >= 0 (0 = off), got {self.radius_ratio}")
         if self.rank < 1:
             raise ValueError(f"rank must be >= 1, got {self.rank}")
         if not 0.0 < self.threshold <= 2.0:
@@ -50,8 +59,15 @@ class RoutingConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "RoutingConfig":
+        """Settings given by a user: anything missing takes today's default."""
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> "RoutingConfig":
+        """A routing config recorded by a registry, snapshot or edit: a field added after it was
+        written takes the value that reproduces how it routed then, not today's default."""
+        return cls.from_dict({"radius_ratio": 0.0, **record})  # records before radius_ratio: global threshold only
 
 
 @dataclass(frozen=True)

@@ -23,9 +23,17 @@ from sola.keys import pool_prompt
 
 
 class KeySearch(Protocol):
-    """Nearest-key lookup over normalised keys; returns (similarity, key id) per query, id -1 if empty."""
+    """Nearest-key lookup over normalised keys.
+
+    `search`: (similarity, key id) of the nearest key per query, id -1 if empty.
+    `neighbours`: the k nearest (similarities, key ids) of one vector, best first.
+    `vector`: the stored key of a key id."""
 
     def search(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
+
+    def neighbours(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]: ...
+
+    def vector(self, key_id: int) -> np.ndarray: ...
 
 
 class ExactKeySearch:
@@ -41,6 +49,14 @@ class ExactKeySearch:
         sims = queries.astype(np.float32) @ self.keys.T
         best = sims.argmax(axis=1)
         return sims[np.arange(len(queries)), best], self.key_ids[best]
+
+    def neighbours(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        sims = self.keys @ query.astype(np.float32).reshape(-1)
+        order = np.argsort(-sims, kind="stable")[:k]
+        return sims[order], self.key_ids[order]
+
+    def vector(self, key_id: int) -> np.ndarray:
+        return self.keys[int(np.flatnonzero(self.key_ids == key_id)[0])]
 
 
 LoraFetcher = Callable[[str], tuple[torch.Tensor, torch.Tensor]]
@@ -69,6 +85,21 @@ class EditBank:
     def size(self) -> int:
         return len(self.key_edit)
 
+    def isolation(self, key_id: int) -> float:
+        """Cosine distance from key `key_id` to the nearest key of another edit in this bank
+        (inf when there is none). Keys of the same edit (its rephrases) do not count: they
+        point to the same LoRA, so an input between them is not ambiguous."""
+        own = self.key_edit[key_id]
+        vector, k = self.search.vector(key_id), 8
+        while True:
+            sims, ids = self.search.neighbours(vector, k)
+            for sim, other in zip(sims.tolist(), ids.tolist()):
+                if self.key_edit.get(int(other), own) != own:
+                    return max(0.0, 1.0 - float(sim))
+            if len(ids) < k or k >= self.size:
+                return float("inf")
+            k *= 4
+
     @classmethod
     def empty(cls) -> "EditBank":
         def no_lora(edit_id: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -93,11 +124,17 @@ class EditBank:
 
 @dataclass
 class Routing:
-    """Per-sequence decision: which edit fired (None) and at what cosine distance."""
+    """Per-sequence decision: which edit fired (None), the cosine distance to the nearest key,
+    whose key that is, and the radius that key had (the threshold, or less under `radius_ratio`)."""
 
     edits: list[str | None]
     distances: list[float]
     nearest: list[str | None]
+    radii: list[float]
+
+    @classmethod
+    def unrouted(cls, batch: int) -> "Routing":
+        return cls([None] * batch, [float("inf")] * batch, [None] * batch, [float("nan")] * batch)
 
 
 @dataclass
@@ -120,12 +157,13 @@ def module_dims(module: nn.Module) -> tuple[int, int]:
 class RoutedLoRA(nn.Module):
     """Wraps one projection; adds at most one edit's LoRA per sequence, chosen by key distance."""
 
-    def __init__(self, base: nn.Module, key_function: str, threshold: float, scale: float) -> None:
+    def __init__(self, base: nn.Module, key_function: str, threshold: float, scale: float, radius_ratio: float = 0.0) -> None:
         super().__init__()
         self.base = base
         self.in_features, self.out_features = module_dims(base)
         self.key_function = key_function
         self.threshold = threshold
+        self.radius_ratio = radius_ratio
         self.scale = scale
         self.bank = EditBank.empty()
         self.scope: RoutingScope | None = None
@@ -151,19 +189,22 @@ class RoutedLoRA(nn.Module):
 
     # --- routing ---------------------------------------------------------------------------
     def route(self, inputs: torch.Tensor, query_mask: torch.Tensor | None) -> Routing:
-        batch = inputs.shape[0]
         if self.bank.size == 0:
-            return Routing([None] * batch, [float("inf")] * batch, [None] * batch)
+            return Routing.unrouted(inputs.shape[0])
         queries = pool_prompt(inputs, query_mask, self.key_function).numpy()
         sims, key_ids = self.bank.search.search(queries)
-        edits, distances, nearest = [], [], []
+        edits, distances, nearest, radii = [], [], [], []
         for sim, key_id in zip(sims.tolist(), key_ids.tolist()):
             edit = self.bank.key_edit.get(int(key_id)) if key_id >= 0 else None
             distance = max(0.0, float(1.0 - sim)) if edit is not None else float("inf")
+            radius = self.threshold
+            if edit is not None and distance < radius and self.radius_ratio > 0:
+                radius = min(radius, self.radius_ratio * self.bank.isolation(int(key_id)))
             nearest.append(edit)
             distances.append(distance)
-            edits.append(edit if distance < self.threshold else None)
-        return Routing(edits, distances, nearest)
+            radii.append(radius)
+            edits.append(edit if distance < radius else None)
+        return Routing(edits, distances, nearest, radii)
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         output = self.base(inputs)

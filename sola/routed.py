@@ -55,7 +55,7 @@ def attach(model: nn.Module, config: RoutingConfig) -> RoutedLoRA:
         raise ValueError(f"block {config.layer} has no module {config.module!r}")
     if isinstance(current, RoutedLoRA):
         return current
-    routed = RoutedLoRA(current, config.key_function, config.threshold, config.scale)
+    routed = RoutedLoRA(current, config.key_function, config.threshold, config.scale, config.radius_ratio)
     setattr(parent, leaf, routed)
     return routed
 
@@ -132,7 +132,7 @@ class RoutedModel:
         with self.layer.routing_scope(scope):
             logits = self.model(input_ids=encoded.input_ids, use_cache=False).logits[0]
         start = encoded.prompt_len - 1
-        decision = scope.decision or Routing([None], [float("inf")], [None])
+        decision = scope.decision or Routing.unrouted(1)
         return logits[start : start + len(encoded.target_ids)], encoded, decision
 
     @torch.no_grad()
@@ -142,7 +142,7 @@ class RoutedModel:
         scope = RoutingScope()
         with self.layer.routing_scope(scope):
             logits = self.model(input_ids=encoded.input_ids, use_cache=False).logits[0, -1]
-        return logits, scope.decision or Routing([None], [float("inf")], [None])
+        return logits, scope.decision or Routing.unrouted(1)
 
     @torch.no_grad()
     def generate(self, prompts: list[str], max_new_tokens: int = 16) -> tuple[list[str], Routing]:
@@ -164,7 +164,7 @@ class RoutedModel:
                 pad_token_id=pad,
             )
         texts = [self.tokenizer.decode(row[width:], skip_special_tokens=True) for row in output]
-        return texts, scope.decision or Routing([None] * len(prompts), [float("inf")] * len(prompts), [None] * len(prompts))
+        return texts, scope.decision or Routing.unrouted(len(prompts))
 
     @torch.no_grad()
     def capture(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -32,10 +32,7 @@ class Snapshot:
 
     def generate(self, prompts: list[str], max_new_tokens: int = 16) -> list[Generation]:
         texts, routing = self.routed.generate(prompts, max_new_tokens=max_new_tokens)
-        return [
-            Generation(p, t, e, d, n, self.manifest["commit"])
-            for p, t, e, d, n in zip(prompts, texts, routing.edits, routing.distances, routing.nearest)
-        ]
+        return Generation.batch(prompts, texts, routing, self.manifest["commit"])
 
 
 def _edit_matches_manifest(lora_a: np.ndarray, lora_b: np.ndarray, keys: np.ndarray, entry: dict) -> bool:
@@ -69,7 +66,7 @@ def load_snapshot(directory: Path) -> Snapshot:
             raise SnapshotError(f"snapshot tensors of edit {entry['edit'][:12]} do not match the manifest")
     base_model = manifest["base_model"]
     model, tokenizer, _ = load_base(base_model["spec"], expected_sha256=base_model["sha256"])
-    routed = RoutedModel(model, tokenizer, RoutingConfig.from_dict(manifest["routing"]))
+    routed = RoutedModel(model, tokenizer, RoutingConfig.from_record(manifest["routing"]))
     ids = [entry["edit"] for entry in edits]
     lora_a, lora_b = torch.from_numpy(arrays["lora_A"].copy()), torch.from_numpy(arrays["lora_B"].copy())
     search = ExactKeySearch(arrays["keys"], np.arange(len(key_edit), dtype=np.int64))

@@ -20,7 +20,7 @@ from registry.keyindex import FaissKeySearch
 from registry.store import Commit, Registry, RegistryError, iso, utcnow
 from sola.config import RoutingConfig, TrainConfig
 from sola.data import EditRequest
-from sola.layer import EditBank
+from sola.layer import EditBank, Routing
 from sola.modelio import load_base
 from sola.routed import RoutedModel, default_module_for, join_target
 from sola.train import routing_key, train_edit
@@ -78,7 +78,13 @@ class Generation:
     edit: str | None
     distance: float
     nearest: str | None
+    radius: float
     commit: str
+
+    @classmethod
+    def batch(cls, prompts: list[str], texts: list[str], routing: Routing, commit: str) -> list["Generation"]:
+        return [cls(p, t, e, d, n, r, commit)
+                for p, t, e, d, n, r in zip(prompts, texts, routing.edits, routing.distances, routing.nearest, routing.radii)]
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -87,6 +93,7 @@ class Generation:
             "edit": self.edit,
             "distance": None if self.distance == float("inf") else round(self.distance, 6),
             "nearest_edit": self.nearest,
+            "radius": None if self.nearest is None else round(self.radius, 6),
             "commit": self.commit,
         }
 
@@ -96,7 +103,7 @@ class Workspace:
 
     def __init__(self, registry: Registry) -> None:
         self.registry = registry
-        self.routing = RoutingConfig.from_dict(registry.routing)
+        self.routing = RoutingConfig.from_record(registry.routing)
         self._routed: RoutedModel | None = None
         self._head_index: tuple[str, FaissKeySearch, dict[int, str]] | None = None
 
@@ -168,10 +175,7 @@ class Workspace:
                 raise RegistryError("empty prompt")
         routed, commit = self.routed_at(revision, at)
         texts, routing = routed.generate(prompts, max_new_tokens=max_new_tokens)
-        return [
-            Generation(p, t, e, d, n, commit.commit_id)
-            for p, t, e, d, n in zip(prompts, texts, routing.edits, routing.distances, routing.nearest)
-        ]
+        return Generation.batch(prompts, texts, routing, commit.commit_id)
 
     # --- editing ---------------------------------------------------------------------------------
     def _head_search(self) -> tuple[FaissKeySearch, dict[int, str]]:

@@ -188,3 +188,59 @@ def test_snapshot_check_accepts_both_edit_layouts_and_rejects_a_changed_key():
     assert _edit_matches_manifest(lora_a, lora_b, keys, older)
     assert not _edit_matches_manifest(lora_a, lora_b, changed, current)
     assert not _edit_matches_manifest(lora_a, lora_b, changed, older)
+
+
+def _layer_with_bank(radius_ratio: float, keys_by_edit: dict[str, list[list[float]]], threshold: float = 0.5):
+    """A routed nn.Linear(3, 2) whose bank holds the given unit keys (LoRA factors irrelevant here)."""
+    import math
+
+    from sola.layer import RoutedLoRA
+
+    layer = RoutedLoRA(torch.nn.Linear(3, 2), "mean", threshold, scale=1.0, radius_ratio=radius_ratio)
+    edits = {}
+    for edit, rows in keys_by_edit.items():
+        keys = torch.tensor([[x / math.sqrt(sum(v * v for v in row)) for x in row] for row in rows])
+        edits[edit] = (torch.zeros(1, 3), torch.zeros(2, 1), keys)
+    layer.bank = EditBank.from_tensors(edits)
+    return layer
+
+
+def _at_angle(radians: float) -> torch.Tensor:
+    """A one-token input whose query is the unit vector at `radians` from (1, 0, 0) in the x-y plane."""
+    import math
+
+    return torch.tensor([[[math.cos(radians), math.sin(radians), 0.0]]])
+
+
+def test_radius_ratio_refuses_a_query_near_a_crowded_key_that_the_threshold_alone_accepts():
+    import math
+
+    crowded = {"a": [[1.0, 0.0, 0.0]], "b": [[math.cos(0.6), math.sin(0.6), 0.0]]}  # a-b distance 0.175
+    query = _at_angle(-0.45)  # nearest a at distance 0.0996: under the threshold, over 0.5 x 0.175
+    assert _layer_with_bank(0.0, crowded).route(query, None).edits == ["a"]
+    routing = _layer_with_bank(0.5, crowded).route(query, None)
+    assert routing.edits == [None] and routing.nearest == ["a"]
+    assert math.isclose(routing.radii[0], 0.5 * (1 - math.cos(0.6)), rel_tol=1e-5)
+    assert _layer_with_bank(0.5, crowded).route(_at_angle(0.0), None).edits == ["a"]  # the key's own prompt
+
+
+def test_radius_ratio_ignores_the_other_keys_of_the_same_edit():
+    import math
+
+    one_edit_two_keys = {"a": [[1.0, 0.0, 0.0], [math.cos(0.1), math.sin(0.1), 0.0]], "far": [[0.0, 0.0, 1.0]]}
+    routing = _layer_with_bank(0.5, one_edit_two_keys).route(_at_angle(-0.45), None)
+    assert routing.edits == ["a"] and math.isclose(routing.radii[0], 0.5)  # min(threshold, 0.5 x distance 1 to "far")
+
+
+def test_recorded_routing_without_radius_ratio_keeps_routing_by_threshold_alone():
+    assert RoutingConfig.from_dict({}).radius_ratio == 0.5  # what a new registry gets
+    assert RoutingConfig.from_record({"threshold": 0.04}).radius_ratio == 0.0  # a registry made before the field
+    assert RoutingConfig.from_record({"radius_ratio": 0.7}).radius_ratio == 0.7
+
+
+def test_workspace_on_a_registry_recorded_before_radius_ratio_routes_by_threshold_alone(tmp_path):
+    from registry_helpers import ROUTING, new_registry
+    from sola.workspace import Workspace
+
+    assert "radius_ratio" not in ROUTING
+    assert Workspace(new_registry(tmp_path / "r")).routing.radius_ratio == 0.0

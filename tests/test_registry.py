@@ -318,6 +318,24 @@ def test_ivf_search_returns_the_exact_nearest_key_for_queries_at_the_routing_thr
         assert np.allclose(sims, exact_sims, atol=1e-6) and np.allclose(sims, 1 - distance, atol=1e-5)
 
 
+def test_key_vectors_read_back_from_flat_and_ivf_indexes_after_remove_and_add():
+    """The radius ratio reads a fired key's vector back from the snapshot index (EditBank.isolation)."""
+    from registry.keyindex import FaissKeySearch, nearest_lists, train_centroids
+
+    rng = np.random.default_rng(1)
+    keys = rng.normal(size=(400, 16)).astype(np.float32)
+    keys /= np.linalg.norm(keys, axis=1, keepdims=True)
+    ids = np.arange(len(keys), dtype=np.int64)
+    centroids = train_centroids(keys, 8)
+    for search in (FaissKeySearch.build(keys, ids, 16), FaissKeySearch.build(keys, ids, 16, (centroids, nearest_lists(keys, centroids)[0]))):
+        search.remove(np.array([5], dtype=np.int64))
+        search.add(keys[5:6] * -1, np.array([400], dtype=np.int64))
+        copy = search.copy()
+        assert np.array_equal(copy.vector(7), keys[7]) and np.array_equal(copy.vector(400), -keys[5])
+        with pytest.raises(RuntimeError):
+            copy.vector(5)
+
+
 def _ivf_registry(tmp_path, monkeypatch, n: int = 30) -> tuple[Registry, list[str]]:
     import registry.keyindex
 
