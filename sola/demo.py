@@ -23,7 +23,7 @@ UNRELATED = "The largest planet in the solar system is"
 
 
 def show(title: str, prompt: str, result) -> None:
-    fired = f"edit {result.edit[:12]} fired (distance {result.distance:.4f})" if result.edit else "no edit fired"
+    fired = f"edit {result.edit[:12]} fired (distance {result.distance:.4f} < radius {result.radius:.4f})" if result.edit else "no edit fired"
     print(f"  {title:<10} {prompt!r} ->{result.text!r}   [{fired}]")
 
 
@@ -43,7 +43,7 @@ def main() -> None:
     print(f"1. sola init {args.registry} (SmolLM2-135M-Instruct; first run converts the GGUF once, ~30 s)")
     workspace = Workspace.init(args.registry, None, {}, "demo")
     routing = workspace.routing
-    print(f"   layer {routing.layer} {routing.module}, rank {routing.rank}, key {routing.key_function}, threshold {routing.threshold}")
+    print(f"   layer {routing.layer} {routing.module}, rank {routing.rank}, key {routing.key_function}, threshold {routing.threshold}, radius ratio {routing.radius_ratio}")
 
     print("2. the base model")
     for prompt in (FACT, UNRELATED):
