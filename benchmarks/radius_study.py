@@ -98,6 +98,8 @@ def plot(results: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    titles = {"counterfact-1000": "1000 CounterFact edits: rephrases vs locality prompts",
+              "mixed": "zsRE + CounterFact bank: zsRE paraphrases vs CF locality"}
     for axis, name in zip(axes, ["counterfact-1000", "mixed"]):
         rows = results[name]["rows"]
         glob = [r for r in rows if r["rule"] == "global"]
@@ -107,8 +109,8 @@ def plot(results: dict, path: Path) -> None:
                 pts = sorted((r["false_fire"], r["recall"]) for r in rows if r["rule"] == rule and r["alpha"] == value)
                 axis.plot(*zip(*pts), ".-" if rule == "ratio" else "x--", alpha=0.7, label=f"{rule} {name_}={value}")
         axis.axvline(MAX_FALSE_FIRE, color="grey", ls=":")
-        axis.set(xscale="symlog", xlabel="negatives that fire (1 - locality, routing level)",
-                 ylabel="positives routed to their own edit", title=name, xlim=(0, 1))
+        axis.set(xlabel="negatives that fire (1 - locality, routing level)",
+                 ylabel="positives routed to their own edit", title=titles[name], xlim=(0, 0.06))
         axis.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
