@@ -31,7 +31,9 @@ def plot_eval(result: EvalResult, path: Path) -> None:
                 right.plot(edits, [c[metric] for c in result.curve], "-s", markersize=4, label=f"{metric} of all past edits")
     right.set_ylim(-0.05, 1.05)
     right.set_xlabel("edit #")
-    right.set_title(f"{result.protocol['format']} ({len(records)} edits, threshold {result.protocol['routing']['threshold']})")
+    routing = result.protocol["routing"]
+    ratio = f", radius ratio {routing['radius_ratio']}" if routing.get("radius_ratio") else ""
+    right.set_title(f"{result.protocol['format']} ({len(records)} edits, threshold {routing['threshold']}{ratio})")
     right.legend(loc="lower left", fontsize=8)
     figure.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
