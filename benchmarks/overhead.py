@@ -83,7 +83,7 @@ def main() -> None:
                         "routed_ms_median": 1000 * statistics.median(routed_times), "ratio_total": ratio})
         print(json.dumps(results[-1]))
     RESULTS.mkdir(parents=True, exist_ok=True)
-    document = {"model": identity.to_dict(), "layer": args.layer, "threads": args.threads, "prompts": len(prompts),
+    document = {"model": identity.to_dict(), "routing": routed.config.to_dict(), "threads": args.threads, "prompts": len(prompts),
                 "repeats": args.repeats, "results": results}
     (RESULTS / "overhead.json").write_text(json.dumps(document, indent=1))
 
