@@ -105,7 +105,8 @@ def read_benchmark(path: Path, limit: int | None = None) -> tuple[str, list[Edit
     if not isinstance(records, list) or not records:
         raise RequestError(f"{path}: expected a non-empty JSON list of records")
     chosen = records[:limit] if limit else records
-    kind = "zsre" if "src" in chosen[0] else "counterfact"
+    zsre_records = sum(1 for record in chosen if isinstance(record, dict) and "src" in record)
+    kind = "zsre" if zsre_records == len(chosen) else "counterfact" if zsre_records == 0 else "mixed"
     requests = []
     for index, record in enumerate(chosen):
         try:

@@ -282,3 +282,16 @@ def test_eval_summary_separates_restated_facts_from_unique_subjects():
     assert summary["generalization"] == 0.5
     assert summary["generalization_unique_subject"] == 0.5 and summary["n_unique_subject"] == 2
     assert summary["paraphrase_to_same_subject_edit"] == 1
+
+
+def test_benchmark_file_mixing_zsre_and_counterfact_records_reads_as_mixed(tmp_path):
+    from sola.data import read_benchmark
+
+    fixtures = Path(__file__).parent / "fixtures"
+    zsre, counterfact = (json.loads((fixtures / name).read_text()) for name in ("zsre-3.json", "counterfact-4.json"))
+    mixed = tmp_path / "mixed.json"
+    mixed.write_text(json.dumps([zsre[0], counterfact[0], zsre[1]]))
+    kind, requests = read_benchmark(mixed)
+    assert kind == "mixed"
+    assert [r.prompt for r in requests] == [zsre[0]["src"], counterfact[0]["prompt"], zsre[1]["src"]]
+    assert read_benchmark(fixtures / "zsre-3.json")[0] == "zsre" and read_benchmark(fixtures / "counterfact-4.json")[0] == "counterfact"
