@@ -50,16 +50,17 @@ def export_snapshot(registry: Registry, commit: Commit, directory: Path) -> dict
         (staging / "provenance").mkdir()
         for position, edit_id in enumerate(edit_ids):
             row = registry.edit_row(edit_id)
-            tensors = registry.edit_tensors(edit_id)
+            document = registry.objects.get(edit_id)
+            provenance = json.loads(document)
+            tensors = registry.edit_tensors(edit_id, provenance)
             loras_a.append(tensors["lora_A"])
             loras_b.append(tensors["lora_B"])
             keys.append(tensors["keys"])
             key_edit.extend([position] * len(tensors["keys"]))
-            document = registry.objects.get(edit_id)
             (staging / "provenance" / f"{edit_id}.json").write_bytes(document)
             entry = {"edit": edit_id, "tensors_sha256": row["tensors_sha256"], "prompt": row["prompt"],
                      "target": row["target"], "keys": int(len(tensors["keys"]))}
-            keys_sha = json.loads(document).get("keys_sha256")
+            keys_sha = provenance.get("keys_sha256")
             if keys_sha:  # keys kept outside the tensors object: their own digest
                 entry["keys_sha256"] = keys_sha
             entries.append(entry)

@@ -46,7 +46,7 @@ def edit_neighbours(registry: Registry, edit_id: str, commit: Commit | None = No
     commit = commit or registry.head()
     threshold = float(registry.routing["threshold"])
     search, key_edit = registry.key_search(commit)
-    keys = registry.edit_tensors(edit_id)["keys"]
+    keys = registry.edit_keys(edit_id)
     best: dict[str, float] = {}
     for key in keys:
         sims, ids = search.neighbours(key, k)

@@ -425,23 +425,28 @@ class Registry:
         to `key_vectors`, `keys`). What the routed layer needs when the edit fires."""
         return load_tensors(self.objects.get(self.edit_row(edit_id)["tensors_sha256"]))
 
-    def edit_keys(self, edit_id: str) -> np.ndarray:
-        """The edit's routing keys (one row per key prompt) from `key_vectors`, checked against
-        the `keys_sha256` of its provenance, so a tampered row is never returned."""
+    def edit_keys(self, edit_id: str, provenance: dict[str, Any] | None = None) -> np.ndarray:
+        """The edit's routing keys (one row per key prompt), without reading its LoRA factors:
+        from `key_vectors`, checked against the `keys_sha256` of its provenance (pass the document
+        when already read), so a tampered row is never returned; for an edit of the older layout,
+        from its tensors object."""
         import numpy as np
 
+        document = provenance if provenance is not None else self.provenance(edit_id)
+        if "keys_sha256" not in document:
+            return self.edit_lora(edit_id)["keys"]
         blobs = [r[0] for r in self.db.execute(
             "SELECT v.vector FROM edit_keys k JOIN key_vectors v USING (key_id) WHERE k.edit_id = ? ORDER BY k.ordinal", [edit_id]
         ).fetchall()]
-        if keys_digest(blobs) != self.provenance(edit_id).get("keys_sha256"):
+        if keys_digest(blobs) != document["keys_sha256"]:
             raise CorruptObject(f"keys of edit {edit_id[:12]} do not match its provenance (keys_sha256)")
         return np.frombuffer(b"".join(blobs), dtype="<f4").reshape(len(blobs), self.key_dim()).copy()
 
-    def edit_tensors(self, edit_id: str) -> dict[str, np.ndarray]:
+    def edit_tensors(self, edit_id: str, provenance: dict[str, Any] | None = None) -> dict[str, np.ndarray]:
         """LoRA factors and keys of one edit, whichever of the two layouts it was written in."""
         tensors = self.edit_lora(edit_id)
         if "keys" not in tensors:
-            tensors["keys"] = self.edit_keys(edit_id)
+            tensors["keys"] = self.edit_keys(edit_id, provenance)
         return tensors
 
     def write_edit_objects(

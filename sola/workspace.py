@@ -297,7 +297,7 @@ class Workspace:
         rows = self.registry.db.execute(
             "SELECT key_id, ordinal FROM edit_keys WHERE edit_id = ? ORDER BY ordinal", [edit_id]
         ).fetchall()
-        keys = self.registry.edit_tensors(edit_id)["keys"]
+        keys = self.registry.edit_keys(edit_id)
         search.add(keys[[r[1] for r in rows]], np.array([r[0] for r in rows], dtype=np.int64))
         key_edit.update({r[0]: edit_id for r in rows})
         gone = [k for k, e in key_edit.items() if e in removed]
