@@ -6,7 +6,9 @@ are never given as keys: they are the unseen generalisation probes.
 
 - edit success: teacher-forced token accuracy of the target given the prompt, right after its edit
 - retention: the same for every edit at the end of the stream (GRACE's "TRR"), and every k edits
-- generalisation: paraphrase routed to its own edit x token accuracy of the target
+- generalisation: token accuracy of the target given the paraphrase, in the edited model, whichever
+  edit fires (the field's "rephrase acc"); also reported strictly (only when the paraphrase fires its
+  own edit) and for the base model (the credit a target gets without any edit)
 - locality: token agreement with the base model on the locality prompt + answer (also: share bit-identical)
 - rollback fidelity: revoke a seeded random half; share whose prompt logits equal the base exactly
 - restore: bring back a seeded fifth of the revoked edits; they must produce their targets again,
@@ -51,6 +53,8 @@ class RecordResult:
     paraphrase_routed: bool = False
     paraphrase_fired: str | None = None
     generalization: float | None = None
+    generalization_routed: float | None = None
+    paraphrase_base: float | None = None
     locality: float = 1.0
     locality_identical: bool = True
     retention: float = 0.0
@@ -81,11 +85,14 @@ class EvalResult:
             "edit_success": mean([r.success for r in rs]),
             "retention": mean([r.retention for r in rs]),
             "generalization": mean([r.generalization for r in with_para]),
+            "generalization_routed": mean([r.generalization_routed or 0.0 for r in with_para]),
+            "generalization_base": mean([r.paraphrase_base or 0.0 for r in with_para]),
             "paraphrase_routing": mean([1.0 if r.paraphrase_routed else 0.0 for r in with_para]),
             # Benchmarks restate one fact with different targets (zsRE: "Who is the architect of X?" and
             # "What architect designed X?" -> two different answers). No editor can satisfy both, so
             # generalisation is also reported over the records whose subject no other record shares.
             "generalization_unique_subject": mean([r.generalization for r in with_para if not r.subject_shared]),
+            "generalization_routed_unique_subject": mean([r.generalization_routed or 0.0 for r in with_para if not r.subject_shared]),
             "n_unique_subject": sum(1 for r in with_para if not r.subject_shared),
             "paraphrase_to_same_subject_edit": sum(1 for r in with_para if r.paraphrase_fired and not r.paraphrase_routed
                                                    and r.paraphrase_fired in same_subject_edits(rs, r)),
@@ -182,11 +189,12 @@ class _Base:
     locality: list[torch.Tensor | None]
     locality_logits: list[torch.Tensor | None]
     prompt_logits: list[torch.Tensor]
+    paraphrase_accuracy: list[float | None]
 
 
 def _base_references(routed: RoutedModel, requests: list[EditRequest], notify: Progress) -> _Base:
     """Base-model outputs before any edit: the reference for locality and rollback."""
-    refs = _Base([], [], [])
+    refs = _Base([], [], [], [])
     with routed.bank_override(EditBank.empty()):
         for done, request in enumerate(requests, start=1):
             if request.locality_prompt and request.locality_answer:
@@ -197,6 +205,10 @@ def _base_references(routed: RoutedModel, requests: list[EditRequest], notify: P
                 refs.locality.append(None)
                 refs.locality_logits.append(None)
             refs.prompt_logits.append(routed.prompt_logits(request.prompt)[0])
+            # Teacher forcing credits a base model with the later tokens of a multi-token target
+            # ("... Shipbuilding and" -> "Engineering"); this is how much generalisation is free.
+            refs.paraphrase_accuracy.append(token_accuracy(routed, request.rephrases[0], request.target)[0]
+                                            if request.rephrases else None)
             notify("base model", done, len(requests))
     return refs
 
@@ -208,7 +220,9 @@ def _measure(routed: RoutedModel, request: EditRequest, record: RecordResult, ba
         accuracy, fired = token_accuracy(routed, request.rephrases[0], request.target)
         record.paraphrase_routed = fired == record.edit
         record.paraphrase_fired = fired
-        record.generalization = accuracy if record.paraphrase_routed else 0.0
+        record.generalization = accuracy
+        record.generalization_routed = accuracy if record.paraphrase_routed else 0.0
+        record.paraphrase_base = base.paraphrase_accuracy[record.index]
     if base.locality[record.index] is not None:
         logits, _, _ = routed.score(request.locality_prompt, request.locality_answer)
         record.locality = (logits.argmax(-1) == base.locality[record.index]).float().mean().item()
@@ -224,6 +238,7 @@ def _checkpoint(routed: RoutedModel, requests: list[EditRequest], records: list[
     return {"edits": len(records), "retention": mean([r.retention for r in records]),
             "edit_success": mean([r.success for r in records]),
             "generalization": mean([r.generalization for r in with_para]),
+            "generalization_routed": mean([r.generalization_routed or 0.0 for r in with_para]),
             "locality": mean([r.locality for r in records])}
 
 

@@ -267,19 +267,44 @@ def test_eval_restore_brings_edits_back_and_leaves_the_rest_revoked(tiny_dirs, t
     assert summary["n_restored"] == 1 and summary["restored_retention"] == 1.0
 
 
+def test_eval_generalisation_credits_a_restatement_with_the_same_target_as_the_field_does(tiny_dirs, tmp_path):
+    """EasyEdit's rephrase accuracy scores the edited model, whichever edit answers; the strict
+    variant also requires the paraphrase to fire its own edit."""
+    from sola.evaluate import run_eval
+
+    restated = [
+        {"prompt": "Kenya African National Union is located in", "target_new": "Venezuela",
+         "subject": "Kenya African National Union", "rephrase_prompt": "The headquarters of KANU are in"},
+        {"prompt": "The headquarters of KANU are in", "target_new": "Venezuela", "subject": "KANU",
+         "rephrase_prompt": "David Robinson professionally plays the sport"},
+    ]
+    data = tmp_path / "restated.json"
+    data.write_text(json.dumps(restated))
+    result = run_eval(data, str(tiny_dirs["llama"]), {"threshold": 0.001}, limit=2,
+                      train=TrainConfig(max_steps=100), scratch=tmp_path)
+    first = result.records[0]
+    assert first.paraphrase_fired == result.records[1].edit  # its paraphrase is the second edit's prompt
+    assert first.generalization == 1.0 and first.generalization_routed == 0.0
+    summary = result.summary()
+    assert summary["generalization_routed"] <= summary["generalization"]
+    assert 0.0 <= summary["generalization_base"] < 1.0
+
+
 def test_eval_summary_separates_restated_facts_from_unique_subjects():
     from sola.evaluate import EvalResult, RecordResult
 
-    def record(index: int, subject: str, shared: bool, generalization: float, fired: str) -> RecordResult:
+    def record(index: int, subject: str, shared: bool, accuracy: float, fired: str | None) -> RecordResult:
+        own = fired == f"e{index}"
         return RecordResult(index, f"e{index}", subject, 1.0, 0.1, 3, 0, subject_shared=shared,
-                            paraphrase_routed=fired == f"e{index}", paraphrase_fired=fired, generalization=generalization)
+                            paraphrase_routed=own, paraphrase_fired=fired, generalization=accuracy,
+                            generalization_routed=accuracy if own else 0.0)
 
-    records = [record(0, "Toodyay Fire Station", True, 0.0, "e1"),  # paraphrase fired the restatement
+    records = [record(0, "Toodyay Fire Station", True, 1.0, "e1"),  # fired the restatement, same target
                record(1, "Toodyay Fire Station", True, 1.0, "e1"),
                record(2, "NGC 6604", False, 1.0, "e2"),
                record(3, "Kyrre Nakkim", False, 0.0, None)]
     summary = EvalResult({}, records).summary()
-    assert summary["generalization"] == 0.5
+    assert summary["generalization"] == 0.75 and summary["generalization_routed"] == 0.5
     assert summary["generalization_unique_subject"] == 0.5 and summary["n_unique_subject"] == 2
     assert summary["paraphrase_to_same_subject_edit"] == 1
 
