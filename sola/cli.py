@@ -505,7 +505,19 @@ def eval_command(ctx: click.Context, data: Path, limit: int, threshold: float | 
 
             plot_eval(result, plot)
             document["plot"] = str(plot)
-    emit(as_json, document, lambda: click.echo("\n".join(f"{k:>26}: {v}" for k, v in document.items() if k not in ("curve", "protocol"))))
+    emit(as_json, document, lambda: click.echo(_eval_text(document)))
+
+
+def _eval_text(document: dict[str, Any]) -> str:
+    """One metric per line, with its 95% bootstrap interval where one was computed."""
+    intervals = document.get("intervals", {})
+    lines = []
+    for name, value in document.items():
+        if name in ("curve", "protocol", "intervals"):
+            continue
+        interval = f"   (95% CI {intervals[name][0]:.3f}-{intervals[name][1]:.3f})" if name in intervals else ""
+        lines.append(f"{name:>36}: {value}{interval}")
+    return "\n".join(lines)
 
 
 def entry() -> None:

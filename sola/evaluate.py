@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import torch
 
 from sola.config import TrainConfig
@@ -114,9 +115,34 @@ class EvalResult:
             "seconds_per_edit_p90": seconds[min(len(seconds) - 1, int(0.9 * len(seconds)))] if seconds else 0.0,
             "edits_with_neighbours": sum(1 for r in rs if r.neighbours),
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "intervals": self.intervals(),
             "curve": self.curve,
             "protocol": self.protocol,
         }
+
+    def intervals(self, replicates: int = 2000, seed: int = 0) -> dict[str, list[float]]:
+        """95% bootstrap intervals of the per-record metrics: a stream of N edits is one sample of
+        N facts, and a claim like "0.99 locality" should say how far another sample could move it."""
+        rs = self.records
+        with_para = [r for r in rs if r.generalization is not None]
+        per_record = {
+            "edit_success": [r.success for r in rs],
+            "retention": [r.retention for r in rs],
+            "generalization": [r.generalization for r in with_para],
+            "generalization_routed": [r.generalization_routed or 0.0 for r in with_para],
+            "generalization_unique_subject": [r.generalization for r in with_para if not r.subject_shared],
+            "locality": [r.locality for r in rs],
+            "rollback_fidelity": [1.0 if r.rollback_exact else 0.0 for r in rs if r.revoked],
+        }
+        return {name: bootstrap_interval(values, replicates, seed) for name, values in per_record.items() if values}
+
+
+def bootstrap_interval(values: list[float], replicates: int = 2000, seed: int = 0) -> list[float]:
+    """Percentile interval [2.5%, 97.5%] of the mean over records resampled with replacement."""
+    sample = np.asarray(values, dtype=np.float64)
+    draws = np.random.default_rng(seed).integers(0, len(sample), size=(replicates, len(sample)))
+    low, high = np.percentile(sample[draws].mean(axis=1), [2.5, 97.5])
+    return [round(float(low), 4), round(float(high), 4)]
 
 
 def same_subject_edits(records: list[RecordResult], record: RecordResult) -> set[str]:

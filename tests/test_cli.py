@@ -309,6 +309,22 @@ def test_eval_summary_separates_restated_facts_from_unique_subjects():
     assert summary["paraphrase_to_same_subject_edit"] == 1
 
 
+def test_eval_summary_gives_bootstrap_intervals_that_bracket_each_metric_and_narrow_with_more_edits():
+    from sola.evaluate import EvalResult, RecordResult
+
+    def stream(n: int) -> EvalResult:
+        records = [RecordResult(i, f"e{i}", None, 1.0, 0.1, 3, 0, locality=float(i % 4 != 0), revoked=i % 2 == 0,
+                                rollback_exact=True) for i in range(n)]
+        return EvalResult({}, records)
+
+    small, large = stream(40).summary(), stream(400).summary()
+    low, high = large["intervals"]["locality"]
+    assert low < large["locality"] == 0.75 < high
+    assert high - low < small["intervals"]["locality"][1] - small["intervals"]["locality"][0]
+    assert large["intervals"]["edit_success"] == [1.0, 1.0] and large["intervals"]["rollback_fidelity"] == [1.0, 1.0]
+    assert "generalization" not in large["intervals"]  # no paraphrases, no interval
+
+
 def test_benchmark_file_mixing_zsre_and_counterfact_records_reads_as_mixed(tmp_path):
     from sola.data import read_benchmark
 
