@@ -26,7 +26,7 @@ def plot_eval(result: EvalResult, path: Path) -> None:
     if result.curve:
         edits = [c["edits"] for c in result.curve]
         right.plot(edits, [c["retention"] for c in result.curve], "-o", label="retention of all past edits")
-        for metric in ("generalization", "locality"):
+        for metric in ("generalization", "generalization_routed", "locality"):
             if all(metric in c for c in result.curve):
                 right.plot(edits, [c[metric] for c in result.curve], "-s", markersize=4, label=f"{metric} of all past edits")
     right.set_ylim(-0.05, 1.05)
