@@ -269,7 +269,18 @@ def _set_active(ctx: click.Context, edit: str, active: bool, reason: str, author
         with open_workspace(ctx, writable=True, wait=wait) as workspace:
             commit = workspace.set_active(edit, active, reason, author)
             document = dict(commit.to_dict(), edit=workspace.registry.resolve_edit(edit))
-    emit(as_json, document, lambda: click.echo(f"{document['op']} {document['edit'][:12]}  commit {document['commit'][:12]}"))
+            if not active:
+                document["still_answered_by"] = [r.to_dict() for r in workspace.reroutes(document["edit"])]
+
+    def human() -> None:
+        click.echo(f"{document['op']} {document['edit'][:12]}  commit {document['commit'][:12]}")
+        for reroute in document.get("still_answered_by", []):
+            click.echo(f"warning: {reroute['input']!r} is still answered by active edit {reroute['edit'][:12]} "
+                       f"({reroute['prompt']!r} -> {reroute['target']!r}, distance {reroute['distance']:.4f} "
+                       f"< radius {reroute['radius']:.4f}); revoke that edit too to give this input the base model's output",
+                       err=True)
+
+    emit(as_json, document, human)
 
 
 @main.command()

@@ -100,6 +100,26 @@ class EditBank:
                 return float("inf")
             k *= 4
 
+    def decide(self, queries: np.ndarray, threshold: float, radius_ratio: float) -> "Routing":
+        """The routing rule, for pooled, normalised queries (n, dim): the nearest key's edit fires
+        when its distance is under the key's radius, min(threshold, radius_ratio x isolation).
+        Kept free of the model so a revoke can ask where a revoked prompt's key now lands."""
+        if self.size == 0:
+            return Routing.unrouted(len(queries))
+        sims, key_ids = self.search.search(np.ascontiguousarray(queries, dtype=np.float32))
+        edits, distances, nearest, radii = [], [], [], []
+        for sim, key_id in zip(sims.tolist(), key_ids.tolist()):
+            edit = self.key_edit.get(int(key_id)) if key_id >= 0 else None
+            distance = max(0.0, float(1.0 - sim)) if edit is not None else float("inf")
+            radius = threshold
+            if edit is not None and distance < radius and radius_ratio > 0:
+                radius = min(radius, radius_ratio * self.isolation(int(key_id)))
+            nearest.append(edit)
+            distances.append(distance)
+            radii.append(radius)
+            edits.append(edit if distance < radius else None)
+        return Routing(edits, distances, nearest, radii)
+
     @classmethod
     def empty(cls) -> "EditBank":
         def no_lora(edit_id: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -192,19 +212,7 @@ class RoutedLoRA(nn.Module):
         if self.bank.size == 0:
             return Routing.unrouted(inputs.shape[0])
         queries = pool_prompt(inputs, query_mask, self.key_function).numpy()
-        sims, key_ids = self.bank.search.search(queries)
-        edits, distances, nearest, radii = [], [], [], []
-        for sim, key_id in zip(sims.tolist(), key_ids.tolist()):
-            edit = self.bank.key_edit.get(int(key_id)) if key_id >= 0 else None
-            distance = max(0.0, float(1.0 - sim)) if edit is not None else float("inf")
-            radius = self.threshold
-            if edit is not None and distance < radius and self.radius_ratio > 0:
-                radius = min(radius, self.radius_ratio * self.bank.isolation(int(key_id)))
-            nearest.append(edit)
-            distances.append(distance)
-            radii.append(radius)
-            edits.append(edit if distance < radius else None)
-        return Routing(edits, distances, nearest, radii)
+        return self.bank.decide(queries, self.threshold, self.radius_ratio)
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         output = self.base(inputs)

@@ -46,6 +46,22 @@ class Neighbour:
 
 
 @dataclass
+class Reroute:
+    """One input of an edit (its prompt or a rephrase) that another active edit answers."""
+
+    input: str
+    edit: str
+    distance: float
+    radius: float
+    prompt: str
+    target: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"input": self.input, "edit": self.edit, "distance": round(self.distance, 6), "radius": round(self.radius, 6),
+                "prompt": self.prompt, "target": self.target}
+
+
+@dataclass
 class EditOutcome:
     edit: str
     commit: str | None
@@ -184,6 +200,26 @@ class Workspace:
             search, key_edit = self.registry.key_search(head)
             self._head_index = (head.commit_id, search, key_edit)
         return self._head_index[1], self._head_index[2]
+
+    def reroutes(self, edit: str) -> list[Reroute]:
+        """The edit's inputs that another active edit at `main` answers.
+
+        After a revoke, an input of the edit either routes nowhere (the base model's exact
+        output) or lands within the radius of another active edit, e.g. a restatement of the
+        same fact, which then answers it. The stored keys are the queries those inputs make,
+        so this needs no model: the routing rule is applied to them directly."""
+        edit_id = self.registry.resolve_edit(edit)
+        provenance = self.registry.provenance(edit_id)
+        inputs = [provenance["prompt"], *provenance.get("rephrases", [])]
+        search, key_edit = self._head_search()
+        routing = EditBank(search, key_edit, self._fetch_lora).decide(
+            self.registry.edit_keys(edit_id, provenance), self.routing.threshold, self.routing.radius_ratio)
+        found = []
+        for text, other, distance, radius in zip(inputs, routing.edits, routing.distances, routing.radii):
+            if other is not None and other != edit_id:
+                row = self.registry.edit_row(other)
+                found.append(Reroute(text, other, distance, radius, row["prompt"], row["target"]))
+        return found
 
     def neighbours(self, key: torch.Tensor, radius: float, k: int = 16) -> list[Neighbour]:
         """Active edits whose nearest key lies within `radius` (cosine distance), closest first."""

@@ -60,6 +60,23 @@ def test_edit_generate_revoke_roundtrip(sola):
     assert after["edit"] is None and after["text"] == before["text"]
 
 
+def test_revoke_names_the_active_edit_that_still_answers_the_revoked_prompt(tmp_path, tiny_dirs):
+    wide = Sola(tmp_path / "wide")
+    wide("init", "--model", str(tiny_dirs["llama"]), "--threshold", "0.5", "--radius-ratio", "0")
+    first = wide.json("edit", "--prompt", PROMPT, "--target", "Madrid", "--steps", "20")
+    second = wide.json("edit", "--prompt", "The capital city of France is", "--target", "Rome", "--steps", "20", "--force")
+    warned = wide("revoke", first["edit"], "--reason", "wrong")
+    assert f"still answered by active edit {second['edit'][:12]}" in warned.stderr
+    wide("restore", first["edit"], "--reason", "again, for the JSON form")
+    revoked = wide.json("revoke", first["edit"], "--reason", "wrong")
+    [claim] = revoked["still_answered_by"]
+    assert claim["input"] == PROMPT and claim["edit"] == second["edit"] and claim["distance"] < claim["radius"]
+    assert wide.json("generate", PROMPT, "--max-new-tokens", "2")["edit"] == second["edit"]  # the model agrees
+    warned = wide("revoke", second["edit"], "--reason", "also wrong")
+    assert "still answered" not in warned.stderr  # nothing active is left to answer it
+    assert wide.json("generate", PROMPT, "--max-new-tokens", "2")["edit"] is None
+
+
 def test_log_lists_commits_newest_first_with_contract_fields(sola):
     made = sola.json("edit", "--prompt", PROMPT, "--target", "Madrid", "--author", "alice")
     log = sola.json("log")
