@@ -74,32 +74,48 @@ class EvalResult:
     records: list[RecordResult]
     curve: list[dict[str, float]] = field(default_factory=list)
 
+    def per_record(self) -> dict[str, list[float]]:
+        """The per-record values behind each averaged metric (the unit the intervals resample)."""
+        rs = self.records
+        with_para = [r for r in rs if r.generalization is not None]
+        return {
+            "edit_success": [r.success for r in rs],
+            "retention": [r.retention for r in rs],
+            "generalization": [r.generalization for r in with_para],
+            "generalization_routed": [r.generalization_routed or 0.0 for r in with_para],
+            # Benchmarks restate one fact with different targets (zsRE: "Who is the architect of X?" and
+            # "What architect designed X?" -> two different answers). No editor can satisfy both, so
+            # generalisation is also reported over the records whose subject no other record shares.
+            "generalization_unique_subject": [r.generalization for r in with_para if not r.subject_shared],
+            "generalization_routed_unique_subject": [r.generalization_routed or 0.0 for r in with_para if not r.subject_shared],
+            "locality": [r.locality for r in rs],
+            "rollback_fidelity": [1.0 if r.rollback_exact else 0.0 for r in rs if r.revoked],
+        }
+
     def summary(self) -> dict[str, Any]:
         rs = self.records
         mean = lambda xs: float(sum(xs) / len(xs)) if xs else 0.0  # noqa: E731
+        values = self.per_record()
         seconds = sorted(r.seconds for r in rs)
         revoked = [r for r in rs if r.revoked]
         kept = [r for r in rs if not r.revoked]
         with_para = [r for r in rs if r.generalization is not None]
         return {
             "n_edits": len(rs),
-            "edit_success": mean([r.success for r in rs]),
-            "retention": mean([r.retention for r in rs]),
-            "generalization": mean([r.generalization for r in with_para]),
-            "generalization_routed": mean([r.generalization_routed or 0.0 for r in with_para]),
+            "edit_success": mean(values["edit_success"]),
+            "retention": mean(values["retention"]),
+            "generalization": mean(values["generalization"]),
+            "generalization_routed": mean(values["generalization_routed"]),
             "generalization_base": mean([r.paraphrase_base or 0.0 for r in with_para]),
             "paraphrase_routing": mean([1.0 if r.paraphrase_routed else 0.0 for r in with_para]),
-            # Benchmarks restate one fact with different targets (zsRE: "Who is the architect of X?" and
-            # "What architect designed X?" -> two different answers). No editor can satisfy both, so
-            # generalisation is also reported over the records whose subject no other record shares.
-            "generalization_unique_subject": mean([r.generalization for r in with_para if not r.subject_shared]),
-            "generalization_routed_unique_subject": mean([r.generalization_routed or 0.0 for r in with_para if not r.subject_shared]),
+            "generalization_unique_subject": mean(values["generalization_unique_subject"]),
+            "generalization_routed_unique_subject": mean(values["generalization_routed_unique_subject"]),
             "n_unique_subject": sum(1 for r in with_para if not r.subject_shared),
             "paraphrase_to_same_subject_edit": sum(1 for r in with_para if r.paraphrase_fired and not r.paraphrase_routed
                                                    and r.paraphrase_fired in same_subject_edits(rs, r)),
-            "locality": mean([r.locality for r in rs]),
+            "locality": mean(values["locality"]),
             "locality_identical": mean([1.0 if r.locality_identical else 0.0 for r in rs]),
-            "rollback_fidelity": mean([1.0 if r.rollback_exact else 0.0 for r in revoked]) if revoked else 1.0,
+            "rollback_fidelity": mean(values["rollback_fidelity"]) if revoked else 1.0,
             # Revoked prompts that no longer route anywhere must be exact; the rest fired a neighbouring edit.
             "rollback_unrouted_exact": mean([1.0 if r.rollback_exact else 0.0 for r in revoked if r.rerouted_to is None]) if revoked else 1.0,
             "rollback_rerouted": sum(1 for r in revoked if r.rerouted_to is not None),
@@ -123,18 +139,7 @@ class EvalResult:
     def intervals(self, replicates: int = 2000, seed: int = 0) -> dict[str, list[float]]:
         """95% bootstrap intervals of the per-record metrics: a stream of N edits is one sample of
         N facts, and a claim like "0.99 locality" should say how far another sample could move it."""
-        rs = self.records
-        with_para = [r for r in rs if r.generalization is not None]
-        per_record = {
-            "edit_success": [r.success for r in rs],
-            "retention": [r.retention for r in rs],
-            "generalization": [r.generalization for r in with_para],
-            "generalization_routed": [r.generalization_routed or 0.0 for r in with_para],
-            "generalization_unique_subject": [r.generalization for r in with_para if not r.subject_shared],
-            "locality": [r.locality for r in rs],
-            "rollback_fidelity": [1.0 if r.rollback_exact else 0.0 for r in rs if r.revoked],
-        }
-        return {name: bootstrap_interval(values, replicates, seed) for name, values in per_record.items() if values}
+        return {name: bootstrap_interval(values, replicates, seed) for name, values in self.per_record().items() if values}
 
 
 def bootstrap_interval(values: list[float], replicates: int = 2000, seed: int = 0) -> list[float]:
