@@ -29,12 +29,15 @@ def plot_eval(result: EvalResult, path: Path) -> None:
         for metric in ("generalization", "generalization_routed", "locality"):
             if all(metric in c for c in result.curve):
                 right.plot(edits, [c[metric] for c in result.curve], "-s", markersize=4, label=f"{metric} of all past edits")
+    base = [r.paraphrase_base for r in records if r.paraphrase_base is not None]
+    if base:  # what teacher forcing credits the unedited model with on the same paraphrases
+        right.axhline(sum(base) / len(base), color="grey", ls=":", label="base model on the paraphrases")
     right.set_ylim(-0.05, 1.05)
     right.set_xlabel("edit #")
     routing = result.protocol["routing"]
     ratio = f", radius ratio {routing['radius_ratio']}" if routing.get("radius_ratio") else ""
     right.set_title(f"{result.protocol['format']} ({len(records)} edits, threshold {routing['threshold']}{ratio})")
-    right.legend(loc="lower left", fontsize=8)
+    right.legend(loc="best", fontsize=7)
     figure.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=120)
