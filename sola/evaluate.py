@@ -62,6 +62,7 @@ class RecordResult:
     revoked: bool = False
     rollback_exact: bool | None = None
     rerouted_to: str | None = None
+    reroute_predicted: str | None = None
     retention_after_rollback: float | None = None
     restored: bool = False
     retention_after_restore: float | None = None
@@ -119,6 +120,9 @@ class EvalResult:
             # Revoked prompts that no longer route anywhere must be exact; the rest fired a neighbouring edit.
             "rollback_unrouted_exact": mean([1.0 if r.rollback_exact else 0.0 for r in revoked if r.rerouted_to is None]) if revoked else 1.0,
             "rollback_rerouted": sum(1 for r in revoked if r.rerouted_to is not None),
+            # `sola revoke` warns from the stored keys alone which edit still answers the prompt;
+            # share of revoked prompts where that prediction matches what the model then does.
+            "rollback_reroute_predicted": mean([1.0 if r.reroute_predicted == r.rerouted_to else 0.0 for r in revoked]) if revoked else 1.0,
             "retention_after_rollback": mean([r.retention_after_rollback or 0.0 for r in kept]) if kept else 1.0,
             "n_revoked": len(revoked),
             # Restore a seeded fifth of the revoked edits: they must work again, the rest stay revoked.
@@ -292,6 +296,7 @@ def _rollback(workspace: Workspace, routed: RoutedModel, requests: list[EditRequ
             logits, routing = routed.prompt_logits(request.prompt)
             record.rollback_exact = bool(torch.equal(logits, base.prompt_logits[record.index]))
             record.rerouted_to = routing.edits[0]
+            record.reroute_predicted = next((r.edit for r in workspace.reroutes(record.edit) if r.input == request.prompt), None)
         else:
             record.retention_after_rollback, _ = token_accuracy(routed, request.prompt, request.target)
         notify("after rollback", done, len(records))

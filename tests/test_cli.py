@@ -262,6 +262,7 @@ def test_eval_reports_every_contract_metric(sola, fixture, tmp_path):
         assert 0.0 <= report[name] <= 1.0, name
     assert report["seconds_per_edit"] > 0
     assert report["rollback_unrouted_exact"] == 1.0
+    assert report["rollback_reroute_predicted"] == 1.0
     assert report["protocol"]["format"] == ("zsre" if "zsre" in fixture else "counterfact")
     assert (tmp_path / "eval.png").stat().st_size > 0
     assert len(sola.json("log")) == 1  # the scratch registry, not this one, received the edits
