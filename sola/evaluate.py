@@ -268,13 +268,10 @@ def _checkpoint(routed: RoutedModel, requests: list[EditRequest], records: list[
     """Every metric over all edits so far, as the stream grows (the final pass overwrites them)."""
     for request, record in zip(requests, records):
         _measure(routed, request, record, base)
+    values = EvalResult({}, records).per_record()
     mean = lambda xs: float(sum(xs) / len(xs)) if xs else 0.0  # noqa: E731
-    with_para = [r for r in records if r.generalization is not None]
-    return {"edits": len(records), "retention": mean([r.retention for r in records]),
-            "edit_success": mean([r.success for r in records]),
-            "generalization": mean([r.generalization for r in with_para]),
-            "generalization_routed": mean([r.generalization_routed or 0.0 for r in with_para]),
-            "locality": mean([r.locality for r in records])}
+    names = ("retention", "edit_success", "generalization", "generalization_routed", "locality")
+    return {"edits": len(records), **{name: mean(values[name]) for name in names}}
 
 
 def _final_metrics(routed: RoutedModel, requests: list[EditRequest], records: list[RecordResult], base: _Base, notify: Progress) -> None:
