@@ -35,6 +35,7 @@ def main() -> None:
     parser.add_argument("--threshold", type=float, default=RoutingConfig.threshold)
     parser.add_argument("--radius-ratio", type=float, default=RoutingConfig.radius_ratio, help="0 = global threshold only")
     parser.add_argument("--key-function", default=RoutingConfig.key_function)
+    parser.add_argument("--revoke-mode", default=RoutingConfig.revoke_mode, choices=["tombstone", "delete"])
     parser.add_argument("--every", type=int, default=0, help="retention of all past edits every K edits")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--resummarise", action="store_true", help="recompute <name>.json's summary and plot from its records")
@@ -47,7 +48,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     routing = RoutingConfig(layer=args.layer, threshold=args.threshold, radius_ratio=args.radius_ratio,
-                            key_function=args.key_function).to_dict()
+                            key_function=args.key_function, revoke_mode=args.revoke_mode).to_dict()
 
     def progress(stage: str, done: int, total: int) -> None:
         if done == total or done % 10 == 0:

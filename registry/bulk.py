@@ -41,6 +41,7 @@ from registry.store import (
     Registry,
     RegistryError,
     next_commit,
+    tombstone_changes,
 )
 
 @dataclass
@@ -158,6 +159,12 @@ class BulkLoader:
         main = db.execute("SELECT commit_id FROM refs WHERE name = ?", [MAIN]).fetchone()
         old_ref = main[0] if main else None
         edit_rows, key_rows, vector_rows, commit_rows, change_rows, log_rows, made = [], [], [], [], [], [], []
+        enabled = registry.tombstones
+        tombstoned: dict[str, bool] = {}  # edit id -> tombstoned, for edits this batch revoked or restored
+
+        def is_tombstoned(edit_id: str) -> bool:
+            return tombstoned[edit_id] if edit_id in tombstoned else registry.is_tombstoned(edit_id)
+
         for pending in queue:
             if pending.edit_row is not None:
                 edit_rows.append(pending.edit_row)
@@ -165,7 +172,9 @@ class BulkLoader:
                     key_rows.append([next_key, pending.edit_row[0], ordinal, text])
                     vector_rows.append([next_key, vector])
                     next_key += 1
-            commit = next_commit(parent, digest, pending.changes, pending.author, pending.op, pending.message, pending.reason)
+            tombstones = tombstone_changes(pending.op, pending.changes, enabled, is_tombstoned)
+            tombstoned.update(tombstones)
+            commit = next_commit(parent, digest, pending.changes, pending.author, pending.op, pending.message, pending.reason, tombstones)
             commit_rows.append([getattr(commit, name) for name in _COMMIT_COLUMNS.split(", ")])
             change_rows.extend([commit.commit_id, commit.seq, edit_id, active] for edit_id, active in pending.changes)
             log_rows.append([next_log, MAIN, old_ref, commit.commit_id, pending.author, commit.time, f"{pending.op}: {pending.message}"])

@@ -1,9 +1,13 @@
 """Exports: a whole snapshot as a self-contained directory, or one edit as a PEFT LoRA adapter.
 
-Snapshot directory (format `sola.snapshot/1`):
-  manifest.json            base model identity, routing config, commit, tree, edits (id, hash, fact)
-  snapshot.safetensors     lora_A (E, r, in), lora_B (E, out, r), keys (K, in), key_edit (K,) int64
+Snapshot directory (format `sola.snapshot/2`):
+  manifest.json            base model identity, routing config, commit, tree, edits (id, hash, fact),
+                           revoked (the tombstoned edits: id, fact, keys_sha256)
+  snapshot.safetensors     lora_A (E, r, in), lora_B (E, out, r), keys (K, in), key_edit (K,) int64,
+                           revoked_keys (T, in), revoked_key_edit (T,) int64 (position in `revoked`)
   provenance/<edit>.json   each edit's provenance document, byte-identical to the registry object
+A tombstone needs only its keys (its inputs get the base model), so no LoRA factors are exported
+for it. `sola.snapshot/1` (before tombstones) had no `revoked` entries.
 """
 
 from __future__ import annotations
@@ -19,9 +23,9 @@ import numpy as np
 from safetensors.numpy import save as save_safetensors
 
 from registry.objects import canonical_json, write_atomically
-from registry.store import Commit, Registry, RegistryError, iso
+from registry.store import Commit, Registry, RegistryError, iso, key_vector_blobs, keys_digest
 
-SNAPSHOT_FORMAT = "sola.snapshot/1"
+SNAPSHOT_FORMAT = "sola.snapshot/2"
 
 
 def _prepare_target(directory: Path) -> Path:
@@ -64,12 +68,22 @@ def export_snapshot(registry: Registry, commit: Commit, directory: Path) -> dict
             if keys_sha:  # keys kept outside the tensors object: their own digest
                 entry["keys_sha256"] = keys_sha
             entries.append(entry)
+        revoked_keys, revoked_key_edit, revoked_entries = [], [], []
+        for position, edit_id in enumerate(sorted(registry.tombstoned_edit_ids(commit))):
+            row = registry.edit_row(edit_id)
+            edit_keys = registry.edit_keys(edit_id)
+            revoked_keys.append(edit_keys)
+            revoked_key_edit.extend([position] * len(edit_keys))
+            revoked_entries.append({"edit": edit_id, "prompt": row["prompt"], "target": row["target"],
+                                    "keys": int(len(edit_keys)), "keys_sha256": keys_digest(key_vector_blobs({"keys": edit_keys}))})
         out_features = loras_b[0].shape[0] if loras_b else 0
         arrays = {
             "lora_A": np.stack(loras_a) if loras_a else np.zeros((0, rank, dim), np.float32),
             "lora_B": np.stack(loras_b) if loras_b else np.zeros((0, out_features, rank), np.float32),
             "keys": np.concatenate(keys) if keys else np.zeros((0, dim), np.float32),
             "key_edit": np.array(key_edit, dtype=np.int64),
+            "revoked_keys": np.concatenate(revoked_keys) if revoked_keys else np.zeros((0, dim), np.float32),
+            "revoked_key_edit": np.array(revoked_key_edit, dtype=np.int64),
         }
         (staging / "snapshot.safetensors").write_bytes(save_safetensors(arrays))
         manifest = {
@@ -80,13 +94,15 @@ def export_snapshot(registry: Registry, commit: Commit, directory: Path) -> dict
             "tree": commit.tree_id,
             "commit_time": iso(commit.time),
             "edits": entries,
+            "revoked": revoked_entries,
         }
         (staging / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
         _publish(staging, directory)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return {"directory": str(directory), "commit": commit.commit_id, "tree": commit.tree_id, "edits": len(entries)}
+    return {"directory": str(directory), "commit": commit.commit_id, "tree": commit.tree_id, "edits": len(entries),
+            "revoked": len(revoked_entries)}
 
 
 def export_peft(registry: Registry, edit_id: str, directory: Path) -> dict[str, Any]:

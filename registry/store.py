@@ -5,9 +5,11 @@ History is linear on branch `main`; each commit records the edits it activates o
 answered by one SQL aggregate. Nothing is deleted: revoke and restore are commits.
 
 A snapshot ("tree") is identified by hashing the base model, the routing config and the set
-of active edit ids. The set is hashed additively (sum of per-edit sha256 values mod 2^256),
-so each commit derives its tree from its parent's in O(1) while two revisions with the same
-active edits still get the same tree id.
+of edits that route: the active edits and, when the routing config's `revoke_mode` is
+"tombstone", the revoked edits whose keys still route their inputs to the base model. The set
+is hashed additively (sum of per-member sha256 values mod 2^256, a tombstone hashing
+differently from an active edit), so each commit derives its tree from its parent's in O(1)
+while two revisions that route the same way still get the same tree id.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import shutil
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 from registry.db import Backfill, RegistryLocked, connect, insert_rows, latest_version, migrate, schema_version
 from registry.objects import CorruptObject, ObjectStore, canonical_json, sha256_hex
@@ -57,6 +59,28 @@ def parse_time(text: str) -> datetime:
 
 def edit_term(edit_id: str) -> int:
     return int(hashlib.sha256(b"sola-edit\0" + edit_id.encode()).hexdigest(), 16)
+
+
+def tombstone_term(edit_id: str) -> int:
+    return int(hashlib.sha256(b"sola-tombstone\0" + edit_id.encode()).hexdigest(), 16)
+
+
+def tombstone_changes(
+    op: str, changes: list[tuple[str, bool]], tombstones: bool, is_tombstoned: Callable[[str], bool]
+) -> list[tuple[str, bool]]:
+    """Which edits a commit turns into tombstones (True) or back from them (False).
+
+    A revoke leaves the edit's keys routing to the base model; a restore of such an edit
+    lifts it. A superseded edit is replaced by its correction, so its keys leave routing (its
+    inputs are meant to reach the correction), and restoring it has no tombstone to lift.
+    `is_tombstoned` answers for the state before the commit."""
+    if not tombstones:
+        return []
+    if op == "revoke":
+        return [(edit_id, True) for edit_id, active in changes if not active]
+    if op == "restore":
+        return [(edit_id, False) for edit_id, active in changes if active and is_tombstoned(edit_id)]
+    return []
 
 
 def tree_id_for(config_digest: str, set_sum: int) -> str:
@@ -111,15 +135,26 @@ def commit_record(commit: Commit, changes: list[tuple[str, bool]]) -> dict[str, 
 
 
 def next_commit(
-    parent: Commit | None, config_digest: str, changes: list[tuple[str, bool]], author: str, op: str, message: str, reason: str | None
+    parent: Commit | None,
+    config_digest: str,
+    changes: list[tuple[str, bool]],
+    author: str,
+    op: str,
+    message: str,
+    reason: str | None,
+    tombstones: Sequence[tuple[str, bool]] = (),
 ) -> Commit:
     """The next commit on top of `parent`: tree derived incrementally from the parent's set hash,
-    id = sha256 of the canonical commit record. Shared by `Registry._append_commit` and the bulk loader."""
+    id = sha256 of the canonical commit record. Shared by `Registry._append_commit` and the bulk
+    loader. `tombstones` comes from `tombstone_changes`; it is not part of the commit record
+    because the op and the history determine it."""
     set_sum = int(parent.tree_sum, 16) if parent else 0
     n_active = parent.n_active if parent else 0
     for edit_id, active in changes:
         set_sum = (set_sum + (edit_term(edit_id) if active else -edit_term(edit_id))) % MODULUS
         n_active += 1 if active else -1
+    for edit_id, entering in tombstones:
+        set_sum = (set_sum + (tombstone_term(edit_id) if entering else -tombstone_term(edit_id))) % MODULUS
     draft = Commit(
         commit_id="",
         seq=parent.seq + 1 if parent else 0,
@@ -268,6 +303,12 @@ class Registry:
     def routing(self) -> dict[str, Any]:
         return self.config("routing")
 
+    @property
+    def tombstones(self) -> bool:
+        """Whether a revoke leaves the edit's keys routing to the base model (`revoke_mode`
+        "tombstone"); registries made before the option deleted them."""
+        return self.routing.get("revoke_mode", "delete") == "tombstone"
+
     def config_digest(self) -> str:
         return sha256_hex(canonical_json({"base_model": self.base_model["sha256"], "routing": self.routing}))
 
@@ -304,7 +345,8 @@ class Registry:
         """Insert a commit on top of main and move main; the caller holds the transaction."""
         row = self.db.execute(f"SELECT {_COMMIT_COLUMNS} FROM commits ORDER BY seq DESC LIMIT 1").fetchone()
         parent = self._commit_from_row(row) if row else None
-        commit = next_commit(parent, self.config_digest(), changes, author, op, message, reason)
+        tombstones = tombstone_changes(op, changes, self.tombstones, self.is_tombstoned)
+        commit = next_commit(parent, self.config_digest(), changes, author, op, message, reason, tombstones)
         commit_id = commit.commit_id
         self.db.execute(
             f"INSERT INTO commits ({_COMMIT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -381,16 +423,43 @@ class Registry:
         ).fetchall()
         return [r[0] for r in rows]
 
-    def active_keys(self, commit: Commit) -> tuple[np.ndarray, list[str]]:
+    def active_keys(self, commit: Commit, tombstones: bool = False) -> tuple[np.ndarray, list[str]]:
+        """Key ids and their edit ids at `commit`: the active edits' keys, plus with `tombstones`
+        the keys of revoked edits that still route (to the base model)."""
         import numpy as np
 
+        condition = "last.active OR (? AND c.op = 'revoke')"
         rows = self.db.execute(
-            """WITH active AS (SELECT edit_id FROM commit_changes WHERE seq <= ?
-                               GROUP BY edit_id HAVING arg_max(active, seq))
-               SELECT k.key_id, k.edit_id FROM edit_keys k JOIN active USING (edit_id) ORDER BY k.key_id""",
-            [commit.seq],
+            f"""WITH last AS (SELECT edit_id, arg_max(active, seq) AS active, arg_max(commit_id, seq) AS commit_id
+                              FROM commit_changes WHERE seq <= ? GROUP BY edit_id)
+               SELECT k.key_id, k.edit_id FROM edit_keys k JOIN last USING (edit_id) JOIN commits c USING (commit_id)
+               WHERE {condition} ORDER BY k.key_id""",
+            [commit.seq, tombstones and self.tombstones],
         ).fetchall()
         return np.array([r[0] for r in rows], dtype=np.int64), [r[1] for r in rows]
+
+    def tombstoned_edit_ids(self, commit: Commit) -> set[str]:
+        """Revoked edits whose keys route their inputs to the base model at `commit`."""
+        if not self.tombstones:
+            return set()
+        rows = self.db.execute(
+            """WITH last AS (SELECT edit_id, arg_max(active, seq) AS active, arg_max(commit_id, seq) AS commit_id
+                             FROM commit_changes WHERE seq <= ? GROUP BY edit_id)
+               SELECT last.edit_id FROM last JOIN commits c USING (commit_id) WHERE NOT last.active AND c.op = 'revoke'""",
+            [commit.seq],
+        ).fetchall()
+        return {r[0] for r in rows}
+
+    def is_tombstoned(self, edit_id: str, commit: Commit | None = None) -> bool:
+        if not self.tombstones:
+            return False
+        commit = commit or self.head()
+        row = self.db.execute(
+            """SELECT ch.active, c.op FROM commit_changes ch JOIN commits c USING (commit_id)
+               WHERE ch.edit_id = ? AND ch.seq <= ? ORDER BY ch.seq DESC LIMIT 1""",
+            [edit_id, commit.seq],
+        ).fetchone()
+        return bool(row) and not row[0] and row[1] == "revoke"
 
     def is_active(self, edit_id: str, commit: Commit | None = None) -> bool:
         commit = commit or self.head()
@@ -550,14 +619,15 @@ class Registry:
         matrix = np.frombuffer(b"".join(r[1] for r in rows), dtype="<f4").reshape(len(rows), -1)
         return matrix[np.argsort(ids, kind="stable")]
 
-    def key_search(self, commit: Commit) -> tuple[FaissKeySearch, dict[int, str]]:
-        """The key index of the commit's active keys and key id -> edit id.
+    def key_search(self, commit: Commit, tombstones: bool = False) -> tuple[FaissKeySearch, dict[int, str]]:
+        """The key index of the commit's active keys (with `tombstones`, also the revoked keys
+        that route to the base model; `tombstoned_edit_ids` names their edits) and key id -> edit id.
 
         Built from the cached key matrix (refreshed from `key_vectors`), exact below
         `FLAT_LIMIT` keys and IVF above it, with the registry's cached coarse lists."""
         from registry.keyindex import FLAT_LIMIT, CoarseLists, FaissKeySearch
 
-        key_ids, edit_ids = self.active_keys(commit)
+        key_ids, edit_ids = self.active_keys(commit, tombstones)
         key_edit = dict(zip(key_ids.tolist(), edit_ids))
         dim = self.key_dim()
         total = self.db.execute("SELECT count(*) FROM edit_keys").fetchone()[0]

@@ -18,7 +18,19 @@ from safetensors.numpy import load as load_safetensors
 from registry.db import latest_version, schema_version
 from registry.keyindex import CoarseLists, nearest_lists
 from registry.objects import CorruptObject, canonical_json, sha256_hex
-from registry.store import MODULUS, Commit, Registry, commit_record, edit_term, iso, key_vector_blobs, keys_digest, tree_id_for
+from registry.store import (
+    MODULUS,
+    Commit,
+    Registry,
+    commit_record,
+    edit_term,
+    iso,
+    key_vector_blobs,
+    keys_digest,
+    tombstone_changes,
+    tombstone_term,
+    tree_id_for,
+)
 
 _EDIT_FIELDS = ("prompt", "target", "subject", "author", "reason", "source")
 
@@ -144,6 +156,8 @@ def _check_chain(registry: Registry, report: Report) -> list[Commit]:
         report.problems.append(f"{len(stray)} change row(s) belong to no commit")
     digest = registry.config_digest()
     active: set[str] = set()
+    tombstoned: set[str] = set()
+    enabled = registry.tombstones
     set_sum, previous = 0, None
     for position, commit in enumerate(commits):
         short = commit.commit_id[:12]
@@ -161,8 +175,11 @@ def _check_chain(registry: Registry, report: Report) -> list[Commit]:
                 report.problems.append(f"commit {short}: {'activates' if becomes_active else 'revokes'} {edit_id[:12]} twice")
             (active.add if becomes_active else active.discard)(edit_id)
             set_sum = (set_sum + (edit_term(edit_id) if becomes_active else -edit_term(edit_id))) % MODULUS
+        for edit_id, entering in tombstone_changes(commit.op, changes, enabled, tombstoned.__contains__):
+            (tombstoned.add if entering else tombstoned.discard)(edit_id)
+            set_sum = (set_sum + (tombstone_term(edit_id) if entering else -tombstone_term(edit_id))) % MODULUS
         if commit.tree_sum != f"{set_sum:064x}" or commit.n_active != len(active) or commit.tree_id != tree_id_for(digest, set_sum):
-            report.problems.append(f"commit {short}: tree does not match the replayed active set")
+            report.problems.append(f"commit {short}: tree does not match the replayed active set and tombstones")
         previous = commit
     report.checked["commits"] = len(commits)
     return commits

@@ -115,17 +115,22 @@ def main(ctx: click.Context, registry: str) -> None:
 @click.option("--radius-ratio", type=float, default=None,
               help="Shrink a key's radius to this times its distance to the nearest other edit's key (0 = off; default 0.5).")
 @click.option("--key-function", type=click.Choice(["mean", "last"]), default=None, help="How the prompt becomes a key.")
+@click.option("--revoke-mode", type=click.Choice(["tombstone", "delete"]), default=None,
+              help="tombstone (default): a revoked edit's keys keep their inputs and send them to the base model; "
+                   "delete: the keys leave routing, so a neighbouring edit may answer those inputs.")
 @click.option("--author", default=None)
 @json_option
 @click.pass_context
 def init(ctx: click.Context, model: str | None, layer: int | None, module: str | None, rank: int | None,
-         threshold: float | None, radius_ratio: float | None, key_function: str | None, author: str | None, as_json: bool) -> None:
+         threshold: float | None, radius_ratio: float | None, key_function: str | None, revoke_mode: str | None,
+         author: str | None, as_json: bool) -> None:
     """Create a registry on a base model (the bundled SmolLM2-135M-Instruct by default)."""
     from sola.workspace import Workspace, default_author
 
     with failures():
         routing = {k: v for k, v in {"layer": layer, "module": module, "rank": rank, "threshold": threshold,
-                                      "radius_ratio": radius_ratio, "key_function": key_function}.items() if v is not None}
+                                      "radius_ratio": radius_ratio, "key_function": key_function,
+                                      "revoke_mode": revoke_mode}.items() if v is not None}
         workspace = Workspace.init(registry_path(ctx), model, routing, author or default_author())
         with workspace:
             head = workspace.registry.head()
@@ -487,11 +492,14 @@ def export_edit(ctx: click.Context, edit: str, directory: Path, as_json: bool) -
 @click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write a PNG of the run.")
 @click.option("--layer", type=int, default=None, help="Edited block (default: the registry's).")
 @click.option("--key-function", type=click.Choice(["mean", "last"]), default=None, help="Key function (default: the registry's).")
+@click.option("--revoke-mode", type=click.Choice(["tombstone", "delete"]), default=None,
+              help="What the rollback's revokes do to keys (default: the registry's).")
 @click.option("--model", default=None, help="Base model when there is no registry (default: the registry's).")
 @json_option
 @click.pass_context
 def eval_command(ctx: click.Context, data: Path, limit: int, threshold: float | None, radius_ratio: float | None, seed: int, every: int,
-                 plot: Path | None, layer: int | None, key_function: str | None, model: str | None, as_json: bool) -> None:
+                 plot: Path | None, layer: int | None, key_function: str | None, revoke_mode: str | None, model: str | None,
+                 as_json: bool) -> None:
     """Edit the first N records into a scratch registry and report the field's metrics."""
     from sola.config import RoutingConfig
     from sola.evaluate import run_eval
@@ -505,7 +513,8 @@ def eval_command(ctx: click.Context, data: Path, limit: int, threshold: float | 
             with open_registry(ctx) as registry:
                 routing = RoutingConfig.from_record(registry.routing).to_dict()
                 spec = spec or registry.base_model["spec"]
-        overrides = {"threshold": threshold, "radius_ratio": radius_ratio, "layer": layer, "key_function": key_function}
+        overrides = {"threshold": threshold, "radius_ratio": radius_ratio, "layer": layer, "key_function": key_function,
+                     "revoke_mode": revoke_mode}
         routing.update({k: v for k, v in overrides.items() if v is not None})
         RoutingConfig.from_dict(routing)  # validate the overrides before loading anything
         with StageProgress() as progress:

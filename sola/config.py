@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 KEY_FUNCTIONS = ("mean", "last")
+REVOKE_MODES = ("tombstone", "delete")
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,13 @@ class RoutingConfig:
     key of another active edit. Keys of one relation template crowd together, and the
     unrelated prompts that share their template are what a single global threshold lets
     through as the registry grows (docs/results.md, radius study); 0 turns it off.
+
+    `revoke_mode` says what a revoke does to the edit's keys. "tombstone": they stay in the
+    routing index and an input whose winning key is revoked gets the base model, so a revoke
+    changes exactly the inputs that routed to the edit and returns each of them to the base
+    output bit for bit, even when another edit's key is close (a restatement of the same
+    fact). "delete" (the paper's): the keys leave the index, and such an input may be
+    answered by the neighbouring edit instead.
     """
 
     layer: int = 8
@@ -37,8 +45,11 @@ class RoutingConfig:
     key_function: str = "mean"
     duplicate_distance: float = 0.002
     radius_ratio: float = 0.5
+    revoke_mode: str = "tombstone"
 
     def __post_init__(self) -> None:
+        if self.revoke_mode not in REVOKE_MODES:
+            raise ValueError(f"revoke_mode must be one of {REVOKE_MODES}, got {self.revoke_mode!r}")
         if self.radius_ratio < 0.0:
             raise ValueError(f"radius_ratio must be >= 0 (0 = off), got {self.radius_ratio}")
         if self.rank < 1:
@@ -67,7 +78,9 @@ class RoutingConfig:
     def from_record(cls, record: dict[str, Any]) -> "RoutingConfig":
         """A routing config recorded by a registry, snapshot or edit: a field added after it was
         written takes the value that reproduces how it routed then, not today's default."""
-        return cls.from_dict({"radius_ratio": 0.0, **record})  # records before radius_ratio: global threshold only
+        # records before radius_ratio routed by the global threshold only; before revoke_mode, a
+        # revoke deleted the keys
+        return cls.from_dict({"radius_ratio": 0.0, "revoke_mode": "delete", **record})
 
 
 @dataclass(frozen=True)

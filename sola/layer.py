@@ -64,16 +64,19 @@ LoraFetcher = Callable[[str], tuple[torch.Tensor, torch.Tensor]]
 
 @dataclass
 class EditBank:
-    """The active edits of one snapshot as the layer sees them.
+    """The edits of one snapshot as the layer sees them.
 
     `key_edit` maps a key id (as returned by `search`) to an edit id; LoRA tensors are
     fetched per edit on first use (`fetch`) and kept, so a snapshot with 100k edits only
-    loads the adapters that actually fire.
+    loads the adapters that actually fire. `revoked` names tombstoned edits: their keys
+    route exactly as before the revoke, but an input they win gets the base model, so a
+    revoke changes nothing except the inputs that routed to the revoked edit.
     """
 
     search: KeySearch
     key_edit: dict[int, str]
     fetch: LoraFetcher
+    revoked: frozenset[str] = frozenset()
     _loaded: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
 
     def lora(self, edit_id: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -102,8 +105,9 @@ class EditBank:
 
     def decide(self, queries: np.ndarray, threshold: float, radius_ratio: float) -> "Routing":
         """The routing rule, for pooled, normalised queries (n, dim): the nearest key's edit fires
-        when its distance is under the key's radius, min(threshold, radius_ratio x isolation).
-        Kept free of the model so a revoke can ask where a revoked prompt's key now lands."""
+        when its distance is under the key's radius, min(threshold, radius_ratio x isolation),
+        unless that edit is revoked (a tombstone: the base model answers). Kept free of the
+        model so a revoke can ask where a revoked prompt's key now lands."""
         if self.size == 0:
             return Routing.unrouted(len(queries))
         sims, key_ids = self.search.search(np.ascontiguousarray(queries, dtype=np.float32))
@@ -117,7 +121,7 @@ class EditBank:
             nearest.append(edit)
             distances.append(distance)
             radii.append(radius)
-            edits.append(edit if distance < radius else None)
+            edits.append(edit if distance < radius and edit not in self.revoked else None)
         return Routing(edits, distances, nearest, radii)
 
     @classmethod

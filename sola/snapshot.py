@@ -21,6 +21,9 @@ from sola.routed import RoutedModel
 from sola.workspace import Generation
 
 
+SNAPSHOT_FORMATS = ("sola.snapshot/1", "sola.snapshot/2")  # 1: before tombstones (no `revoked`)
+
+
 class SnapshotError(ValueError):
     """The snapshot directory is missing, malformed or does not match its manifest."""
 
@@ -56,21 +59,29 @@ def load_snapshot(directory: Path) -> Snapshot:
         arrays = load_file(str(directory / "snapshot.safetensors"))
     except (OSError, json.JSONDecodeError, Exception) as error:  # safetensors raises its own error types
         raise SnapshotError(f"not a sola snapshot directory: {directory} ({type(error).__name__})") from None
-    if manifest.get("format") != "sola.snapshot/1":
+    if manifest.get("format") not in SNAPSHOT_FORMATS:
         raise SnapshotError(f"unsupported snapshot format {manifest.get('format')!r}")
-    edits = manifest["edits"]
+    edits, revoked = manifest["edits"], manifest.get("revoked", [])
     key_edit = arrays["key_edit"]
     for position, entry in enumerate(edits):
         rows = np.flatnonzero(key_edit == position)
         if not _edit_matches_manifest(arrays["lora_A"][position], arrays["lora_B"][position], arrays["keys"][rows], entry):
             raise SnapshotError(f"snapshot tensors of edit {entry['edit'][:12]} do not match the manifest")
+    revoked_keys = arrays.get("revoked_keys", np.zeros((0, arrays["keys"].shape[1]), np.float32))
+    revoked_key_edit = arrays.get("revoked_key_edit", np.zeros(0, np.int64))
+    for position, entry in enumerate(revoked):
+        key_bytes = np.ascontiguousarray(revoked_keys[revoked_key_edit == position], dtype="<f4").tobytes()
+        if hashlib.sha256(key_bytes).hexdigest() != entry["keys_sha256"]:
+            raise SnapshotError(f"snapshot keys of revoked edit {entry['edit'][:12]} do not match the manifest")
     base_model = manifest["base_model"]
     model, tokenizer, _ = load_base(base_model["spec"], expected_sha256=base_model["sha256"])
     routed = RoutedModel(model, tokenizer, RoutingConfig.from_record(manifest["routing"]))
     ids = [entry["edit"] for entry in edits]
+    revoked_ids = [entry["edit"] for entry in revoked]
     lora_a, lora_b = torch.from_numpy(arrays["lora_A"].copy()), torch.from_numpy(arrays["lora_B"].copy())
-    search = ExactKeySearch(arrays["keys"], np.arange(len(key_edit), dtype=np.int64))
+    owners = [ids[int(p)] for p in key_edit] + [revoked_ids[int(p)] for p in revoked_key_edit]
+    search = ExactKeySearch(np.concatenate([arrays["keys"], revoked_keys]), np.arange(len(owners), dtype=np.int64))
     index_of = {edit: i for i, edit in enumerate(ids)}
-    routed.set_bank(EditBank(search, {k: ids[int(p)] for k, p in enumerate(key_edit)},
-                             lambda edit: (lora_a[index_of[edit]], lora_b[index_of[edit]])))
+    routed.set_bank(EditBank(search, dict(enumerate(owners)),
+                             lambda edit: (lora_a[index_of[edit]], lora_b[index_of[edit]]), frozenset(revoked_ids)))
     return Snapshot(manifest, routed)

@@ -121,7 +121,7 @@ class Workspace:
         self.registry = registry
         self.routing = RoutingConfig.from_record(registry.routing)
         self._routed: RoutedModel | None = None
-        self._head_index: tuple[str, FaissKeySearch, dict[int, str]] | None = None
+        self._head_index: tuple[str, FaissKeySearch, dict[int, str], frozenset[str]] | None = None
 
     # --- lifecycle ----------------------------------------------------------------------------
     @classmethod
@@ -168,14 +168,14 @@ class Workspace:
         return torch.from_numpy(tensors["lora_A"].copy()), torch.from_numpy(tensors["lora_B"].copy())
 
     def bank(self, commit: Commit) -> EditBank:
-        search, key_edit = self.registry.key_search(commit)
-        return EditBank(search, key_edit, self._fetch_lora)
+        search, key_edit = self.registry.key_search(commit, tombstones=True)
+        return EditBank(search, key_edit, self._fetch_lora, frozenset(self.registry.tombstoned_edit_ids(commit)))
 
     def head_bank(self) -> EditBank:
         """The bank of `main`, from a copy of the incrementally maintained in-memory index
         (the bank must not change under its holder when later edits extend the head index)."""
-        search, key_edit = self._head_search()
-        return EditBank(search.copy(), dict(key_edit), self._fetch_lora)
+        search, key_edit, revoked = self._head_search()
+        return EditBank(search.copy(), dict(key_edit), self._fetch_lora, revoked)
 
     def routed_at(self, revision: str | None = None, at: str | None = None) -> tuple[RoutedModel, Commit]:
         commit = self.registry.resolve(revision, at)
@@ -194,25 +194,28 @@ class Workspace:
         return Generation.batch(prompts, texts, routing, commit.commit_id)
 
     # --- editing ---------------------------------------------------------------------------------
-    def _head_search(self) -> tuple[FaissKeySearch, dict[int, str]]:
+    def _head_search(self) -> tuple[FaissKeySearch, dict[int, str], frozenset[str]]:
+        """The routing index of `main` (active keys and tombstones) and its tombstoned edits."""
         head = self.registry.head()
         if self._head_index is None or self._head_index[0] != head.commit_id:
-            search, key_edit = self.registry.key_search(head)
-            self._head_index = (head.commit_id, search, key_edit)
-        return self._head_index[1], self._head_index[2]
+            search, key_edit = self.registry.key_search(head, tombstones=True)
+            self._head_index = (head.commit_id, search, key_edit, frozenset(self.registry.tombstoned_edit_ids(head)))
+        return self._head_index[1], self._head_index[2], self._head_index[3]
 
     def reroutes(self, edit: str) -> list[Reroute]:
         """The edit's inputs that another active edit at `main` answers.
 
         After a revoke, an input of the edit either routes nowhere (the base model's exact
         output) or lands within the radius of another active edit, e.g. a restatement of the
-        same fact, which then answers it. The stored keys are the queries those inputs make,
-        so this needs no model: the routing rule is applied to them directly."""
+        same fact, which then answers it. With tombstones (`revoke_mode` "tombstone") the
+        revoked keys still win their own inputs, so only an active key at the same distance
+        can. The stored keys are the queries those inputs make, so this needs no model: the
+        routing rule is applied to them directly."""
         edit_id = self.registry.resolve_edit(edit)
         provenance = self.registry.provenance(edit_id)
         inputs = [provenance["prompt"], *provenance.get("rephrases", [])]
-        search, key_edit = self._head_search()
-        routing = EditBank(search, key_edit, self._fetch_lora).decide(
+        search, key_edit, revoked = self._head_search()
+        routing = EditBank(search, key_edit, self._fetch_lora, revoked).decide(
             self.registry.edit_keys(edit_id, provenance), self.routing.threshold, self.routing.radius_ratio)
         found = []
         for text, other, distance, radius in zip(inputs, routing.edits, routing.distances, routing.radii):
@@ -222,14 +225,15 @@ class Workspace:
         return found
 
     def neighbours(self, key: torch.Tensor, radius: float, k: int = 16) -> list[Neighbour]:
-        """Active edits whose nearest key lies within `radius` (cosine distance), closest first."""
-        search, key_edit = self._head_search()
-        sims, ids = search.neighbours(key.numpy(), k)
+        """Active edits whose nearest key lies within `radius` (cosine distance), closest first
+        (tombstones are skipped: a revoked fact is neither a duplicate nor a contradiction)."""
+        search, key_edit, revoked = self._head_search()
+        sims, ids = search.neighbours(key.numpy(), k + len(revoked))
         found: dict[str, float] = {}
         for sim, key_id in zip(sims.tolist(), ids.tolist()):
             edit = key_edit[int(key_id)]
             distance = max(0.0, 1.0 - sim)
-            if distance < radius and edit not in found:
+            if distance < radius and edit not in found and edit not in revoked:
                 found[edit] = distance
         result = []
         for edit, distance in found.items():
@@ -329,7 +333,7 @@ class Workspace:
         """Keep the in-memory head index current without rebuilding it (batches of edits)."""
         if self._head_index is None:
             return
-        _, search, key_edit = self._head_index
+        _, search, key_edit, revoked = self._head_index
         rows = self.registry.db.execute(
             "SELECT key_id, ordinal FROM edit_keys WHERE edit_id = ? ORDER BY ordinal", [edit_id]
         ).fetchall()
@@ -341,7 +345,7 @@ class Workspace:
             search.remove(np.array(gone, dtype=np.int64))
             for k in gone:
                 del key_edit[k]
-        self._head_index = (commit.commit_id, search, key_edit)
+        self._head_index = (commit.commit_id, search, key_edit, revoked)
 
     def set_active(self, edit: str, active: bool, reason: str, author: str | None = None) -> Commit:
         edit_id = self.registry.resolve_edit(edit)

@@ -39,17 +39,18 @@ def _script(add, set_active, flush=lambda: None) -> list[str]:
         tensors, provenance, prompts = _edit(i, n_keys=2 if i == 9 else 1)
         ids.append(add(tensors, provenance, prompts, "tester", f"add {i}", [ids[0]] if i == 10 else []))
     set_active(ids[-1], False, "tester", "wrong again")
+    set_active(ids[2], True, "tester", "superseded by mistake")  # a restore with no tombstone to lift
     return ids
 
 
-def _plain(tmp_path) -> Registry:
-    registry = Registry.create(tmp_path / "plain", BASE, ROUTING, "tester")
+def _plain(tmp_path, routing: dict = ROUTING) -> Registry:
+    registry = Registry.create(tmp_path / "plain", BASE, routing, "tester")
     _script(lambda *a: registry.store_edit(*a)[0], registry.set_active)
     return registry
 
 
-def _bulk(tmp_path, batch: int | None) -> Registry:
-    registry = Registry.create(tmp_path / f"bulk-{batch}", BASE, ROUTING, "tester")
+def _bulk(tmp_path, batch: int | None, routing: dict = ROUTING) -> Registry:
+    registry = Registry.create(tmp_path / f"bulk-{batch}", BASE, routing, "tester")
     loader = BulkLoader(registry, batch=batch)
     _script(loader.add, loader.set_active, loader.flush if batch is None else lambda: None)
     loader.flush()
@@ -65,9 +66,11 @@ def _rows(registry: Registry, sql: str) -> list[tuple]:
     return registry.db.execute(sql).fetchall()
 
 
+@pytest.mark.parametrize("revoke_mode", ["delete", "tombstone"])
 @pytest.mark.parametrize("batch", [None, 1, 4, 1000])
-def test_bulk_fill_verifies_and_matches_one_by_one(tmp_path, batch):
-    plain, bulk = _plain(tmp_path), _bulk(tmp_path, batch)
+def test_bulk_fill_verifies_and_matches_one_by_one(tmp_path, batch, revoke_mode):
+    routing = dict(ROUTING, revoke_mode=revoke_mode)
+    plain, bulk = _plain(tmp_path, routing), _bulk(tmp_path, batch, routing)
     assert verify(bulk).ok, verify(bulk).problems
     assert verify(plain).ok
     # same commits, change for change: trees, tree sums, active counts, ops, messages, reasons
@@ -80,8 +83,9 @@ def test_bulk_fill_verifies_and_matches_one_by_one(tmp_path, batch):
     for old, new in zip(plain.log(), bulk.log()):
         assert old.tree_id == new.tree_id
         assert plain.active_edit_ids(old) == bulk.active_edit_ids(new)
-    search, key_edit = bulk.key_search(bulk.head())
-    reference, reference_edit = plain.key_search(plain.head())
+    assert bulk.tombstoned_edit_ids(bulk.head()) == plain.tombstoned_edit_ids(plain.head())
+    search, key_edit = bulk.key_search(bulk.head(), tombstones=True)
+    reference, reference_edit = plain.key_search(plain.head(), tombstones=True)
     assert key_edit == reference_edit
     assert all(np.array_equal(a, b) for a, b in zip(search.vectors(), reference.vectors()))
     assert verify(bulk).ok  # with the caches now present

@@ -62,7 +62,7 @@ def test_edit_generate_revoke_roundtrip(sola):
 
 def test_revoke_names_the_active_edit_that_still_answers_the_revoked_prompt(tmp_path, tiny_dirs):
     wide = Sola(tmp_path / "wide")
-    wide("init", "--model", str(tiny_dirs["llama"]), "--threshold", "0.5", "--radius-ratio", "0")
+    wide("init", "--model", str(tiny_dirs["llama"]), "--threshold", "0.5", "--radius-ratio", "0", "--revoke-mode", "delete")
     first = wide.json("edit", "--prompt", PROMPT, "--target", "Madrid", "--steps", "20")
     second = wide.json("edit", "--prompt", "The capital city of France is", "--target", "Rome", "--steps", "20", "--force")
     warned = wide("revoke", first["edit"], "--reason", "wrong")
@@ -75,6 +75,26 @@ def test_revoke_names_the_active_edit_that_still_answers_the_revoked_prompt(tmp_
     warned = wide("revoke", second["edit"], "--reason", "also wrong")
     assert "still answered" not in warned.stderr  # nothing active is left to answer it
     assert wide.json("generate", PROMPT, "--max-new-tokens", "2")["edit"] is None
+
+
+def test_tombstone_returns_a_revoked_prompt_to_the_base_output_while_a_restatement_stays_active(tmp_path, tiny_dirs):
+    wide = Sola(tmp_path / "wide")
+    wide("init", "--model", str(tiny_dirs["llama"]), "--threshold", "0.5", "--radius-ratio", "0")  # default revoke mode
+    restated = "The capital city of France is"
+    base = {p: wide.json("generate", p, "--max-new-tokens", "4")["text"] for p in (PROMPT, restated)}
+    first = wide.json("edit", "--prompt", PROMPT, "--target", "Madrid", "--steps", "20")
+    second = wide.json("edit", "--prompt", restated, "--target", "Rome", "--steps", "20", "--force")
+    revoked = wide("revoke", first["edit"], "--reason", "wrong")
+    assert "still answered" not in revoked.stderr
+    after = wide.json("generate", PROMPT, "--max-new-tokens", "4")
+    assert after["edit"] is None and after["nearest_edit"] == first["edit"] and after["text"] == base[PROMPT]
+    assert wide.json("generate", restated, "--max-new-tokens", "4")["edit"] == second["edit"]  # unaffected
+    assert wide.json("verify")["ok"]
+    wide.json("export", "main", str(tmp_path / "snap"))
+    snapshot = Sola(tmp_path / "none").json("generate", PROMPT, "--snapshot", str(tmp_path / "snap"), "--max-new-tokens", "4")
+    assert snapshot["edit"] is None and snapshot["text"] == base[PROMPT]
+    wide("restore", first["edit"], "--reason", "it was right")
+    assert wide.json("generate", PROMPT, "--max-new-tokens", "4")["edit"] == first["edit"]
 
 
 def test_log_lists_commits_newest_first_with_contract_fields(sola):

@@ -238,6 +238,34 @@ def test_recorded_routing_without_radius_ratio_keeps_routing_by_threshold_alone(
     assert RoutingConfig.from_record({"radius_ratio": 0.7}).radius_ratio == 0.7
 
 
+def test_recorded_routing_without_revoke_mode_keeps_deleting_revoked_keys():
+    assert RoutingConfig.from_dict({}).revoke_mode == "tombstone"  # what a new registry gets
+    assert RoutingConfig.from_record({"threshold": 0.04}).revoke_mode == "delete"  # a registry made before the field
+
+
+def test_tombstone_gives_a_revoked_prompt_base_logits_where_deleting_its_key_lets_a_restatement_answer(tiny):
+    kind, model, tokenizer = tiny
+    routed = routed_model(kind, model, tokenizer, threshold=0.5)
+    restated = "The capital city of France is"
+    base_logits = base_next_logits(routed, PROMPT)
+    madrid = train_edit(routed, PROMPT, "Madrid", config=TRAIN)
+    rome = train_edit(routed, restated, "Rome", config=TRAIN)
+    both = {"madrid": (madrid.lora_a, madrid.lora_b, madrid.keys), "rome": (rome.lora_a, rome.lora_b, rome.keys)}
+
+    deleted = EditBank.from_tensors({"rome": both["rome"]})  # the paper's revoke: madrid's key is gone
+    routed.set_bank(deleted)
+    _, routing = routed.prompt_logits(PROMPT)
+    assert routing.edits == ["rome"]  # the restatement answers the revoked prompt
+
+    tombstoned = EditBank.from_tensors(both)
+    tombstoned.revoked = frozenset({"madrid"})
+    routed.set_bank(tombstoned)
+    logits, routing = routed.prompt_logits(PROMPT)
+    assert routing.edits == [None] and routing.nearest == ["madrid"]
+    assert torch.equal(logits, base_logits)
+    assert routed.prompt_logits(restated)[1].edits == ["rome"]  # the active edit keeps its own prompt
+
+
 def test_workspace_on_a_registry_recorded_before_radius_ratio_routes_by_threshold_alone(tmp_path):
     from registry_helpers import ROUTING, new_registry
     from sola.workspace import Workspace

@@ -37,6 +37,38 @@ def test_same_active_set_gives_the_same_tree_id(tmp_path):
     assert registry.active_edit_ids(after_revoke) == [a]
 
 
+def test_tombstones_give_a_revoke_its_own_tree_and_a_restore_the_tree_before_it(tmp_path):
+    registry = Registry.create(tmp_path / "r", BASE, dict(ROUTING, revoke_mode="tombstone"), "tester")
+    a = add_edit(registry, "a", seed=1)
+    after_a = registry.head()
+    b = add_edit(registry, "b", seed=2)
+    after_b = registry.head()
+    registry.set_active(b, False, "tester", "wrong")
+    revoked = registry.head()
+    assert registry.active_edit_ids(revoked) == [a] and revoked.tree_id not in (after_a.tree_id, after_b.tree_id)
+    assert registry.tombstoned_edit_ids(revoked) == {b} and registry.tombstoned_edit_ids(after_b) == set()
+    assert sorted(set(registry.key_search(revoked, tombstones=True)[1].values())) == sorted([a, b])
+    assert set(registry.key_search(revoked)[1].values()) == {a}
+    registry.set_active(b, True, "tester", "right after all")
+    assert registry.head().tree_id == after_b.tree_id and registry.tombstoned_edit_ids(registry.head()) == set()
+    assert verify(registry).ok, verify(registry).problems
+
+
+def test_a_superseded_edit_leaves_no_tombstone(tmp_path):
+    import numpy as np
+
+    registry = Registry.create(tmp_path / "r", BASE, dict(ROUTING, revoke_mode="tombstone"), "tester")
+    old = add_edit(registry, "a", seed=1)
+    tensors = {"lora_A": np.ones((2, 8), np.float32), "lora_B": np.ones((16, 2), np.float32),
+               "keys": np.eye(8, dtype=np.float32)[:1]}
+    provenance = {"prompt": "a", "target": "y", "author": "tester", "reason": "fix", "source": None, "subject": None,
+                  "created_at": iso(utcnow())}
+    new, commit = registry.store_edit(tensors, provenance, ["a"], "tester", "fix a", [old])
+    assert registry.tombstoned_edit_ids(commit) == set()
+    assert set(registry.key_search(commit, tombstones=True)[1].values()) == {new}
+    assert verify(registry).ok
+
+
 def test_revisions_resolve_by_ref_prefix_and_ancestry(tmp_path):
     registry = new_registry(tmp_path / "r")
     add_edit(registry, "a", seed=1)
