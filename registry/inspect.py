@@ -106,6 +106,7 @@ def revoked_report(registry: Registry, since: str | None = None) -> list[dict[st
         [head.seq],
     ).fetchall()
     cutoff = parse_time(since) if since else None
+    tombstoned = registry.tombstoned_edit_ids(head)
     report = []
     for (edit_id,) in rows:
         history = registry.edit_history(edit_id)
@@ -130,6 +131,7 @@ def revoked_report(registry: Registry, since: str | None = None) -> list[dict[st
             "reason": revocation["reason"],
             "commit": revocation["commit"],
             "op": revocation["op"],
+            "tombstone": edit_id in tombstoned,
             "live": live,
         })
     return report

@@ -262,6 +262,9 @@ def generate(ctx: click.Context, prompt: str, rev: str | None, at: str | None, s
         if explain:
             if result["edit"]:
                 click.echo(f"[edit {result['edit'][:12]} fired at distance {result['distance']:.4f} < radius {result['radius']:.4f}]", err=True)
+            elif result["nearest_edit"] and result["distance"] < result["radius"]:  # only a tombstone refuses inside its radius
+                click.echo(f"[no edit fired: nearest {result['nearest_edit'][:12]} at {result['distance']:.4f} < radius "
+                           f"{result['radius']:.4f} is revoked; its tombstone gives the base model's output]", err=True)
             else:
                 nearest = (f"nearest {result['nearest_edit'][:12]} at {result['distance']:.4f}, radius {result['radius']:.4f}"
                            if result["nearest_edit"] else "no active edits")
@@ -398,7 +401,8 @@ def audit(ctx: click.Context, revoked: bool, since: str | None, as_json: bool) -
         for item in document:
             if revoked:
                 spans = ", ".join(f"{s['from']} .. {s['until']}" for s in item["live"])
-                click.echo(f"{item['edit'][:12]}  {item['prompt']!r} -> {item['target']!r}  revoked {item['revoked_at']} by {item['revoked_by']}: {item['reason']}  (live {spans})")
+                click.echo(f"{item['edit'][:12]}  {item['prompt']!r} -> {item['target']!r}  revoked {item['revoked_at']} by {item['revoked_by']}: {item['reason']}  (live {spans})"
+                           + ("  [tombstone]" if item["tombstone"] else ""))
             else:
                 click.echo(f"{item['time']}  {item['author']:<12} {item['op']:<9} {item['message']}" + (f"  ({item['reason']})" if item["reason"] else ""))
     emit(as_json, document, human)

@@ -88,8 +88,10 @@ def test_tombstone_returns_a_revoked_prompt_to_the_base_output_while_a_restateme
     assert "still answered" not in revoked.stderr
     after = wide.json("generate", PROMPT, "--max-new-tokens", "4")
     assert after["edit"] is None and after["nearest_edit"] == first["edit"] and after["text"] == base[PROMPT]
+    assert f"{first['edit'][:12]} at 0.0000 < radius 0.5000 is revoked" in wide("generate", PROMPT, "--explain").stderr
     assert wide.json("generate", restated, "--max-new-tokens", "4")["edit"] == second["edit"]  # unaffected
     assert wide.json("verify")["ok"]
+    assert [(r["edit"], r["tombstone"]) for r in wide.json("audit", "--revoked")] == [(first["edit"], True)]
     wide.json("export", "main", str(tmp_path / "snap"))
     snapshot = Sola(tmp_path / "none").json("generate", PROMPT, "--snapshot", str(tmp_path / "snap"), "--max-new-tokens", "4")
     assert snapshot["edit"] is None and snapshot["text"] == base[PROMPT]
