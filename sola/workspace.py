@@ -350,6 +350,17 @@ class Workspace:
     def set_active(self, edit: str, active: bool, reason: str, author: str | None = None) -> Commit:
         edit_id = self.registry.resolve_edit(edit)
         commit = self.registry.set_active(edit_id, active, author or default_author(), reason)
-        self._head_index = None
+        self._relabel_head_index(commit, edit_id, active)
         return commit
+
+    def _relabel_head_index(self, commit: Commit, edit_id: str, active: bool) -> None:
+        """With tombstones a revoke keeps the edit's keys in the index and only relabels them, as
+        does restoring a tombstoned edit; anything else (delete mode, restoring a superseded
+        edit) rebuilds the head index on next use."""
+        cached = self._head_index
+        if cached is None or cached[0] != commit.parent_id or not self.registry.tombstones or (active and edit_id not in cached[3]):
+            self._head_index = None
+            return
+        revoked = cached[3] - {edit_id} if active else cached[3] | {edit_id}
+        self._head_index = (commit.commit_id, cached[1], cached[2], frozenset(revoked))
 

@@ -272,3 +272,25 @@ def test_workspace_on_a_registry_recorded_before_radius_ratio_routes_by_threshol
 
     assert "radius_ratio" not in ROUTING
     assert Workspace(new_registry(tmp_path / "r")).routing.radius_ratio == 0.0
+
+
+def test_head_index_relabelled_by_revoke_and_restore_routes_like_a_fresh_build(tmp_path, tiny_dirs):
+    from sola.data import EditRequest
+    from sola.workspace import Workspace
+
+    quick = TrainConfig(max_steps=3)
+    with Workspace.init(tmp_path / "r", str(tiny_dirs["llama"]), {"threshold": 0.5, "radius_ratio": 0.0}, "tester") as ws:
+        first = ws.edit(EditRequest(PROMPT, "Madrid"), train_config=quick).edit
+        ws.edit(EditRequest("The capital city of France is", "Rome"), force=True, train_config=quick)
+        query = routing_key(ws.model(), PROMPT).numpy()[None, :]
+
+        def both_banks():
+            relabelled, fresh = ws.head_bank(), ws.bank(ws.registry.head())
+            assert relabelled.revoked == fresh.revoked and relabelled.key_edit == fresh.key_edit
+            return relabelled.decide(query, 0.5, 0.0).edits, fresh.decide(query, 0.5, 0.0).edits
+
+        both_banks()  # builds the head index
+        ws.set_active(first, False, "wrong")
+        assert both_banks() == ([None], [None])
+        ws.set_active(first, True, "right")
+        assert both_banks() == ([first], [first])
