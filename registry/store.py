@@ -117,6 +117,9 @@ class Commit:
 
 
 _COMMIT_COLUMNS = "commit_id, seq, parent_id, tree_id, tree_sum, n_active, author, time, op, message, reason"
+# each edit's latest change up to a seq (the parameter): whether it is active, and the commit (so the op) that set it
+_LAST_CHANGE = """WITH last AS (SELECT edit_id, arg_max(active, seq) AS active, arg_max(commit_id, seq) AS commit_id
+                                FROM commit_changes WHERE seq <= ? GROUP BY edit_id)"""
 
 
 def commit_record(commit: Commit, changes: list[tuple[str, bool]]) -> dict[str, Any]:
@@ -428,12 +431,10 @@ class Registry:
         the keys of revoked edits that still route (to the base model)."""
         import numpy as np
 
-        condition = "last.active OR (? AND c.op = 'revoke')"
         rows = self.db.execute(
-            f"""WITH last AS (SELECT edit_id, arg_max(active, seq) AS active, arg_max(commit_id, seq) AS commit_id
-                              FROM commit_changes WHERE seq <= ? GROUP BY edit_id)
+            f"""{_LAST_CHANGE}
                SELECT k.key_id, k.edit_id FROM edit_keys k JOIN last USING (edit_id) JOIN commits c USING (commit_id)
-               WHERE {condition} ORDER BY k.key_id""",
+               WHERE last.active OR (? AND c.op = 'revoke') ORDER BY k.key_id""",
             [commit.seq, tombstones and self.tombstones],
         ).fetchall()
         return np.array([r[0] for r in rows], dtype=np.int64), [r[1] for r in rows]
@@ -443,8 +444,7 @@ class Registry:
         if not self.tombstones:
             return set()
         rows = self.db.execute(
-            """WITH last AS (SELECT edit_id, arg_max(active, seq) AS active, arg_max(commit_id, seq) AS commit_id
-                             FROM commit_changes WHERE seq <= ? GROUP BY edit_id)
+            f"""{_LAST_CHANGE}
                SELECT last.edit_id FROM last JOIN commits c USING (commit_id) WHERE NOT last.active AND c.op = 'revoke'""",
             [commit.seq],
         ).fetchall()
