@@ -23,7 +23,12 @@ UNRELATED = "The largest planet in the solar system is"
 
 
 def show(title: str, prompt: str, result) -> None:
-    fired = f"edit {result.edit[:12]} fired (distance {result.distance:.4f} < radius {result.radius:.4f})" if result.edit else "no edit fired"
+    if result.edit:
+        fired = f"edit {result.edit[:12]} fired (distance {result.distance:.4f} < radius {result.radius:.4f})"
+    elif result.nearest and result.distance < result.radius:  # only a revoked edit's tombstone refuses inside its radius
+        fired = f"no edit fired: revoked edit {result.nearest[:12]} holds this input for the base model (tombstone)"
+    else:
+        fired = "no edit fired"
     print(f"  {title:<10} {prompt!r} ->{result.text!r}   [{fired}]")
 
 
