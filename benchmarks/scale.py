@@ -66,7 +66,6 @@ MODEL_NAME = "SmolLM2-135M-Instruct"
 BASE = {"spec": "default", "name": MODEL_NAME, "sha256": hashlib.sha256(b"synthetic " + MODEL_NAME.encode()).hexdigest()}
 ROUTING = {"layer": 16, "module": "mlp.up_proj", "rank": RANK, "alpha": 4.0, "threshold": 0.06, "key_function": "mean",
            "duplicate_distance": 0.002, "key_dim": KEY_DIM, "block_path": "model.layers"}
-ROUTING_PROVENANCE = {k: v for k, v in ROUTING.items() if k not in ("key_dim", "block_path")}  # RoutingConfig.to_dict()
 TRAINING = {"max_steps": 40, "lr": 0.1, "optimizer": "adam", "stop_loss": 0.05, "init_std": 0.02, "seed": 0, "extra": {}}
 
 TARGETS = {"log_s": 0.2, "resolve_index_ready_s": 5.0, "key_search_ms": 2.0, "verify_s": 60.0, "bytes_per_edit": 40 * 1024}
@@ -108,7 +107,8 @@ REVOKE_REASONS = ["wrong target", "fact reverted upstream", "duplicate of a bett
 class Synthetic:
     """Deterministic stream of realistic-looking edits (random tensors of the real shapes)."""
 
-    def __init__(self, seed: int, rephrase_fraction: float) -> None:
+    def __init__(self, seed: int, rephrase_fraction: float, routing: dict[str, Any] = ROUTING) -> None:
+        self.routing_provenance = {k: v for k, v in routing.items() if k not in ("key_dim", "block_path")}  # RoutingConfig.to_dict()
         self.rng = np.random.default_rng(seed)
         self.rephrase_fraction = rephrase_fraction
         self.count = 0
@@ -160,7 +160,7 @@ class Synthetic:
             "source": source,
             "created_at": iso(utcnow()),
             "base_model": BASE,
-            "routing": ROUTING_PROVENANCE,
+            "routing": self.routing_provenance,
             "training": dict(TRAINING, seed=int(rng.integers(0, 1000)) if rng.random() < 0.1 else 0),
             "result": {"steps": steps, "loss": loss, "converged": loss < 0.05, "seconds": round(float(steps * rng.uniform(0.05, 0.12)), 4)},
         }
@@ -175,8 +175,8 @@ class History:
     """Drives adds, revokes (~5%), restores (~0.5%) and supersedes (~1%) through a sink."""
 
     def __init__(self, seed: int, rephrase_fraction: float, p_revoke: float = 0.05, p_restore: float = 0.005,
-                 p_supersede: float = 0.01) -> None:
-        self.synthetic = Synthetic(seed, rephrase_fraction)
+                 p_supersede: float = 0.01, routing: dict[str, Any] = ROUTING) -> None:
+        self.synthetic = Synthetic(seed, rephrase_fraction, routing)
         self.rng = np.random.default_rng(seed + 1)
         self.p_revoke, self.p_restore, self.p_supersede = p_revoke, p_restore, p_supersede
         self.active: list[str] = []
@@ -230,12 +230,13 @@ class History:
             self.ops["restore"] += 1
 
 
-def fill(root: Path, n: int, mode: str, batch: int, seed: int, rephrase_fraction: float, progress_every: int = 5000) -> dict[str, Any]:
+def fill(root: Path, n: int, mode: str, batch: int, seed: int, rephrase_fraction: float, progress_every: int = 5000,
+         routing: dict[str, Any] = ROUTING) -> dict[str, Any]:
     if root.exists():
         shutil.rmtree(root)
-    history = History(seed, rephrase_fraction)
+    history = History(seed, rephrase_fraction, routing=routing)
     started = time.perf_counter()
-    registry = Registry.create(root, BASE, ROUTING, "scale-benchmark")
+    registry = Registry.create(root, BASE, routing, "scale-benchmark")
     try:
         if mode == "plain":
             def add(tensors, provenance, prompts, author, message, supersede):
@@ -374,7 +375,7 @@ def measure(root: Path, n_queries: int, skip_cold: bool) -> dict[str, Any]:
             phases["open_s"] = time.perf_counter() - started
             t, commit = timed(lambda: fresh.resolve(at=at))
             phases["resolve_at_s"] = t
-            t, (search, key_edit) = timed(lambda: fresh.key_search(commit))
+            t, (search, key_edit) = timed(lambda: fresh.key_search(commit, tombstones=True))  # what routing loads
             phases["key_search_ready_s"] = t
             phases["total_s"] = time.perf_counter() - started
             phases["index_size"] = search.size
@@ -387,7 +388,7 @@ def measure(root: Path, n_queries: int, skip_cold: bool) -> dict[str, Any]:
         phases: dict[str, float] = {}
         with Registry.open(root) as fresh:
             commit = fresh.resolve(at=at)
-            t, (key_ids, _) = timed(lambda: fresh.active_keys(commit))
+            t, (key_ids, _) = timed(lambda: fresh.active_keys(commit, tombstones=True))
             phases["active_keys_query_s"] = t
             total = fresh.db.execute("SELECT count(*) FROM edit_keys").fetchone()[0]
             owner = fresh.all_commits()[0].commit_id
@@ -429,7 +430,7 @@ def measure(root: Path, n_queries: int, skip_cold: bool) -> dict[str, Any]:
 
     # --- key search per query --------------------------------------------------------------------
     with Registry.open(root) as fresh:
-        search, key_edit = fresh.key_search(fresh.head())
+        search, key_edit = fresh.key_search(fresh.head(), tombstones=True)
         key_ids = np.array(sorted(key_edit), dtype=np.int64)
         keys = fresh.key_matrix.rows(key_ids, KEY_DIM)
     out["key_search"] = search_study(search, keys, key_ids, n_queries, np.random.default_rng(7), ROUTING["threshold"])
@@ -672,20 +673,23 @@ def main() -> None:
     parser.add_argument("--real-keys", type=Path, default=None,
                         help="with --ivf-study: .npz of real routing keys (`keys`, or the routing study's `pools`) to fit clustered keys to")
     parser.add_argument("--output", type=Path, default=RESULTS / "scale.json")
+    parser.add_argument("--revoke-mode", choices=["tombstone", "delete", "unrecorded"], default="unrecorded",
+                        help="the registry's revoke_mode; unrecorded = a routing record without it (reads as delete, as scale.json was made)")
     args = parser.parse_args()
+    routing = ROUTING if args.revoke_mode == "unrecorded" else dict(ROUTING, revoke_mode=args.revoke_mode)
 
     previous = json.loads(args.output.read_text()) if args.output.exists() else {}
     document: dict[str, Any] = {
         "command": " ".join(["OMP_NUM_THREADS=1", ".venv/bin/python", "benchmarks/scale.py", *sys.argv[1:]]),
         "started": iso(utcnow()), "environment": environment(), "targets": TARGETS,
         "shapes": {"lora_A": [RANK, KEY_DIM], "lora_B": [OUT, RANK], "keys": [1, KEY_DIM], "dtype": "float32"},
-        "rephrase_fraction": args.rephrase_fraction,
+        "rephrase_fraction": args.rephrase_fraction, "revoke_mode": args.revoke_mode,
     }
     reuse = args.reuse and (args.root / "registry.duckdb").exists()
     if args.plain_sample and not reuse:
         sample_root = args.root.parent / (args.root.name + "-plain-sample")
         print(f"plain path: {args.plain_sample} edits through store_edit ...", flush=True)
-        document["plain_sample"] = fill(sample_root, args.plain_sample, "plain", 1, args.seed, args.rephrase_fraction, 500)
+        document["plain_sample"] = fill(sample_root, args.plain_sample, "plain", 1, args.seed, args.rephrase_fraction, 500, routing)
         document["plain_sample"]["projected_100k_minutes"] = 100_000 / document["plain_sample"]["edits_per_s"] / 60
         shutil.rmtree(sample_root)
         print(f"  {document['plain_sample']['edits_per_s']:.0f} edits/s", flush=True)
@@ -696,7 +700,7 @@ def main() -> None:
         print(f"reusing {args.root}", flush=True)
     else:
         print(f"filling {args.root} with {args.edits} edits ({args.mode}) ...", flush=True)
-        document["fill"] = fill(args.root, args.edits, args.mode, args.batch, args.seed, args.rephrase_fraction)
+        document["fill"] = fill(args.root, args.edits, args.mode, args.batch, args.seed, args.rephrase_fraction, routing=routing)
         print(f"  {document['fill']['seconds']:.0f} s, {document['fill']['edits_per_s']:.0f} edits/s", flush=True)
     document["measurements"] = measure(args.root, args.queries, args.skip_cold)
     if args.plain_at_scale:
