@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from sola.config import RoutingConfig
+from sola.config import RoutingConfig, TrainConfig
 from sola.evaluate import EvalResult, RecordResult, run_eval
 from sola.plots import plot_eval
 
@@ -36,6 +36,8 @@ def main() -> None:
     parser.add_argument("--radius-ratio", type=float, default=RoutingConfig.radius_ratio, help="0 = global threshold only")
     parser.add_argument("--key-function", default=RoutingConfig.key_function)
     parser.add_argument("--revoke-mode", default=RoutingConfig.revoke_mode, choices=["tombstone", "delete"])
+    parser.add_argument("--stop-loss", type=float, default=TrainConfig.stop_loss, help="training early stop (loss under it, targets argmax)")
+    parser.add_argument("--max-steps", type=int, default=TrainConfig.max_steps)
     parser.add_argument("--every", type=int, default=0, help="retention of all past edits every K edits")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--resummarise", action="store_true", help="recompute <name>.json's summary and plot from its records")
@@ -54,7 +56,8 @@ def main() -> None:
         if done == total or done % 10 == 0:
             print(f"{stage}: {done}/{total}", file=sys.stderr, flush=True)
 
-    result = run_eval(args.data, None, routing, limit=args.limit, every=args.every, progress=progress)
+    train = TrainConfig(stop_loss=args.stop_loss, max_steps=args.max_steps)
+    result = run_eval(args.data, None, routing, limit=args.limit, every=args.every, progress=progress, train=train)
     summary = result.summary()
     summary["protocol"]["machine"] = {"cpus": torch.get_num_threads(), "platform": platform.platform(), "python": platform.python_version()}
     write_results(RESULTS / f"{args.name}.json", result, summary)
