@@ -38,14 +38,18 @@ class Snapshot:
         return Generation.batch(prompts, texts, routing, self.manifest["commit"])
 
 
+def _keys_sha256(keys: np.ndarray) -> str:
+    """`keys_sha256` as the registry computes it: the key rows as little-endian float32 bytes."""
+    return hashlib.sha256(np.ascontiguousarray(keys, dtype="<f4").tobytes()).hexdigest()
+
+
 def _edit_matches_manifest(lora_a: np.ndarray, lora_b: np.ndarray, keys: np.ndarray, entry: dict) -> bool:
     """Recompute an edit's content hashes from the stacked arrays (docs/format.md): the tensors
     object is the safetensors file of its LoRA factors, plus its keys when the manifest entry
     has no `keys_sha256` (edits stored before keys moved to the registry's `key_vectors`)."""
     tensors = {"lora_A": lora_a, "lora_B": lora_b}
     if "keys_sha256" in entry:
-        key_bytes = np.ascontiguousarray(keys, dtype="<f4").tobytes()
-        if hashlib.sha256(key_bytes).hexdigest() != entry["keys_sha256"]:
+        if _keys_sha256(keys) != entry["keys_sha256"]:
             return False
     else:
         tensors["keys"] = keys
@@ -70,8 +74,7 @@ def load_snapshot(directory: Path) -> Snapshot:
     revoked_keys = arrays.get("revoked_keys", np.zeros((0, arrays["keys"].shape[1]), np.float32))
     revoked_key_edit = arrays.get("revoked_key_edit", np.zeros(0, np.int64))
     for position, entry in enumerate(revoked):
-        key_bytes = np.ascontiguousarray(revoked_keys[revoked_key_edit == position], dtype="<f4").tobytes()
-        if hashlib.sha256(key_bytes).hexdigest() != entry["keys_sha256"]:
+        if _keys_sha256(revoked_keys[revoked_key_edit == position]) != entry["keys_sha256"]:
             raise SnapshotError(f"snapshot keys of revoked edit {entry['edit'][:12]} do not match the manifest")
     base_model = manifest["base_model"]
     model, tokenizer, _ = load_base(base_model["spec"], expected_sha256=base_model["sha256"])
