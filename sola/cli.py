@@ -253,16 +253,17 @@ def generate(ctx: click.Context, prompt: str, rev: str | None, at: str | None, s
         if snapshot is not None:
             from sola.snapshot import load_snapshot
 
-            result = load_snapshot(snapshot).generate([prompt], max_new_tokens=max_new_tokens)[0].to_dict()
+            generation = load_snapshot(snapshot).generate([prompt], max_new_tokens=max_new_tokens)[0]
         else:
             with open_workspace(ctx, writable=False, wait=wait) as workspace:
-                result = workspace.generate([prompt], rev, at, max_new_tokens)[0].to_dict()
+                generation = workspace.generate([prompt], rev, at, max_new_tokens)[0]
+        result = generation.to_dict()
     def human() -> None:
         click.echo(prompt + result["text"])
         if explain:
             if result["edit"]:
                 click.echo(f"[edit {result['edit'][:12]} fired at distance {result['distance']:.4f} < radius {result['radius']:.4f}]", err=True)
-            elif result["nearest_edit"] and result["distance"] < result["radius"]:  # only a tombstone refuses inside its radius
+            elif generation.held_by_tombstone:
                 click.echo(f"[no edit fired: nearest {result['nearest_edit'][:12]} at {result['distance']:.4f} < radius "
                            f"{result['radius']:.4f} is revoked; its tombstone gives the base model's output]", err=True)
             else:

@@ -25,7 +25,7 @@ UNRELATED = "The largest planet in the solar system is"
 def show(title: str, prompt: str, result) -> None:
     if result.edit:
         fired = f"edit {result.edit[:12]} fired (distance {result.distance:.4f} < radius {result.radius:.4f})"
-    elif result.nearest and result.distance < result.radius:  # only a revoked edit's tombstone refuses inside its radius
+    elif result.held_by_tombstone:
         fired = f"no edit fired: revoked edit {result.nearest[:12]} holds this input for the base model (tombstone)"
     else:
         fired = "no edit fired"

@@ -102,6 +102,12 @@ class Generation:
         return [cls(p, t, e, d, n, r, commit)
                 for p, t, e, d, n, r in zip(prompts, texts, routing.edits, routing.distances, routing.nearest, routing.radii)]
 
+    @property
+    def held_by_tombstone(self) -> bool:
+        """The nearest key lay within its radius yet nothing fired: under the routing rule only a
+        revoked edit's tombstone does that, so the base model answered on its behalf."""
+        return self.edit is None and self.nearest is not None and self.distance < self.radius
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "prompt": self.prompt,
@@ -228,18 +234,32 @@ class Workspace:
         """Active edits whose nearest key lies within `radius` (cosine distance), closest first
         (tombstones are skipped: a revoked fact is neither a duplicate nor a contradiction)."""
         search, key_edit, revoked = self._head_search()
-        sims, ids = search.neighbours(key.numpy(), k + len(revoked))
+        nearest = self._nearest_active_keys(search, key_edit, revoked, key.numpy(), k)
         found: dict[str, float] = {}
-        for sim, key_id in zip(sims.tolist(), ids.tolist()):
-            edit = key_edit[int(key_id)]
+        for sim, key_id in nearest:
+            edit = key_edit[key_id]
             distance = max(0.0, 1.0 - sim)
-            if distance < radius and edit not in found and edit not in revoked:
+            if distance < radius and edit not in found:
                 found[edit] = distance
         result = []
         for edit, distance in found.items():
             row = self.registry.edit_row(edit)
             result.append(Neighbour(edit, distance, row["prompt"], row["target"]))
         return sorted(result, key=lambda n: n.distance)
+
+    @staticmethod
+    def _nearest_active_keys(
+        search: FaissKeySearch, key_edit: dict[int, str], revoked: frozenset[str], vector: np.ndarray, k: int
+    ) -> list[tuple[float, int]]:
+        """The k nearest keys of active edits as (similarity, key id), skipping tombstones; the
+        search widens only as far as tombstones crowd the neighbourhood, not by their total."""
+        wanted = k
+        while True:
+            sims, ids = search.neighbours(vector, wanted)
+            active = [(sim, key_id) for sim, key_id in zip(sims.tolist(), ids.tolist()) if key_edit[key_id] not in revoked]
+            if len(active) >= k or len(ids) < wanted:
+                return active[:k]
+            wanted *= 4
 
     def edit(
         self,

@@ -294,3 +294,16 @@ def test_head_index_relabelled_by_revoke_and_restore_routes_like_a_fresh_build(t
         assert both_banks() == ([None], [None])
         ws.set_active(first, True, "right")
         assert both_banks() == ([first], [first])
+
+
+def test_neighbours_look_past_tombstones_to_the_nearest_active_edit(tmp_path, tiny_dirs):
+    from sola.data import EditRequest
+    from sola.workspace import Workspace
+
+    quick = TrainConfig(max_steps=3)
+    with Workspace.init(tmp_path / "r", str(tiny_dirs["llama"]), {"threshold": 0.5, "radius_ratio": 0.0}, "tester") as ws:
+        revoked = ws.edit(EditRequest(PROMPT, "Madrid"), train_config=quick).edit
+        active = ws.edit(EditRequest("The capital city of France is", "Rome"), force=True, train_config=quick).edit
+        ws.set_active(revoked, False, "wrong")
+        key = routing_key(ws.model(), PROMPT)
+        assert [n.edit for n in ws.neighbours(key, 0.5, k=1)] == [active]  # the tombstone at distance 0 is not one
