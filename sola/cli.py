@@ -59,6 +59,21 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print one JS
 wait_option = click.option("--wait", "wait", type=float, default=0.0, show_default=True, help="Seconds to wait for another sola process's write lock.")
 
 
+def training_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """How each edit's LoRA is fitted, shared by `edit` and `eval` so a benchmark recipe (zsRE's
+    stricter fit, say) is reproduced by the same flags it was measured with."""
+    defaults = TrainConfig()
+    options = [
+        click.option("--steps", type=int, default=defaults.max_steps, show_default=True, help="Maximum training steps."),
+        click.option("--lr", type=float, default=defaults.lr, show_default=True, help="Learning rate."),
+        click.option("--stop-loss", type=float, default=defaults.stop_loss, show_default=True,
+                     help="Stop once the target loss is under this and every target token is the argmax."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
 def registry_path(ctx: click.Context) -> Path:
     return Path(ctx.obj["registry"])
 
@@ -163,14 +178,13 @@ def _print_outcome(outcome: dict[str, Any]) -> None:
 @click.option("--source", default=None)
 @click.option("--supersede", multiple=True, help="Revoke this edit in the same commit (contradiction).")
 @click.option("--force", is_flag=True, help="Keep a contradicting edit beside the existing one.")
-@click.option("--steps", type=int, default=None, help="Maximum training steps.")
-@click.option("--lr", type=float, default=None, help="Learning rate.")
+@training_options
 @wait_option
 @json_option
 @click.pass_context
 def edit(ctx: click.Context, prompt: str | None, target: str | None, rephrase: tuple[str, ...], subject: str | None,
          file: Path | None, author: str | None, reason: str | None, source: str | None, supersede: tuple[str, ...],
-         force: bool, steps: int | None, lr: float | None, wait: float, as_json: bool) -> None:
+         force: bool, steps: int, lr: float, stop_loss: float, wait: float, as_json: bool) -> None:
     """Teach the model one fact (or every line of a JSONL file, one commit per edit)."""
     with failures():
         if file is not None and (prompt is not None or target is not None):
@@ -183,8 +197,7 @@ def edit(ctx: click.Context, prompt: str | None, target: str | None, rephrase: t
             raise RequestError("--prompt and --target are required (or --file)")
         else:
             requests = [EditRequest(prompt, target, tuple(rephrase), subject).validated()]
-        defaults = TrainConfig()
-        train = TrainConfig(max_steps=steps if steps is not None else defaults.max_steps, lr=lr if lr is not None else defaults.lr)
+        train = TrainConfig(max_steps=steps, lr=lr, stop_loss=stop_loss)
         outcomes: list[dict[str, Any]] = []
         with open_workspace(ctx, writable=True, wait=wait) as workspace:
             workspace.preflight(requests, list(supersede), force)
@@ -500,11 +513,12 @@ def export_edit(ctx: click.Context, edit: str, directory: Path, as_json: bool) -
 @click.option("--revoke-mode", type=click.Choice(["tombstone", "delete"]), default=None,
               help="What the rollback's revokes do to keys (default: the registry's).")
 @click.option("--model", default=None, help="Base model when there is no registry (default: the registry's).")
+@training_options
 @json_option
 @click.pass_context
 def eval_command(ctx: click.Context, data: Path, limit: int, threshold: float | None, radius_ratio: float | None, seed: int, every: int,
                  plot: Path | None, layer: int | None, key_function: str | None, revoke_mode: str | None, model: str | None,
-                 as_json: bool) -> None:
+                 steps: int, lr: float, stop_loss: float, as_json: bool) -> None:
     """Edit the first N records into a scratch registry and report the field's metrics."""
     from sola.config import RoutingConfig
     from sola.evaluate import run_eval
@@ -522,8 +536,9 @@ def eval_command(ctx: click.Context, data: Path, limit: int, threshold: float | 
                      "revoke_mode": revoke_mode}
         routing.update({k: v for k, v in overrides.items() if v is not None})
         RoutingConfig.from_dict(routing)  # validate the overrides before loading anything
+        train = TrainConfig(max_steps=steps, lr=lr, stop_loss=stop_loss)
         with StageProgress() as progress:
-            result = run_eval(data, spec, routing, limit=limit, seed=seed, every=every, progress=progress)
+            result = run_eval(data, spec, routing, limit=limit, seed=seed, every=every, train=train, progress=progress)
         document = result.summary()
         if plot is not None:
             from sola.plots import plot_eval

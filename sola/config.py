@@ -95,6 +95,17 @@ class TrainConfig:
     seed: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        # refused before the model loads, so a typo never costs a training run
+        if self.max_steps < 0:
+            raise ValueError(f"max_steps must be >= 0, got {self.max_steps}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if not self.stop_loss > 0:
+            raise ValueError(f"stop_loss must be > 0, got {self.stop_loss}")
+        if self.optimizer not in ("adam", "sgd"):
+            raise ValueError(f"optimizer must be adam or sgd, got {self.optimizer!r}")
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 

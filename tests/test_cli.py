@@ -200,6 +200,29 @@ def test_bad_input_gives_one_error_line_and_changes_nothing(sola, tiny_dirs, tmp
     assert len(sola.json("log")) == len(before) + 1
 
 
+def test_edit_stop_loss_fits_the_target_below_it_and_is_recorded_with_the_edit(tmp_path, tiny_dirs):
+    results = {}
+    for stop_loss in ("3.0", "1.2"):
+        cli = Sola(tmp_path / stop_loss)
+        cli("init", "--model", str(tiny_dirs["llama"]), "--threshold", "0.001")
+        made = cli.json("edit", "--prompt", PROMPT, "--target", "Madrid", "--steps", "200", "--stop-loss", stop_loss)
+        record = cli.json("show", made["edit"])["provenance"]
+        assert record["training"]["stop_loss"] == float(stop_loss) and record["training"]["max_steps"] == 200
+        assert record["result"]["converged"] and record["result"]["loss"] < float(stop_loss)
+        results[stop_loss] = record["result"]
+    assert results["1.2"]["steps"] > results["3.0"]["steps"]
+
+
+def test_bad_training_settings_are_refused_before_anything_is_trained(sola, tmp_path):
+    before = sola.json("log")
+    assert "stop_loss must be > 0" in sola.fails("edit", "--prompt", PROMPT, "--target", "x", "--stop-loss", "0")
+    assert "lr must be > 0" in sola.fails("edit", "--prompt", PROMPT, "--target", "x", "--lr", "-1")
+    assert "max_steps must be >= 0" in sola.fails("edit", "--prompt", PROMPT, "--target", "x", "--steps", "-3")
+    data = Path(__file__).parent / "fixtures" / "zsre-3.json"
+    assert "stop_loss must be > 0" in sola.fails("eval", "--data", str(data), "--stop-loss", "-0.5")
+    assert sola.json("log") == before
+
+
 def test_usage_errors_are_one_error_line(sola):
     assert "--reason" in sola.fails("revoke", "abcd")
     assert "nope" in sola.fails("nope")
@@ -278,8 +301,9 @@ def test_every_cli_command_is_documented():
 @pytest.mark.parametrize("fixture", ["counterfact-4.json", "zsre-3.json"])
 def test_eval_reports_every_contract_metric(sola, fixture, tmp_path):
     data = Path(__file__).parent / "fixtures" / fixture
-    report = sola.json("eval", "--data", str(data), "--limit", "3", "--plot", str(tmp_path / "eval.png"))
+    report = sola.json("eval", "--data", str(data), "--limit", "3", "--plot", str(tmp_path / "eval.png"), "--stop-loss", "0.5")
     assert report["n_edits"] == 3
+    assert report["protocol"]["training"]["stop_loss"] == 0.5
     for name in ("edit_success", "retention", "generalization", "locality", "rollback_fidelity"):
         assert 0.0 <= report[name] <= 1.0, name
     assert report["seconds_per_edit"] > 0
