@@ -234,7 +234,10 @@ class Registry:
 
     # --- lifecycle ---------------------------------------------------------------------------
     @classmethod
-    def create(cls, root: Path, base_model: dict[str, Any], routing: dict[str, Any], author: str) -> "Registry":
+    def create(cls, root: Path, base_model: dict[str, Any], routing: dict[str, Any], author: str,
+               training: dict[str, Any] | None = None) -> "Registry":
+        """`training` is the registry's default for fitting new edits; unlike `routing` it is not
+        part of any snapshot's identity (each edit records the training it actually got)."""
         root = Path(root)
         if (root / "registry.duckdb").exists():
             raise RegistryError(f"a registry already exists at {root}")
@@ -246,6 +249,8 @@ class Registry:
         with registry.transaction():
             connection.execute("INSERT INTO registry_config VALUES ('base_model', ?)", [canonical_json(base_model).decode()])
             connection.execute("INSERT INTO registry_config VALUES ('routing', ?)", [canonical_json(routing).decode()])
+            if training:
+                connection.execute("INSERT INTO registry_config VALUES ('training', ?)", [canonical_json(training).decode()])
             registry._append_commit([], author, "init", f"init registry on {base_model.get('name')}", None)
         return registry
 
@@ -305,6 +310,12 @@ class Registry:
     @property
     def routing(self) -> dict[str, Any]:
         return self.config("routing")
+
+    @property
+    def training(self) -> dict[str, Any]:
+        """Default training settings for new edits, set at init; empty when init set none."""
+        row = self.db.execute("SELECT value FROM registry_config WHERE name = 'training'").fetchone()
+        return json.loads(row[0]) if row else {}
 
     @property
     def tombstones(self) -> bool:

@@ -60,14 +60,16 @@ wait_option = click.option("--wait", "wait", type=float, default=0.0, show_defau
 
 
 def training_options(command: Callable[..., Any]) -> Callable[..., Any]:
-    """How each edit's LoRA is fitted, shared by `edit` and `eval` so a benchmark recipe (zsRE's
-    stricter fit, say) is reproduced by the same flags it was measured with."""
+    """How each edit's LoRA is fitted, shared by `init` (the registry's default), `edit` and
+    `eval`, so a benchmark recipe (zsRE's stricter fit, say) is reproduced by the flags it was
+    measured with. Unset flags fall back to the registry's default, then TrainConfig's."""
     defaults = TrainConfig()
     options = [
-        click.option("--steps", type=int, default=defaults.max_steps, show_default=True, help="Maximum training steps."),
-        click.option("--lr", type=float, default=defaults.lr, show_default=True, help="Learning rate."),
-        click.option("--stop-loss", type=float, default=defaults.stop_loss, show_default=True,
-                     help="Stop once the target loss is under this and every target token is the argmax."),
+        click.option("--steps", type=int, default=None, help=f"Maximum training steps (default: the registry's, else {defaults.max_steps})."),
+        click.option("--lr", type=float, default=None, help=f"Learning rate (default: the registry's, else {defaults.lr})."),
+        click.option("--stop-loss", type=float, default=None,
+                     help="Stop once the target loss is under this and every target token is the argmax "
+                          f"(default: the registry's, else {defaults.stop_loss})."),
     ]
     for option in reversed(options):
         command = option(command)
@@ -133,12 +135,13 @@ def main(ctx: click.Context, registry: str) -> None:
 @click.option("--revoke-mode", type=click.Choice(["tombstone", "delete"]), default=None,
               help="tombstone (default): a revoked edit's keys keep their inputs and send them to the base model; "
                    "delete: the keys leave routing, so a neighbouring edit may answer those inputs.")
+@training_options
 @click.option("--author", default=None)
 @json_option
 @click.pass_context
 def init(ctx: click.Context, model: str | None, layer: int | None, module: str | None, rank: int | None,
          threshold: float | None, radius_ratio: float | None, key_function: str | None, revoke_mode: str | None,
-         author: str | None, as_json: bool) -> None:
+         steps: int | None, lr: float | None, stop_loss: float | None, author: str | None, as_json: bool) -> None:
     """Create a registry on a base model (the bundled SmolLM2-135M-Instruct by default)."""
     from sola.workspace import Workspace, default_author
 
@@ -146,11 +149,13 @@ def init(ctx: click.Context, model: str | None, layer: int | None, module: str |
         routing = {k: v for k, v in {"layer": layer, "module": module, "rank": rank, "threshold": threshold,
                                       "radius_ratio": radius_ratio, "key_function": key_function,
                                       "revoke_mode": revoke_mode}.items() if v is not None}
-        workspace = Workspace.init(registry_path(ctx), model, routing, author or default_author())
+        training = TrainConfig.resolve({}, max_steps=steps, lr=lr, stop_loss=stop_loss)
+        workspace = Workspace.init(registry_path(ctx), model, routing, author or default_author(), training)
         with workspace:
             head = workspace.registry.head()
             document = {"registry": str(registry_path(ctx)), "base_model": workspace.registry.base_model,
-                        "routing": workspace.registry.routing, "commit": head.commit_id}
+                        "routing": workspace.registry.routing, "training": workspace.registry.training,
+                        "commit": head.commit_id}
     emit(as_json, document, lambda: click.echo(
         f"initialised {document['registry']} on {document['base_model']['name']} "
         f"(layer {document['routing']['layer']} {document['routing']['module']}, threshold {document['routing']['threshold']})"))
@@ -184,7 +189,7 @@ def _print_outcome(outcome: dict[str, Any]) -> None:
 @click.pass_context
 def edit(ctx: click.Context, prompt: str | None, target: str | None, rephrase: tuple[str, ...], subject: str | None,
          file: Path | None, author: str | None, reason: str | None, source: str | None, supersede: tuple[str, ...],
-         force: bool, steps: int, lr: float, stop_loss: float, wait: float, as_json: bool) -> None:
+         force: bool, steps: int | None, lr: float | None, stop_loss: float | None, wait: float, as_json: bool) -> None:
     """Teach the model one fact (or every line of a JSONL file, one commit per edit)."""
     with failures():
         if file is not None and (prompt is not None or target is not None):
@@ -197,9 +202,9 @@ def edit(ctx: click.Context, prompt: str | None, target: str | None, rephrase: t
             raise RequestError("--prompt and --target are required (or --file)")
         else:
             requests = [EditRequest(prompt, target, tuple(rephrase), subject).validated()]
-        train = TrainConfig(max_steps=steps, lr=lr, stop_loss=stop_loss)
         outcomes: list[dict[str, Any]] = []
         with open_workspace(ctx, writable=True, wait=wait) as workspace:
+            train = TrainConfig.resolve(workspace.registry.training, max_steps=steps, lr=lr, stop_loss=stop_loss)
             workspace.preflight(requests, list(supersede), force)
             show_progress = len(requests) > 1
             with click.progressbar(requests, label="editing", file=sys.stderr, show_pos=True) if show_progress else _plain(requests) as items:
@@ -518,7 +523,7 @@ def export_edit(ctx: click.Context, edit: str, directory: Path, as_json: bool) -
 @click.pass_context
 def eval_command(ctx: click.Context, data: Path, limit: int, threshold: float | None, radius_ratio: float | None, seed: int, every: int,
                  plot: Path | None, layer: int | None, key_function: str | None, revoke_mode: str | None, model: str | None,
-                 steps: int, lr: float, stop_loss: float, as_json: bool) -> None:
+                 steps: int | None, lr: float | None, stop_loss: float | None, as_json: bool) -> None:
     """Edit the first N records into a scratch registry and report the field's metrics."""
     from sola.config import RoutingConfig
     from sola.evaluate import run_eval
@@ -527,16 +532,18 @@ def eval_command(ctx: click.Context, data: Path, limit: int, threshold: float | 
         if limit < 1:
             raise RequestError("--limit must be at least 1")
         routing: dict[str, Any] = {}
+        training: dict[str, Any] = {}
         spec = model
         if (registry_path(ctx) / "registry.duckdb").exists():
             with open_registry(ctx) as registry:
                 routing = RoutingConfig.from_record(registry.routing).to_dict()
+                training = registry.training
                 spec = spec or registry.base_model["spec"]
         overrides = {"threshold": threshold, "radius_ratio": radius_ratio, "layer": layer, "key_function": key_function,
                      "revoke_mode": revoke_mode}
         routing.update({k: v for k, v in overrides.items() if v is not None})
         RoutingConfig.from_dict(routing)  # validate the overrides before loading anything
-        train = TrainConfig(max_steps=steps, lr=lr, stop_loss=stop_loss)
+        train = TrainConfig.resolve(training, max_steps=steps, lr=lr, stop_loss=stop_loss)
         with StageProgress() as progress:
             result = run_eval(data, spec, routing, limit=limit, seed=seed, every=every, train=train, progress=progress)
         document = result.summary()

@@ -113,3 +113,8 @@ class TrainConfig:
     def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
+
+    @classmethod
+    def resolve(cls, recorded: dict[str, Any], **given: Any) -> "TrainConfig":
+        """Settings a user gave (None = not given) over a registry's recorded default, over ours."""
+        return cls.from_dict({**recorded, **{name: value for name, value in given.items() if value is not None}})

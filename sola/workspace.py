@@ -131,7 +131,8 @@ class Workspace:
 
     # --- lifecycle ----------------------------------------------------------------------------
     @classmethod
-    def init(cls, root: Path, model: str | None, routing: dict[str, Any], author: str) -> "Workspace":
+    def init(cls, root: Path, model: str | None, routing: dict[str, Any], author: str,
+             training: TrainConfig | None = None) -> "Workspace":
         """Create a registry for a base model; loading it once also warms the conversion cache."""
         base, tokenizer, identity = load_base(model)
         settings = dict(routing)
@@ -143,7 +144,8 @@ class Workspace:
         routed = RoutedModel(base, tokenizer, config)  # validates layer/module against the real model
         block_path = "transformer.h" if hasattr(base, "transformer") else "model.layers"
         routing_record = dict(config.to_dict(), key_dim=routed.layer.in_features, block_path=block_path)
-        workspace = cls(Registry.create(root, identity.to_dict(), routing_record, author))
+        workspace = cls(Registry.create(root, identity.to_dict(), routing_record, author,
+                                        training.to_dict() if training is not None else None))
         workspace._routed = routed
         return workspace
 
