@@ -33,6 +33,11 @@ VARIANTS = {  # name: (training config, noise sigma)
     "stop_loss_0.01": (TrainConfig(stop_loss=0.01, max_steps=60), 0.0),
     "noise_0.1": (TrainConfig(), 0.1),
     "noise_0.3": (TrainConfig(), 0.3),
+    "stop_loss_0.02": (TrainConfig(stop_loss=0.02, max_steps=60), 0.0),
+    "stop_loss_0.01_lr_0.2": (TrainConfig(stop_loss=0.01, max_steps=60, lr=0.2), 0.0),
+    "stop_loss_0.01_lr_0.3": (TrainConfig(stop_loss=0.01, max_steps=60, lr=0.3), 0.0),
+    "lr_0.3": (TrainConfig(lr=0.3), 0.0),
+    "stop_loss_0.02_lr_0.3": (TrainConfig(stop_loss=0.02, max_steps=60, lr=0.3), 0.0),
 }
 
 
@@ -53,7 +58,13 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=Path("../shared/data/zsre-eval-1037.json"))
     parser.add_argument("--records", default="1000:1037,0:40", help="comma-separated start:end slices")
     parser.add_argument("--output", type=Path, default=RESULTS / "lora_robustness.json")
+    parser.add_argument("--variants", default=",".join(VARIANTS),
+                        help="comma-separated subset; results for other variants already in --output are kept")
     args = parser.parse_args()
+    chosen = args.variants.split(",")
+    unknown = sorted(set(chosen) - set(VARIANTS))
+    if unknown:
+        parser.error(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
     torch.set_num_threads(1)
     records = json.loads(args.data.read_text())
     spans = [tuple(int(x) for x in span.split(":")) for span in args.records.split(",")]
@@ -62,7 +73,8 @@ def main() -> None:
     routed = RoutedModel(model, tokenizer, RoutingConfig())
     plain = routed_module._ReplayInput.forward
     results = {}
-    for name, (config, sigma) in VARIANTS.items():
+    for name in chosen:
+        config, sigma = VARIANTS[name]
         routed_module._ReplayInput.forward = noisy_replay(sigma, torch.Generator().manual_seed(0))
         accuracies, successes, seconds, steps = [], [], [], []
         try:
@@ -79,9 +91,16 @@ def main() -> None:
             routed_module._ReplayInput.forward = plain
         results[name] = {"sigma": sigma, "training": config.to_dict(), "paraphrase_token_accuracy": statistics.mean(accuracies),
                          "edit_success": statistics.mean(successes), "median_seconds": statistics.median(seconds),
-                         "median_steps": statistics.median(steps)}
-        print(name, results[name], file=sys.stderr, flush=True)
-    document = {"command": " ".join(["OMP_NUM_THREADS=1", ".venv/bin/python", "benchmarks/lora_robustness.py", *sys.argv[1:]]),
+                         "median_steps": statistics.median(steps), "per_record_accuracy": accuracies}
+        print(name, {k: v for k, v in results[name].items() if k != "per_record_accuracy"}, file=sys.stderr, flush=True)
+    command = " ".join(["OMP_NUM_THREADS=1", ".venv/bin/python", "benchmarks/lora_robustness.py", *sys.argv[1:]])
+    for name in chosen:
+        results[name]["command"] = command
+    # read what is there only now, so two runs with different --variants can share one output
+    earlier = json.loads(args.output.read_text()) if args.output.exists() else {}
+    if earlier.get("data") == str(args.data) and earlier.get("records") == args.records:
+        results = {**earlier["variants"], **results}
+    document = {"command": command,
                 "data": str(args.data), "records": args.records, "n": len(sample), "threads": 1, "variants": results}
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(document, indent=1))
