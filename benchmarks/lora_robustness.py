@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import statistics
 import sys
 from pathlib import Path
@@ -53,6 +54,25 @@ def noisy_replay(sigma: float, generator: torch.Generator):
     return forward
 
 
+def paired_against(reference: list[float], variant: list[float], seed: int = 0) -> dict[str, float]:
+    """Per-record difference to the reference fit, with a 95% bootstrap interval over records:
+    the same records under both fits, so the pairing removes most of the between-record noise."""
+    differences = [v - r for r, v in zip(reference, variant)]
+    rng = random.Random(seed)
+    means = sorted(statistics.mean(rng.choices(differences, k=len(differences))) for _ in range(2000))
+    return {"mean_difference": statistics.mean(differences), "interval": [means[50], means[1949]],
+            "records_better": sum(d > 0 for d in differences), "records_worse": sum(d < 0 for d in differences)}
+
+
+def with_pairing(results: dict[str, dict]) -> dict[str, dict]:
+    """Each variant's `vs_default`, where both carry per-record accuracies."""
+    reference = results.get("default", {}).get("per_record_accuracy")
+    for name, result in results.items():
+        if reference and name != "default" and "per_record_accuracy" in result:
+            result["vs_default"] = paired_against(reference, result["per_record_accuracy"])
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=Path("../shared/data/zsre-eval-1037.json"))
@@ -60,7 +80,14 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=RESULTS / "lora_robustness.json")
     parser.add_argument("--variants", default=",".join(VARIANTS),
                         help="comma-separated subset; results for other variants already in --output are kept")
+    parser.add_argument("--pair-only", action="store_true",
+                        help="only recompute each variant's paired difference to the default fit in --output")
     args = parser.parse_args()
+    if args.pair_only:
+        document = json.loads(args.output.read_text())
+        document["variants"] = with_pairing(document["variants"])
+        args.output.write_text(json.dumps(document, indent=1))
+        return
     chosen = args.variants.split(",")
     unknown = sorted(set(chosen) - set(VARIANTS))
     if unknown:
@@ -101,7 +128,7 @@ def main() -> None:
     if earlier.get("data") == str(args.data) and earlier.get("records") == args.records:
         results = {**earlier["variants"], **results}
     document = {"command": command,
-                "data": str(args.data), "records": args.records, "n": len(sample), "threads": 1, "variants": results}
+                "data": str(args.data), "records": args.records, "n": len(sample), "threads": 1, "variants": with_pairing(results)}
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(document, indent=1))
 
