@@ -216,7 +216,7 @@ def test_edit_stop_loss_fits_the_target_below_it_and_is_recorded_with_the_edit(t
 def test_training_set_at_init_is_the_default_for_every_edit_and_eval_until_a_flag_overrides_it(tmp_path, tiny_dirs):
     cli = Sola(tmp_path / "reg")
     made = cli.json("init", "--model", str(tiny_dirs["llama"]), "--threshold", "0.001", "--stop-loss", "1.2", "--steps", "200")
-    assert made["training"]["stop_loss"] == 1.2 and made["training"]["max_steps"] == 200 and made["training"]["lr"] == 0.1
+    assert made["training"]["stop_loss"] == 1.2 and made["training"]["max_steps"] == 200 and made["training"]["lr"] == TrainConfig().lr
     by_default = cli.json("edit", "--prompt", PROMPT, "--target", "Madrid")
     overridden = cli.json("edit", "--prompt", "The tallest mountain is", "--target", "Rome", "--stop-loss", "3.0")
     default_record, override_record = (cli.json("show", m["edit"])["provenance"]["training"] for m in (by_default, overridden))
