@@ -226,7 +226,7 @@ def test_training_set_at_init_is_the_default_for_every_edit_and_eval_until_a_fla
     assert cli.json("eval", "--data", str(data), "--limit", "1")["protocol"]["training"]["stop_loss"] == 1.2
 
 
-def test_bad_training_settings_are_refused_before_anything_is_trained(sola, tmp_path):
+def test_bad_training_settings_are_refused_before_anything_is_trained(sola, tmp_path, tiny_dirs):
     before = sola.json("log")
     assert "stop_loss must be > 0" in sola.fails("edit", "--prompt", PROMPT, "--target", "x", "--stop-loss", "0")
     assert "lr must be > 0" in sola.fails("edit", "--prompt", PROMPT, "--target", "x", "--lr", "-1")
@@ -234,6 +234,8 @@ def test_bad_training_settings_are_refused_before_anything_is_trained(sola, tmp_
     data = Path(__file__).parent / "fixtures" / "zsre-3.json"
     assert "stop_loss must be > 0" in sola.fails("eval", "--data", str(data), "--stop-loss", "-0.5")
     assert sola.json("log") == before
+    assert "lr must be > 0" in Sola(tmp_path / "other").fails("init", "--model", str(tiny_dirs["llama"]), "--lr", "0")
+    assert not (tmp_path / "other").exists()
 
 
 def test_usage_errors_are_one_error_line(sola):
