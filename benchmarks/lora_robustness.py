@@ -20,16 +20,17 @@ import collections
 import dataclasses
 import json
 import math
-import random
 import re
 import statistics
 import sys
 from pathlib import Path
+from typing import Any
 
 import torch
 
 import sola.routed as routed_module
 from sola.config import RoutingConfig, TrainConfig
+from sola.evaluate import bootstrap_interval
 from sola.modelio import load_base
 from sola.routed import RoutedModel
 from sola.train import train_edit
@@ -77,13 +78,11 @@ def ngram_entropy(text: str) -> float:
     return statistics.mean(entropies)
 
 
-def paired_against(reference: list[float], variant: list[float], seed: int = 0) -> dict[str, float]:
-    """Per-record difference to the reference fit, with a 95% bootstrap interval over records:
-    the same records under both fits, so the pairing removes most of the between-record noise."""
+def paired_against(reference: list[float], variant: list[float]) -> dict[str, Any]:
+    """Per-record difference to the reference fit, with the 95% bootstrap interval `sola eval`
+    uses: the same records under both fits, so pairing removes most between-record noise."""
     differences = [v - r for r, v in zip(reference, variant)]
-    rng = random.Random(seed)
-    means = sorted(statistics.mean(rng.choices(differences, k=len(differences))) for _ in range(2000))
-    return {"mean_difference": statistics.mean(differences), "interval": [means[50], means[1949]],
+    return {"mean_difference": statistics.mean(differences), "interval": bootstrap_interval(differences),
             "records_better": sum(d > 0 for d in differences), "records_worse": sum(d < 0 for d in differences)}
 
 
@@ -143,15 +142,14 @@ def main() -> None:
                 with torch.no_grad(), routed.layer.training_adapter(trained.lora_a, trained.lora_b):
                     logits, encoded, _ = routed.score(record["rephrase"], record["alt"])
                     own, own_encoded, _ = routed.score(record["src"], record["alt"])
+                    if args.fluency_tokens:
+                        [text], _ = routed.generate([record["src"]], max_new_tokens=args.fluency_tokens)
+                        fluencies.append(ngram_entropy(text))
+                        examples.append(text)
                 accuracies.append((logits.argmax(-1) == encoded.target_ids).float().mean().item())
                 successes.append(float(bool((own.argmax(-1) == own_encoded.target_ids).all())))
                 seconds.append(trained.seconds)
                 steps.append(trained.steps)
-                if args.fluency_tokens:
-                    with torch.no_grad(), routed.layer.training_adapter(trained.lora_a, trained.lora_b):
-                        [text], _ = routed.generate([record["src"]], max_new_tokens=args.fluency_tokens)
-                    fluencies.append(ngram_entropy(text))
-                    examples.append(text)
         finally:
             routed_module._ReplayInput.forward = plain
         results[name] = {"sigma": sigma, "training": config.to_dict(), "paraphrase_token_accuracy": statistics.mean(accuracies),

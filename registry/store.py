@@ -297,9 +297,12 @@ class Registry:
         return self._Transaction(self.db)
 
     # --- configuration -----------------------------------------------------------------------
-    def config(self, name: str) -> dict[str, Any]:
+    def config(self, name: str, missing: dict[str, Any] | None = None) -> dict[str, Any]:
+        """A `registry_config` row; `missing` is returned for a row that is optional and absent."""
         row = self.db.execute("SELECT value FROM registry_config WHERE name = ?", [name]).fetchone()
         if row is None:
+            if missing is not None:
+                return missing
             raise RegistryError(f"registry has no {name} configuration")
         return json.loads(row[0])
 
@@ -314,8 +317,7 @@ class Registry:
     @property
     def training(self) -> dict[str, Any]:
         """Default training settings for new edits, set at init; empty when init set none."""
-        row = self.db.execute("SELECT value FROM registry_config WHERE name = 'training'").fetchone()
-        return json.loads(row[0]) if row else {}
+        return self.config("training", missing={})
 
     @property
     def tombstones(self) -> bool:
