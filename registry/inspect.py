@@ -1,27 +1,24 @@
-"""Read-only views over the registry: show, audit, conflicts. Plain dicts, ready for JSON."""
+"""Read-only views over the registry: show, audit, revoked facts, conflicts. Plain dicts, ready for JSON."""
 
 from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
-from registry.store import Commit, Registry, RegistryError, iso
-
-
-def _matches(registry: Registry, table: str, column: str, prefix: str) -> list[str]:
-    rows = registry.db.execute(f"SELECT {column} FROM {table} WHERE starts_with({column}, ?) LIMIT 2", [prefix]).fetchall()
-    return [r[0] for r in rows]
+from registry.graph import ancestors
+from registry.model import ACTIVE, Commit, RegistryError, iso, parse_time
+from registry.revisions import hex_prefix, parse_revision
+from registry.routing import nearest_active
+from registry.store import Registry
 
 
 def describe_object(registry: Registry, ident: str) -> dict[str, Any]:
     """`show`: a ref/commit or an edit, by id or unique prefix."""
-    text = ident.strip().lower().removeprefix("sha256:")
-    is_ref = registry.db.execute("SELECT 1 FROM refs WHERE name = ?", [ident.split("~")[0]]).fetchone()
-    if is_ref or len(text) < 4:
+    parsed = parse_revision(ident)
+    prefix = hex_prefix(parsed.base)
+    if registry.catalog.ref(parsed.base) is not None or prefix is None or parsed.steps or parsed.at:
         return describe_commit(registry, registry.resolve(ident))
-    commits = _matches(registry, "commits", "commit_id", text)
-    edits = _matches(registry, "edits", "edit_id", text)
+    commits = registry.catalog.commits_with_prefix(prefix)
+    edits = registry.catalog.edits_with_prefix(prefix)
     if len(commits) + len(edits) > 1:
         raise RegistryError(f"ambiguous id {ident!r}: give more characters")
     if edits:
@@ -36,35 +33,35 @@ def edit_summary(registry: Registry, edit_id: str) -> dict[str, Any]:
 
 
 def describe_commit(registry: Registry, commit: Commit) -> dict[str, Any]:
-    changes = [dict(edit_summary(registry, edit_id), active=active) for edit_id, active in registry.changes(commit.commit_id)]
-    refs = [r[0] for r in registry.db.execute("SELECT name FROM refs WHERE commit_id = ? ORDER BY name", [commit.commit_id]).fetchall()]
-    return dict(commit.to_dict(), kind="commit", changes=changes, refs=refs)
+    changes = [dict(edit_summary(registry, edit_id), active=state == ACTIVE, state=state or "absent")
+               for edit_id, state in registry.changes(commit.commit_id)]
+    approvals = [r.to_dict() for r in registry.reviews() if r.source_commit == commit.commit_id]
+    return dict(commit.to_dict(), kind="commit", changes=changes, refs=registry.refs_at(commit.commit_id), reviews=approvals)
 
 
 def edit_neighbours(registry: Registry, edit_id: str, commit: Commit | None = None, k: int = 16) -> list[dict[str, Any]]:
     """Active edits (other than this one) with a key within the routing threshold of this edit's keys."""
     commit = commit or registry.head()
-    threshold = float(registry.routing["threshold"])
-    search, key_edit = registry.key_search(commit)
-    keys = registry.edit_keys(edit_id)
+    search, key_edit = registry.key_search(commit, tombstones=True)
+    tombstones = registry.tombstoned_edit_ids(commit)
     best: dict[str, float] = {}
-    for key in keys:
-        sims, ids = search.neighbours(key, k)
-        for sim, key_id in zip(sims.tolist(), ids.tolist()):
-            other = key_edit[int(key_id)]
-            distance = max(0.0, 1.0 - sim)
-            if other != edit_id and distance < threshold:
-                best[other] = min(distance, best.get(other, distance))
-    out = []
-    for other, distance in sorted(best.items(), key=lambda item: item[1]):
-        out.append(dict(edit_summary(registry, other), distance=round(distance, 6)))
-    return out
+    for key in registry.edit_keys(edit_id):
+        for other, distance in nearest_active(search, key_edit, tombstones | {edit_id}, key, registry.rule.threshold, k):
+            best[other] = min(distance, best.get(other, distance))
+    return [dict(edit_summary(registry, other), distance=round(distance, 6))
+            for other, distance in sorted(best.items(), key=lambda item: item[1])]
 
 
-def describe_edit(registry: Registry, edit_id: str) -> dict[str, Any]:
+def live_branches(registry: Registry, edit_id: str) -> list[str]:
+    """Branches whose head holds the edit active."""
+    return [b["name"] for b in registry.branches() if registry.edit_state(edit_id, registry.commit(b["commit"])) == ACTIVE]
+
+
+def describe_edit(registry: Registry, edit_id: str, branch: str = "main") -> dict[str, Any]:
     row = registry.edit_row(edit_id)
     provenance = registry.provenance(edit_id)
-    active = registry.is_active(edit_id)
+    head = registry.head(branch)
+    active = registry.is_active(edit_id, head)
     return {
         "kind": "edit",
         "edit": edit_id,
@@ -74,93 +71,102 @@ def describe_edit(registry: Registry, edit_id: str) -> dict[str, Any]:
         "tensors_sha256": row["tensors_sha256"],
         "keys_sha256": provenance.get("keys_sha256"),
         "provenance": provenance,
+        "derived_from": provenance.get("derived_from"),
         "history": registry.edit_history(edit_id),
-        "neighbours": edit_neighbours(registry, edit_id) if active else [],
+        "branches": live_branches(registry, edit_id),
+        "neighbours": edit_neighbours(registry, edit_id, head) if active else [],
     }
 
 
-def audit(registry: Registry, since: str | None = None) -> list[dict[str, Any]]:
-    """Every operation on main, oldest first: who, when, what, why."""
-    from registry.store import parse_time
-
-    sql = "SELECT commit_id FROM commits"
-    params: list[Any] = []
-    if since:
-        sql += " WHERE time >= ?"
-        params.append(parse_time(since))
-    out = []
-    for (commit_id,) in registry.db.execute(sql + " ORDER BY seq", params).fetchall():
-        commit = registry.commit(commit_id)
-        out.append(dict(commit.to_dict(), edits=[e for e, _ in registry.changes(commit_id)]))
-    return out
-
-
-def revoked_report(registry: Registry, since: str | None = None) -> list[dict[str, Any]]:
-    """Governance view: every edit revoked at main, with who revoked it, why, and when it was live."""
-    from registry.store import parse_time
-
-    head = registry.head()
-    rows = registry.db.execute(
-        """SELECT edit_id FROM commit_changes WHERE seq <= ? GROUP BY edit_id
-           HAVING NOT arg_max(active, seq) ORDER BY max(seq)""",
-        [head.seq],
-    ).fetchall()
+def audit(registry: Registry, since: str | None = None, revision: Commit | None = None) -> list[dict[str, Any]]:
+    """Every operation, oldest first: who, when, what, why. Commits (all of them, or those
+    reachable from `revision`) and review records, interleaved by time."""
     cutoff = parse_time(since) if since else None
-    tombstoned = registry.tombstoned_edit_ids(head)
+    commits = registry.all_commits()
+    if revision is not None:
+        reachable = ancestors(registry.catalog.parent_map(), revision.commit_id)
+        commits = [c for c in commits if c.commit_id in reachable]
+    changes = registry.catalog.all_changes()
+    entries = [(c.time, 0, c.seq, dict(c.to_dict(), kind="commit", edits=[e for e, _ in changes.get(c.commit_id, [])]))
+               for c in commits if cutoff is None or c.time >= cutoff]
+    for review in registry.reviews():
+        if cutoff is None or review.time >= cutoff:
+            entries.append((review.time, 1, review.id, {
+                "kind": "review", "op": review.verdict, "time": iso(review.time), "author": review.author, "reason": review.reason,
+                "commit": review.source_commit, "message": f"{review.verdict} {review.source} into {review.target}",
+                "source": review.source, "target": review.target, "edits": []}))
+    for protection in registry.catalog.protections():
+        if cutoff is None or protection["time"] >= cutoff:
+            entries.append((protection["time"], 2, protection["id"], {
+                "kind": "protection", "op": "protect", "time": iso(protection["time"]), "author": protection["actor"],
+                "reason": protection["reason"], "commit": None, "edits": [],
+                "message": f"protect {protection['branch']}: " + (f"{protection['reviews']} review(s)" if protection["reviews"] else "off")}))
+    return [entry for *_, entry in sorted(entries, key=lambda item: item[:3])]
+
+
+def revoked_report(registry: Registry, since: str | None = None, revision: Commit | None = None) -> list[dict[str, Any]]:
+    """Governance view: every edit that was live in the history of `revision` (default main)
+    and is not at it, with who revoked it, why, and when it was live."""
+    head = revision or registry.head()
+    members = registry.members(head)
+    reachable = ancestors(registry.catalog.parent_map(), head.commit_id)
+    touched = {e for c, changes in registry.catalog.all_changes().items() if c in reachable for e, _ in changes}
+    gone = [e for e in touched if members.get(e) != ACTIVE]
+    cutoff = parse_time(since) if since else None
+    rows = registry.catalog.edit_rows(gone)
+    history: dict[str, list[tuple[Commit, str | None]]] = {e: [] for e in gone}
+    change_rows = registry.catalog.changes_of_edits(gone)
+    commits = registry.catalog.commits(c for c, _, _ in change_rows if c in reachable)
+    for commit_id, edit_id, state in change_rows:
+        if commit_id in reachable:
+            history[edit_id].append((commits[commit_id], state))
     report = []
-    for (edit_id,) in rows:
-        history = registry.edit_history(edit_id)
-        revocation = history[-1]
-        if cutoff is not None and parse_time(revocation["time"]) < cutoff:
+    for edit_id in gone:
+        events = sorted(history[edit_id], key=lambda item: item[0].seq)
+        if not events or all(state != ACTIVE for _, state in events):
+            continue
+        revocation = next(commit for commit, state in reversed(events) if state != ACTIVE)
+        if cutoff is not None and revocation.time < cutoff:
             continue
         live, start = [], None
-        for event in history:
-            if event["active"] and start is None:
-                start = event["time"]
-            elif not event["active"] and start is not None:
-                live.append({"from": start, "until": event["time"]})
+        for commit, state in events:
+            if state == ACTIVE and start is None:
+                start = iso(commit.time)
+            elif state != ACTIVE and start is not None:
+                live.append({"from": start, "until": iso(commit.time)})
                 start = None
-        row = registry.edit_row(edit_id)
+        row = rows[edit_id]
         report.append({
             "edit": edit_id,
             "prompt": row["prompt"],
             "target": row["target"],
             "author": row["author"],
-            "revoked_at": revocation["time"],
-            "revoked_by": revocation["author"],
-            "reason": revocation["reason"],
-            "commit": revocation["commit"],
-            "op": revocation["op"],
-            "tombstone": edit_id in tombstoned,
+            "revoked_at": iso(revocation.time),
+            "revoked_by": revocation.author,
+            "reason": revocation.reason,
+            "commit": revocation.commit_id,
+            "op": revocation.op,
+            "tombstone": members.get(edit_id) == "tombstone",
             "live": live,
+            "_seq": revocation.seq,
         })
+    report.sort(key=lambda item: item.pop("_seq"))
     return report
 
 
 def conflicts(registry: Registry, commit: Commit) -> list[dict[str, Any]]:
     """Pairs of active edits whose keys lie within the routing threshold of each other."""
-    threshold = float(registry.routing["threshold"])
-    search, key_edit = registry.key_search(commit)
-    key_ids = np.array(sorted(key_edit), dtype=np.int64)
-    if len(key_ids) < 2:
-        return []
-    keys = registry.key_matrix.rows(key_ids, registry.key_dim())
-    sims, ids = search.index.search(np.ascontiguousarray(keys), min(8, len(key_ids)))
+    search, key_edit = registry.key_search(commit, tombstones=True)
+    tombstones = registry.tombstoned_edit_ids(commit)
     pairs: dict[tuple[str, str], float] = {}
-    for row, key_id in enumerate(key_ids.tolist()):
-        mine = key_edit[key_id]
-        for sim, other_id in zip(sims[row].tolist(), ids[row].tolist()):
-            if other_id < 0:
-                continue
-            other = key_edit[int(other_id)]
-            distance = max(0.0, 1.0 - sim)
-            if other != mine and distance < threshold:
-                pair = tuple(sorted((mine, other)))
-                pairs[pair] = min(distance, pairs.get(pair, distance))
-    out = []
-    for (a, b), distance in sorted(pairs.items(), key=lambda item: item[1]):
-        out.append({"distance": round(distance, 6), "a": edit_summary(registry, a), "b": edit_summary(registry, b)})
-    return out
+    for key_id, mine in key_edit.items():
+        if mine in tombstones:
+            continue
+        for other, distance in nearest_active(search, key_edit, tombstones | {mine}, search.vector(key_id), registry.rule.threshold, 8):
+            pair = tuple(sorted((mine, other)))
+            pairs[pair] = min(distance, pairs.get(pair, distance))
+    return [{"distance": round(distance, 6), "a": edit_summary(registry, a), "b": edit_summary(registry, b)}
+            for (a, b), distance in sorted(pairs.items(), key=lambda item: item[1])]
 
 
 __all__ = ["describe_object", "describe_edit", "describe_commit", "audit", "revoked_report", "conflicts", "iso"]

@@ -1,178 +1,53 @@
-"""The registry: edits as immutable artifacts, a hash-chained commit history, refs and a ref log.
+"""The registry: edits as immutable artifacts, a graph of hash-chained commits over trees, refs.
 
-History is linear on branch `main`; each commit records the edits it activates or revokes
-(`commit_changes`), so the active set at any commit is a replay of changes up to its `seq`,
-answered by one SQL aggregate. Nothing is deleted: revoke and restore are commits.
-
-A snapshot ("tree") is identified by hashing the base model, the routing config and the set
-of edits that route: the active edits and, when the routing config's `revoke_mode` is
-"tombstone", the revoked edits whose keys still route their inputs to the base model. The set
-is hashed additively (sum of per-member sha256 values mod 2^256, a tombstone hashing
-differently from an active edit), so each commit derives its tree from its parent's in O(1)
-while two revisions that route the same way still get the same tree id.
+Every commit points at a tree, the edit set its snapshot routes by (registry/model.py), and
+names its parents. A branch is a ref that moves to a commit's child; a tag never moves; every ref
+move is a ref log entry. Nothing is deleted: revoke and restore are commits, a deleted branch
+leaves its commits and its ref log. All SQL is in the catalog (registry/catalog/).
 """
 
 from __future__ import annotations
 
-import hashlib
+import heapq
 import json
-import shutil
-from dataclasses import dataclass, replace
-from datetime import datetime, timezone
+from contextlib import contextmanager
+from dataclasses import replace
+from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
-from registry.db import Backfill, RegistryLocked, connect, insert_rows, latest_version, migrate, schema_version
+from registry.catalog import RefMoved
+from registry.catalog.duckdb import DuckDBCatalog, backfill_edit_sets, backfill_key_vectors, registry_settings
+from registry.db import Backfill, RegistryLocked
+from registry.graph import ancestors, ancestors_of_all
+from registry.model import (
+    ABSENT,
+    ACTIVE,
+    MAIN,
+    TOMBSTONE,
+    Changes,
+    Commit,
+    RegistryError,
+    Review,
+    State,
+    iso,
+    new_commit,
+    parse_time,
+    utcnow,
+)
 from registry.objects import CorruptObject, ObjectStore, canonical_json, sha256_hex
+from registry.revisions import check_ref_name, hex_prefix, parse_revision
+from registry.routing import RoutingRule
+from registry.trees import TreeStore
 
 if TYPE_CHECKING:  # numpy, safetensors and FAISS are imported where used: `sola log` needs none of them
-    import duckdb
     import numpy as np
 
     from registry.keyindex import FaissKeySearch, KeyMatrix
 
-MODULUS = 1 << 256
-MAIN = "main"
 KEY_VECTORS_VERSION = 3  # the migration that added `key_vectors`
-
-
-class RegistryError(Exception):
-    """A user-facing failure: unknown revision, bad state transition, wrong registry path."""
-
-
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
-
-
-def iso(moment: datetime) -> str:
-    return moment.astimezone(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
-
-
-def parse_time(text: str) -> datetime:
-    """ISO 8601; a time without zone is taken as UTC."""
-    try:
-        moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-    except ValueError:
-        raise RegistryError(f"not an ISO 8601 time: {text!r}") from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
-
-
-def edit_term(edit_id: str) -> int:
-    return int(hashlib.sha256(b"sola-edit\0" + edit_id.encode()).hexdigest(), 16)
-
-
-def tombstone_term(edit_id: str) -> int:
-    return int(hashlib.sha256(b"sola-tombstone\0" + edit_id.encode()).hexdigest(), 16)
-
-
-def tombstone_changes(
-    op: str, changes: list[tuple[str, bool]], tombstones: bool, is_tombstoned: Callable[[str], bool]
-) -> list[tuple[str, bool]]:
-    """Which edits a commit turns into tombstones (True) or back from them (False).
-
-    A revoke leaves the edit's keys routing to the base model; a restore of such an edit
-    lifts it. A superseded edit is replaced by its correction, so its keys leave routing (its
-    inputs are meant to reach the correction), and restoring it has no tombstone to lift.
-    `is_tombstoned` answers for the state before the commit."""
-    if not tombstones:
-        return []
-    if op == "revoke":
-        return [(edit_id, True) for edit_id, active in changes if not active]
-    if op == "restore":
-        return [(edit_id, False) for edit_id, active in changes if active and is_tombstoned(edit_id)]
-    return []
-
-
-def tree_id_for(config_digest: str, set_sum: int) -> str:
-    return sha256_hex(b"sola-tree\0" + config_digest.encode() + b"\0" + f"{set_sum:064x}".encode())
-
-
-@dataclass(frozen=True)
-class Commit:
-    commit_id: str
-    seq: int
-    parent_id: str | None
-    tree_id: str
-    tree_sum: str
-    n_active: int
-    author: str
-    time: datetime
-    op: str
-    message: str
-    reason: str | None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "commit": self.commit_id,
-            "seq": self.seq,
-            "parent": self.parent_id,
-            "tree": self.tree_id,
-            "active_edits": self.n_active,
-            "author": self.author,
-            "time": iso(self.time),
-            "op": self.op,
-            "message": self.message,
-            "reason": self.reason,
-        }
-
-
-_COMMIT_COLUMNS = "commit_id, seq, parent_id, tree_id, tree_sum, n_active, author, time, op, message, reason"
-# each edit's latest change up to a seq (the parameter): whether it is active, and the commit (so the op) that set it
-_LAST_CHANGE = """WITH last AS (SELECT edit_id, arg_max(active, seq) AS active, arg_max(commit_id, seq) AS commit_id
-                                FROM commit_changes WHERE seq <= ? GROUP BY edit_id)"""
-
-
-def commit_record(commit: Commit, changes: list[tuple[str, bool]]) -> dict[str, Any]:
-    """The hashed content of a commit; its id is sha256 of this record's canonical JSON."""
-    return {
-        "parent": commit.parent_id,
-        "seq": commit.seq,
-        "tree": commit.tree_id,
-        "author": commit.author,
-        "time": iso(commit.time),
-        "op": commit.op,
-        "message": commit.message,
-        "reason": commit.reason,
-        "changes": [[edit_id, active] for edit_id, active in changes],
-    }
-
-
-def next_commit(
-    parent: Commit | None,
-    config_digest: str,
-    changes: list[tuple[str, bool]],
-    author: str,
-    op: str,
-    message: str,
-    reason: str | None,
-    tombstones: Sequence[tuple[str, bool]] = (),
-) -> Commit:
-    """The next commit on top of `parent`: tree derived incrementally from the parent's set hash,
-    id = sha256 of the canonical commit record. Shared by `Registry._append_commit` and the bulk
-    loader. `tombstones` comes from `tombstone_changes`; it is not part of the commit record
-    because the op and the history determine it."""
-    set_sum = int(parent.tree_sum, 16) if parent else 0
-    n_active = parent.n_active if parent else 0
-    for edit_id, active in changes:
-        set_sum = (set_sum + (edit_term(edit_id) if active else -edit_term(edit_id))) % MODULUS
-        n_active += 1 if active else -1
-    for edit_id, entering in tombstones:
-        set_sum = (set_sum + (tombstone_term(edit_id) if entering else -tombstone_term(edit_id))) % MODULUS
-    draft = Commit(
-        commit_id="",
-        seq=parent.seq + 1 if parent else 0,
-        parent_id=parent.commit_id if parent else None,
-        tree_id=tree_id_for(config_digest, set_sum),
-        tree_sum=f"{set_sum:064x}",
-        n_active=n_active,
-        author=author,
-        time=utcnow(),
-        op=op,
-        message=message,
-        reason=reason,
-    )
-    commit_id = sha256_hex(canonical_json(commit_record(draft, changes)))
-    return replace(draft, commit_id=commit_id)
+EDIT_SETS_VERSION = 4  # the migration that made history a graph over trees
+DATABASE = "registry.duckdb"
 
 
 def key_vector_blobs(tensors: dict[str, np.ndarray]) -> list[bytes]:
@@ -197,40 +72,26 @@ def load_tensors(data: bytes) -> dict[str, np.ndarray]:
     return load(data)
 
 
-def backfill_key_vectors(connection: duckdb.DuckDBPyConnection, objects: ObjectStore) -> None:
-    """Migration 3 for a registry made before it: copy every key out of its (hash-checked)
-    tensors object into `key_vectors`, inside the migration's transaction."""
-    rows = connection.execute(
-        """SELECT k.key_id, k.ordinal, e.tensors_sha256 FROM edit_keys k JOIN edits e USING (edit_id)
-           WHERE k.key_id NOT IN (SELECT key_id FROM key_vectors) ORDER BY e.tensors_sha256, k.ordinal"""
-    ).fetchall()
-    keys_by_object: dict[str, list[bytes]] = {}
-    batch: list[list[Any]] = []
-    for key_id, ordinal, sha in rows:
-        if sha not in keys_by_object:
-            keys_by_object = {sha: key_vector_blobs(load_tensors(objects.get(sha)))}
-        batch.append([key_id, keys_by_object[sha][ordinal]])
-        if len(batch) >= 10_000:
-            insert_rows(connection, "key_vectors", batch)
-            batch = []
-    if batch:
-        insert_rows(connection, "key_vectors", batch)
-
-
 def backfills(root: Path) -> dict[int, Backfill]:
-    """Migration steps that need the objects, for `registry.db.migrate`."""
-    return {KEY_VECTORS_VERSION: lambda connection: backfill_key_vectors(connection, ObjectStore(root / "objects"))}
+    """Migration steps that need data from outside SQL, for `registry.db.migrate`."""
+    objects = ObjectStore(root / "objects")
+    return {
+        KEY_VECTORS_VERSION: lambda connection: backfill_key_vectors(connection, objects.get),
+        EDIT_SETS_VERSION: lambda connection: backfill_edit_sets(connection, *registry_settings(connection)),
+    }
 
 
 class Registry:
-    """One registry directory: `registry.duckdb`, `objects/`, and the derived `cache/`."""
+    """One registry directory: the catalog (`registry.duckdb`), `objects/`, and the derived `cache/`."""
 
-    def __init__(self, root: Path, connection: duckdb.DuckDBPyConnection, writable: bool) -> None:
+    def __init__(self, root: Path, catalog: DuckDBCatalog, writable: bool) -> None:
         self.root = root
-        self.db = connection
+        self.catalog = catalog
         self.writable = writable
         self.objects = ObjectStore(root / "objects")
-        self.db.execute("SET TimeZone = 'UTC'")
+        self._configs: dict[str, Any] = {}
+        self._trees: TreeStore | None = None
+        self._key_owners: tuple[list[int], list[str]] = ([], [])
 
     # --- lifecycle ---------------------------------------------------------------------------
     @classmethod
@@ -239,41 +100,31 @@ class Registry:
         """`training` is the registry's default for fitting new edits; unlike `routing` it is not
         part of any snapshot's identity (each edit records the training it actually got)."""
         root = Path(root)
-        if (root / "registry.duckdb").exists():
+        if (root / DATABASE).exists():
             raise RegistryError(f"a registry already exists at {root}")
         root.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(root / "cache", ignore_errors=True)  # derived from a registry that no longer exists
-        connection = connect(root / "registry.duckdb", read_only=False)
-        registry = cls(root, connection, writable=True)
-        migrate(connection, backfills=backfills(root))
+        registry = cls(root, DuckDBCatalog.create(root / DATABASE, backfills(root)), writable=True)
         with registry.transaction():
-            connection.execute("INSERT INTO registry_config VALUES ('base_model', ?)", [canonical_json(base_model).decode()])
-            connection.execute("INSERT INTO registry_config VALUES ('routing', ?)", [canonical_json(routing).decode()])
+            registry.catalog.put_config("base_model", canonical_json(base_model).decode())
+            registry.catalog.put_config("routing", canonical_json(routing).decode())
             if training:
-                connection.execute("INSERT INTO registry_config VALUES ('training', ?)", [canonical_json(training).decode()])
-            registry._append_commit([], author, "init", f"init registry on {base_model.get('name')}", None)
+                registry.catalog.put_config("training", canonical_json(training).decode())
+            empty = registry.trees.empty()
+            commit = new_commit([], empty, [], author, "init", f"init registry on {base_model.get('name')}", None, 0)
+            registry.catalog.insert_trees(registry.trees.take_pending())
+            registry.catalog.insert_commits([(commit, [])])
+            registry.catalog.move_ref(MAIN, "branch", commit.commit_id, None, author, f"init: {commit.message}", commit.time)
         return registry
 
     @classmethod
     def open(cls, root: Path, writable: bool = False, wait_seconds: float = 0.0) -> "Registry":
         root = Path(root)
-        database = root / "registry.duckdb"
-        if not database.is_file():
+        if not (root / DATABASE).is_file():
             raise RegistryError(f"no registry at {root} (run `sola init` first)")
-        connection = connect(database, read_only=not writable, wait_seconds=wait_seconds)
-        if schema_version(connection) < latest_version():
-            if not writable:  # upgrading needs the write lock; reopen briefly as a writer
-                connection.close()
-                connection = connect(database, read_only=False, wait_seconds=wait_seconds)
-                migrate(connection, backfills=backfills(root))
-                connection.close()
-                connection = connect(database, read_only=True, wait_seconds=wait_seconds)
-            else:
-                migrate(connection, backfills=backfills(root))
-        return cls(root, connection, writable)
+        return cls(root, DuckDBCatalog.open(root / DATABASE, writable, wait_seconds, lambda: backfills(root)), writable)
 
     def close(self) -> None:
-        self.db.close()
+        self.catalog.close()
 
     def __enter__(self) -> "Registry":
         return self
@@ -281,30 +132,29 @@ class Registry:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    class _Transaction:
-        def __init__(self, db: duckdb.DuckDBPyConnection) -> None:
-            self.db = db
-
-        def __enter__(self) -> None:
-            self.db.execute("BEGIN TRANSACTION")
-
-        def __exit__(self, exc_type: object, *rest: object) -> None:
-            self.db.execute("ROLLBACK" if exc_type else "COMMIT")
-
-    def transaction(self) -> "_Transaction":
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """One catalog transaction; trees derived inside it are forgotten if it rolls back."""
         if not self.writable:
             raise RegistryError("registry opened read-only")
-        return self._Transaction(self.db)
+        try:
+            with self.catalog.transaction():
+                yield
+        except BaseException:
+            self.trees.discard_pending()
+            raise
 
     # --- configuration -----------------------------------------------------------------------
     def config(self, name: str, missing: dict[str, Any] | None = None) -> dict[str, Any]:
         """A `registry_config` row; `missing` is returned for a row that is optional and absent."""
-        row = self.db.execute("SELECT value FROM registry_config WHERE name = ?", [name]).fetchone()
-        if row is None:
-            if missing is not None:
-                return missing
-            raise RegistryError(f"registry has no {name} configuration")
-        return json.loads(row[0])
+        if name not in self._configs:
+            value = self.catalog.config(name)
+            if value is None:
+                if missing is not None:
+                    return missing
+                raise RegistryError(f"registry has no {name} configuration")
+            self._configs[name] = json.loads(value)
+        return self._configs[name]
 
     @property
     def base_model(self) -> dict[str, Any]:
@@ -313,6 +163,10 @@ class Registry:
     @property
     def routing(self) -> dict[str, Any]:
         return self.config("routing")
+
+    @property
+    def rule(self) -> RoutingRule:
+        return RoutingRule.from_record(self.routing)
 
     @property
     def training(self) -> dict[str, Any]:
@@ -325,179 +179,214 @@ class Registry:
         "tombstone"); registries made before the option deleted them."""
         return self.routing.get("revoke_mode", "delete") == "tombstone"
 
+    @property
+    def revoked_state(self) -> State:
+        """What a revoke turns an edit into: a tombstone, or (revoke_mode "delete") nothing."""
+        return TOMBSTONE if self.tombstones else ABSENT
+
     def config_digest(self) -> str:
         return sha256_hex(canonical_json({"base_model": self.base_model["sha256"], "routing": self.routing}))
 
-    # --- commits -------------------------------------------------------------------------------
-    def _commit_from_row(self, row: tuple) -> Commit:
-        return Commit(*row)
+    @property
+    def trees(self) -> TreeStore:
+        if self._trees is None:
+            self._trees = TreeStore(self.config_digest(), self.catalog.tree)
+        return self._trees
 
+    # --- refs ----------------------------------------------------------------------------------
     def head(self, ref: str = MAIN) -> Commit:
-        row = self.db.execute(
-            f"SELECT {_COMMIT_COLUMNS} FROM commits WHERE commit_id = (SELECT commit_id FROM refs WHERE name = ?)", [ref]
-        ).fetchone()
-        if row is None:
-            raise RegistryError(f"unknown ref {ref!r}")
-        return self._commit_from_row(row)
+        found = self.catalog.ref(ref)
+        if found is None:
+            raise RegistryError(f"unknown branch or tag {ref!r}")
+        return self.commit(found[1])
 
+    def branch_head(self, branch: str) -> Commit:
+        found = self.catalog.ref(branch)
+        if found is None or found[0] != "branch":
+            raise RegistryError(f"unknown branch {branch!r}" + (" (it is a tag; tags never move)" if found else ""))
+        return self.commit(found[1])
+
+    def branches(self) -> list[dict[str, Any]]:
+        out = []
+        for name, kind, commit_id in self.catalog.refs():
+            if kind == "branch":
+                reviews = self.catalog.protection(name)
+                out.append({"name": name, "commit": commit_id, "protected": reviews > 0, "reviews": reviews})
+        return out
+
+    def tags(self) -> list[dict[str, str]]:
+        return [{"tag": n, "commit": c} for n, kind, c in self.catalog.refs() if kind == "tag"]
+
+    def refs_at(self, commit_id: str) -> list[str]:
+        return sorted(n for n, _, c in self.catalog.refs() if c == commit_id)
+
+    def tag(self, name: str, commit: Commit, actor: str) -> None:
+        check_ref_name(name, "tag")
+        if self.catalog.ref(name) is not None:
+            raise RegistryError(f"{name!r} already exists (tags are immutable)")
+        with self.transaction():
+            self.catalog.move_ref(name, "tag", commit.commit_id, None, actor, f"tag {name}", utcnow())
+
+    def create_branch(self, name: str, commit: Commit, actor: str) -> None:
+        check_ref_name(name)
+        if self.catalog.ref(name) is not None:
+            raise RegistryError(f"{name!r} already exists")
+        with self.transaction():
+            self.catalog.move_ref(name, "branch", commit.commit_id, None, actor, f"branch {name} at {commit.commit_id[:12]}", utcnow())
+
+    def delete_branch(self, name: str, actor: str, force: bool = False) -> Commit:
+        """Remove a branch ref (its commits and ref log stay). Refused for main and protected
+        branches, and, unless `force`, for a branch whose commits no other ref reaches."""
+        head = self.branch_head(name)
+        if name == MAIN:
+            raise RegistryError("cannot delete main")
+        if self.catalog.protection(name):
+            raise RegistryError(f"branch {name!r} is protected (run `sola protect {name} --off` first)")
+        if not force:
+            parents = self.catalog.parent_map()
+            others = [c for n, _, c in self.catalog.refs() if n != name]
+            only_here = ancestors(parents, head.commit_id) - ancestors_of_all(parents, others)
+            if only_here:
+                raise RegistryError(f"branch {name!r} holds {len(only_here)} commit(s) no other branch or tag reaches "
+                                    f"(merge or tag them first, or pass --force)")
+        with self.transaction():
+            self.catalog.move_ref(name, "branch", None, head.commit_id, actor, f"delete branch {name}", utcnow())
+        return head
+
+    def protection(self, branch: str) -> int:
+        """Approvals a merge into `branch` needs (0: not protected)."""
+        return self.catalog.protection(branch)
+
+    def protect(self, branch: str, reviews: int, actor: str, reason: str | None = None) -> None:
+        self.branch_head(branch)
+        if not isinstance(reviews, int) or isinstance(reviews, bool) or not 0 <= reviews <= 100:
+            raise RegistryError("--reviews must be an integer from 1 to 100 (or --off)")
+        if reviews == self.catalog.protection(branch):
+            raise RegistryError(f"branch {branch!r} already " + (f"needs {reviews} review(s)" if reviews else "is unprotected"))
+        with self.transaction():
+            self.catalog.set_protection(branch, reviews, actor, utcnow(), reason)
+
+    def check_direct_write(self, branch: str) -> Commit:
+        """The head of a branch a command may write to directly (not a tag, not protected)."""
+        head = self.branch_head(branch)
+        reviews = self.catalog.protection(branch)
+        if reviews:
+            raise RegistryError(f"branch {branch!r} is protected: it changes only by `sola merge` with {reviews} approval(s)")
+        return head
+
+    # --- commits -------------------------------------------------------------------------------
     def commit(self, commit_id: str) -> Commit:
-        row = self.db.execute(f"SELECT {_COMMIT_COLUMNS} FROM commits WHERE commit_id = ?", [commit_id]).fetchone()
-        if row is None:
+        found = self.catalog.commit(commit_id)
+        if found is None:
             raise RegistryError(f"unknown commit {commit_id}")
-        return self._commit_from_row(row)
+        return found
 
     def all_commits(self) -> list[Commit]:
-        """Every commit in chain order, in one query (verify, audit)."""
-        rows = self.db.execute(f"SELECT {_COMMIT_COLUMNS} FROM commits ORDER BY seq").fetchall()
-        return [self._commit_from_row(r) for r in rows]
+        return self.catalog.all_commits()
 
-    def changes(self, commit_id: str) -> list[tuple[str, bool]]:
-        rows = self.db.execute(
-            "SELECT edit_id, active FROM commit_changes WHERE commit_id = ? ORDER BY rowid", [commit_id]
-        ).fetchall()
-        return [(edit_id, bool(active)) for edit_id, active in rows]
+    def changes(self, commit_id: str) -> Changes:
+        return self.catalog.changes(commit_id)
 
-    def _append_commit(self, changes: list[tuple[str, bool]], author: str, op: str, message: str, reason: str | None) -> Commit:
-        """Insert a commit on top of main and move main; the caller holds the transaction."""
-        row = self.db.execute(f"SELECT {_COMMIT_COLUMNS} FROM commits ORDER BY seq DESC LIMIT 1").fetchone()
-        parent = self._commit_from_row(row) if row else None
-        tombstones = tombstone_changes(op, changes, self.tombstones, self.is_tombstoned)
-        commit = next_commit(parent, self.config_digest(), changes, author, op, message, reason, tombstones)
-        commit_id = commit.commit_id
-        self.db.execute(
-            f"INSERT INTO commits ({_COMMIT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [getattr(commit, f) for f in _COMMIT_COLUMNS.split(", ")],
-        )
-        if changes:
-            self.db.executemany(
-                "INSERT INTO commit_changes VALUES (?, ?, ?, ?)", [[commit_id, commit.seq, e, a] for e, a in changes]
-            )
-        self._move_ref(MAIN, "branch", commit_id, author, f"{op}: {message}", commit.time)
+    def commit_on(self, branch: str, changes: dict[str, State], author: str, op: str, message: str, reason: str | None,
+                  extra_parents: Iterable[str] = (), head: Commit | None = None) -> Commit:
+        """Write one commit on `branch` (the caller holds the transaction): the branch head's tree
+        with `changes` applied, parents = [head, *extra_parents], and the ref moved by
+        compare-and-swap from `head` (default: the head read now)."""
+        head = head or self.branch_head(branch)
+        before = self.trees.states(head.tree_id, changes)
+        transitions = [(e, s) for e, s in changes.items() if before[e] != s]
+        tree = self.trees.derive(head.tree_id, dict(transitions))
+        commit = new_commit([head.commit_id, *extra_parents], tree, transitions, author, op, message, reason, self.catalog.next_seq())
+        self.catalog.insert_trees(self.trees.take_pending())
+        self.catalog.insert_commits([(commit, transitions)])
+        try:
+            self.catalog.move_ref(branch, "branch", commit.commit_id, head.commit_id, author, f"{op}: {message}", commit.time)
+        except RefMoved as error:
+            raise RegistryError(f"branch {branch!r} moved while this commit was prepared ({error}); nothing was written") from None
         return commit
 
-    def _move_ref(self, name: str, kind: str, commit_id: str, actor: str, reason: str, moment: datetime) -> None:
-        old = self.db.execute("SELECT commit_id FROM refs WHERE name = ?", [name]).fetchone()
-        if old is None:
-            self.db.execute("INSERT INTO refs VALUES (?, ?, ?)", [name, kind, commit_id])
-        else:
-            self.db.execute("UPDATE refs SET commit_id = ? WHERE name = ?", [commit_id, name])
-        next_id = self.db.execute("SELECT coalesce(max(id), -1) + 1 FROM reflog").fetchone()[0]
-        self.db.execute(
-            "INSERT INTO reflog VALUES (?, ?, ?, ?, ?, ?, ?)",
-            [next_id, name, old[0] if old else None, commit_id, actor, moment, reason],
-        )
+    def fast_forward(self, branch: str, head: Commit, to: Commit, actor: str, reason: str) -> None:
+        with self.transaction():
+            self.catalog.move_ref(branch, "branch", to.commit_id, head.commit_id, actor, reason, utcnow())
 
     # --- revisions -----------------------------------------------------------------------------
     def resolve(self, revision: str | None = None, at: str | None = None) -> Commit:
-        """A commit from `main`, `main~N`, a tag, a full or unique-prefix commit id, or a time."""
+        """A commit from a revision (registry/revisions.py), or what a branch pointed to at a time."""
+        parsed = parse_revision(MAIN if revision is None else revision)
         if at is not None:
-            return self.resolve_time(parse_time(at))
-        text = (revision or MAIN).strip()
-        if not text:
-            raise RegistryError("empty revision")
-        base, _, back = text.partition("~")
-        if back and not back.isdigit():
-            raise RegistryError(f"bad revision {text!r}: expected NAME~N")
-        steps = int(back) if back else 0
-        ref = self.db.execute("SELECT commit_id FROM refs WHERE name = ?", [base]).fetchone()
-        if ref is not None:
-            commit = self.commit(ref[0])
+            if parsed.at is not None or parsed.steps:
+                raise RegistryError("give a time once: --at TIME with a branch name, or NAME@TIME")
+            parsed = type(parsed)(parsed.base, (), at)
+        if parsed.at is not None:
+            if self.catalog.ref(parsed.base) is None:
+                raise RegistryError(f"unknown branch {parsed.base!r} (a time needs a branch or tag name)")
+            return self.resolve_time(parse_time(parsed.at), parsed.base)
+        found = self.catalog.ref(parsed.base)
+        if found is not None:
+            commit = self.commit(found[1])
         else:
-            lowered = base.lower().removeprefix("sha256:")
-            if len(lowered) < 4 or any(c not in "0123456789abcdef" for c in lowered):
-                raise RegistryError(f"unknown revision {text!r}")
-            rows = self.db.execute(
-                "SELECT commit_id FROM commits WHERE starts_with(commit_id, ?) LIMIT 2", [lowered]
-            ).fetchall()
-            if not rows:
-                raise RegistryError(f"unknown revision {text!r}")
-            if len(rows) > 1:
-                raise RegistryError(f"ambiguous revision {text!r}: matches several commits")
-            commit = self.commit(rows[0][0])
-        if steps:
-            if steps > commit.seq:
-                raise RegistryError(f"revision {text!r} goes back past the first commit")
-            row = self.db.execute(f"SELECT {_COMMIT_COLUMNS} FROM commits WHERE seq = ?", [commit.seq - steps]).fetchone()
-            commit = self._commit_from_row(row)
+            prefix = hex_prefix(parsed.base)
+            matches = self.catalog.commits_with_prefix(prefix) if prefix else []
+            if not matches:
+                raise RegistryError(f"unknown revision {revision!r}")
+            if len(matches) > 1:
+                raise RegistryError(f"ambiguous revision {revision!r}: matches several commits")
+            commit = self.commit(matches[0])
+        for kind, count in parsed.steps:
+            if kind == "^":
+                if count > len(commit.parents):
+                    raise RegistryError(f"revision {revision!r}: commit {commit.commit_id[:12]} has {len(commit.parents)} parent(s)")
+                commit = self.commit(commit.parents[count - 1])
+                continue
+            for _ in range(count):
+                if commit.parent_id is None:
+                    raise RegistryError(f"revision {revision!r} goes back past the first commit")
+                commit = self.commit(commit.parent_id)
         return commit
 
     def resolve_time(self, moment: datetime, ref: str = MAIN) -> Commit:
         """What `ref` pointed to at `moment`, from the ref log."""
-        row = self.db.execute(
-            "SELECT new_commit FROM reflog WHERE ref = ? AND time <= ? ORDER BY time DESC, id DESC LIMIT 1", [ref, moment]
-        ).fetchone()
-        if row is None:
-            raise RegistryError(f"{ref} did not exist at {iso(moment)} (before the first commit)")
-        return self.commit(row[0])
+        found = self.catalog.ref_at(ref, moment)
+        if found is None:
+            raise RegistryError(f"{ref} did not exist at {iso(moment)} (before the first commit on it)")
+        return self.commit(found)
 
-    # --- edits ---------------------------------------------------------------------------------
+    # --- trees ---------------------------------------------------------------------------------
+    def members(self, commit: Commit) -> dict[str, str]:
+        """The commit's edit set: edit id -> 'active' | 'tombstone'."""
+        return self.trees.members(commit.tree_id)
+
     def active_edit_ids(self, commit: Commit) -> list[str]:
-        rows = self.db.execute(
-            """SELECT edit_id FROM commit_changes WHERE seq <= ?
-               GROUP BY edit_id HAVING arg_max(active, seq) ORDER BY edit_id""",
-            [commit.seq],
-        ).fetchall()
-        return [r[0] for r in rows]
-
-    def active_keys(self, commit: Commit, tombstones: bool = False) -> tuple[np.ndarray, list[str]]:
-        """Key ids and their edit ids at `commit`: the active edits' keys, plus with `tombstones`
-        the keys of revoked edits that still route (to the base model)."""
-        import numpy as np
-
-        rows = self.db.execute(
-            f"""{_LAST_CHANGE}
-               SELECT k.key_id, k.edit_id FROM edit_keys k JOIN last USING (edit_id) JOIN commits c USING (commit_id)
-               WHERE last.active OR (? AND c.op = 'revoke') ORDER BY k.key_id""",
-            [commit.seq, tombstones and self.tombstones],
-        ).fetchall()
-        return np.array([r[0] for r in rows], dtype=np.int64), [r[1] for r in rows]
+        return sorted(e for e, s in self.members(commit).items() if s == ACTIVE)
 
     def tombstoned_edit_ids(self, commit: Commit) -> set[str]:
         """Revoked edits whose keys route their inputs to the base model at `commit`."""
-        if not self.tombstones:
-            return set()
-        rows = self.db.execute(
-            f"""{_LAST_CHANGE}
-               SELECT last.edit_id FROM last JOIN commits c USING (commit_id) WHERE NOT last.active AND c.op = 'revoke'""",
-            [commit.seq],
-        ).fetchall()
-        return {r[0] for r in rows}
+        return {e for e, s in self.members(commit).items() if s == TOMBSTONE}
 
-    def is_tombstoned(self, edit_id: str, commit: Commit | None = None) -> bool:
-        if not self.tombstones:
-            return False
-        commit = commit or self.head()
-        row = self.db.execute(
-            """SELECT ch.active, c.op FROM commit_changes ch JOIN commits c USING (commit_id)
-               WHERE ch.edit_id = ? AND ch.seq <= ? ORDER BY ch.seq DESC LIMIT 1""",
-            [edit_id, commit.seq],
-        ).fetchone()
-        return bool(row) and not row[0] and row[1] == "revoke"
+    def edit_state(self, edit_id: str, commit: Commit) -> State:
+        return self.trees.states(commit.tree_id, [edit_id])[edit_id]
 
     def is_active(self, edit_id: str, commit: Commit | None = None) -> bool:
-        commit = commit or self.head()
-        row = self.db.execute(
-            "SELECT arg_max(active, seq) FROM commit_changes WHERE edit_id = ? AND seq <= ?", [edit_id, commit.seq]
-        ).fetchone()
-        return bool(row and row[0])
+        return self.edit_state(edit_id, commit or self.head()) == ACTIVE
 
+    def is_tombstoned(self, edit_id: str, commit: Commit | None = None) -> bool:
+        return self.edit_state(edit_id, commit or self.head()) == TOMBSTONE
+
+    # --- edits ---------------------------------------------------------------------------------
     def resolve_edit(self, text: str) -> str:
-        lowered = text.strip().lower().removeprefix("sha256:")
-        if len(lowered) < 4 or any(c not in "0123456789abcdef" for c in lowered):
-            raise RegistryError(f"unknown edit {text!r}")
-        rows = self.db.execute("SELECT edit_id FROM edits WHERE starts_with(edit_id, ?) LIMIT 2", [lowered]).fetchall()
-        if not rows:
-            raise RegistryError(f"unknown edit {text!r}")
-        if len(rows) > 1:
+        prefix = hex_prefix(text) if isinstance(text, str) else None
+        matches = self.catalog.edits_with_prefix(prefix) if prefix else []
+        if not matches:
+            raise RegistryError(f"unknown edit {str(text)[:80]!r}")
+        if len(matches) > 1:
             raise RegistryError(f"ambiguous edit {text!r}: matches several edits")
-        return rows[0][0]
+        return matches[0]
 
     def edit_row(self, edit_id: str) -> dict[str, Any]:
-        cursor = self.db.execute("SELECT * FROM edits WHERE edit_id = ?", [edit_id])
-        row = cursor.fetchone()
+        row = self.catalog.edit_row(edit_id)
         if row is None:
             raise RegistryError(f"unknown edit {edit_id}")
-        return dict(zip([d[0] for d in cursor.description], row))
+        return row
 
     def provenance(self, edit_id: str) -> dict[str, Any]:
         return self.objects.get_json(edit_id)
@@ -517,9 +406,7 @@ class Registry:
         document = provenance if provenance is not None else self.provenance(edit_id)
         if "keys_sha256" not in document:
             return self.edit_lora(edit_id)["keys"]
-        blobs = [r[0] for r in self.db.execute(
-            "SELECT v.vector FROM edit_keys k JOIN key_vectors v USING (key_id) WHERE k.edit_id = ? ORDER BY k.ordinal", [edit_id]
-        ).fetchall()]
+        blobs = self.catalog.edit_key_vectors(edit_id)
         if keys_digest(blobs) != document["keys_sha256"]:
             raise CorruptObject(f"keys of edit {edit_id[:12]} do not match its provenance (keys_sha256)")
         return np.frombuffer(b"".join(blobs), dtype="<f4").reshape(len(blobs), self.key_dim()).copy()
@@ -562,52 +449,90 @@ class Registry:
         author: str,
         message: str,
         supersede: Iterable[str] = (),
+        branch: str = MAIN,
     ) -> tuple[str, Commit]:
-        """Write the edit's objects, then record it and its `add` commit in one transaction."""
+        """Write the edit's objects, then record it and its `add` commit on `branch` in one transaction."""
+        self.check_direct_write(branch)
         edit_id, row, document, key_blobs = self.write_edit_objects(tensors, provenance, key_prompts, author)
-        if self.db.execute("SELECT 1 FROM edits WHERE edit_id = ?", [edit_id]).fetchone():
+        if self.catalog.existing_edit([edit_id]):
             raise RegistryError(f"edit {edit_id[:12]} already exists")
         superseded = list(supersede)
-        for old in superseded:
-            if not self.is_active(old):
-                raise RegistryError(f"cannot supersede {old[:12]}: it is not active")
         with self.transaction():
-            self.db.execute("INSERT INTO edits VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
-            first_key = self.db.execute("SELECT coalesce(max(key_id), -1) + 1 FROM edit_keys").fetchone()[0]
-            self.db.executemany(
-                "INSERT INTO edit_keys VALUES (?, ?, ?, ?)",
-                [[first_key + i, edit_id, i, text] for i, text in enumerate(key_prompts)],
-            )
-            insert_rows(self.db, "key_vectors", [[first_key + i, blob] for i, blob in enumerate(key_blobs)])
-            changes = [(old, False) for old in superseded] + [(edit_id, True)]
+            head = self.check_direct_write(branch)
+            for old in superseded:
+                if not self.is_active(old, head):
+                    raise RegistryError(f"cannot supersede {old[:12]}: it is not active on {branch}")
+            self.catalog.insert_edits([row], [(edit_id, list(key_prompts), key_blobs)])
+            changes: dict[str, State] = {old: ABSENT for old in superseded}
+            changes[edit_id] = ACTIVE
             op = "supersede" if superseded else "add"
-            commit = self._append_commit(changes, author, op, message, document.get("reason"))
+            commit = self.commit_on(branch, changes, author, op, message, document.get("reason"), head=head)
         return edit_id, commit
 
-    def set_active(self, edit_id: str, active: bool, author: str, reason: str) -> Commit:
-        """Revoke (active=False) or restore (active=True) as a new commit on main."""
-        if not reason or not reason.strip():
+    def set_active(self, edit_id: str, active: bool, author: str, reason: str, branch: str = MAIN) -> Commit:
+        """Revoke (active=False) or restore (active=True) as a new commit on `branch`."""
+        if not isinstance(reason, str) or not reason.strip():
             raise RegistryError("a reason is required")
-        currently = self.is_active(edit_id)
-        if currently == active:
-            raise RegistryError(f"edit {edit_id[:12]} is already {'active' if active else 'revoked'}")
         row = self.edit_row(edit_id)
+        head = self.check_direct_write(branch)
+        state = self.edit_state(edit_id, head)
+        if active and state == ACTIVE:
+            raise RegistryError(f"edit {edit_id[:12]} is already active on {branch}")
+        if not active and state != ACTIVE:
+            raise RegistryError(f"edit {edit_id[:12]} is already revoked on {branch}" if self._was_on(edit_id, head)
+                                else f"edit {edit_id[:12]} is not on branch {branch}")
+        if active and state is ABSENT and not self._was_on(edit_id, head):
+            raise RegistryError(f"edit {edit_id[:12]} was never on branch {branch} (use `sola cherry-pick` to add it)")
         op = "restore" if active else "revoke"
         with self.transaction():
-            return self._append_commit([(edit_id, active)], author, op, f"{op} {edit_id[:12]}: {row['prompt']} -> {row['target']}", reason)
+            return self.commit_on(branch, {edit_id: ACTIVE if active else self.revoked_state}, author, op,
+                                  f"{op} {edit_id[:12]}: {row['prompt']} -> {row['target']}", reason, head=head)
 
-    # --- tags ------------------------------------------------------------------------------------
-    def tag(self, name: str, commit: Commit, actor: str) -> None:
-        if not name or name == MAIN or "~" in name or name.strip() != name or all(c in "0123456789abcdef" for c in name.lower()):
-            raise RegistryError(f"invalid tag name {name!r}")
-        if self.db.execute("SELECT 1 FROM refs WHERE name = ?", [name]).fetchone():
-            raise RegistryError(f"tag {name!r} already exists (tags are immutable)")
+    def _was_on(self, edit_id: str, head: Commit) -> bool:
+        """Whether any commit in `head`'s history changed this edit."""
+        touched = {c for c, _, _ in self.catalog.changes_of_edits([edit_id])}
+        return bool(touched & ancestors(self.catalog.parent_map(), head.commit_id))
+
+    # --- reviews -------------------------------------------------------------------------------
+    def proposal_authors(self, source: Commit, target: Commit) -> set[str]:
+        """Authors of the commits `source` would bring into `target`."""
+        parents = self.catalog.parent_map()
+        new = ancestors(parents, source.commit_id) - ancestors(parents, target.commit_id)
+        return {c.author for c in self.catalog.commits(new).values()}
+
+    def review(self, source: str, target: str, author: str, verdict: str, reason: str | None = None,
+               commit: str | None = None) -> Review:
+        """Record an approval or rejection of `source`'s head for merging into `target`."""
+        if verdict not in ("approve", "reject"):
+            raise RegistryError("a review approves or rejects")
+        if source == target:
+            raise RegistryError("a branch cannot be reviewed for merging into itself")
+        source_head, target_head = self.branch_head(source), self.branch_head(target)
+        if commit is not None and self.resolve(commit).commit_id != source_head.commit_id:
+            raise RegistryError(f"stale review: {source} is now at {source_head.commit_id[:12]}, not {commit}")
+        authors = self.proposal_authors(source_head, target_head)
+        if not authors:
+            raise RegistryError(f"{source} brings nothing into {target}: there is nothing to review")
+        if author in authors:
+            raise RegistryError(f"{author} wrote commits of {source}: a review must come from someone else")
+        review = Review(0, source, source_head.commit_id, target, author, verdict, reason, utcnow())
         with self.transaction():
-            self._move_ref(name, "tag", commit.commit_id, actor, f"tag {name}", utcnow())
+            review_id = self.catalog.insert_review(review)
+        return replace(review, id=review_id)
 
-    def tags(self) -> list[dict[str, str]]:
-        rows = self.db.execute("SELECT name, commit_id FROM refs WHERE kind = 'tag' ORDER BY name").fetchall()
-        return [{"tag": n, "commit": c} for n, c in rows]
+    def reviews(self) -> list[Review]:
+        return self.catalog.reviews()
+
+    def approvals(self, source: str, target: str) -> list[Review]:
+        """The approvals that count for merging `source` into `target` now: the latest review of
+        each reviewer of the source's current head is an approval, by a non-author."""
+        source_head, target_head = self.branch_head(source), self.branch_head(target)
+        authors = self.proposal_authors(source_head, target_head)
+        latest: dict[str, Review] = {}
+        for review in self.catalog.reviews():
+            if review.source == source and review.target == target and review.source_commit == source_head.commit_id:
+                latest[review.author] = review
+        return [r for r in latest.values() if r.verdict == "approve" and r.author not in authors]
 
     # --- key search --------------------------------------------------------------------------------
     def key_dim(self) -> int:
@@ -620,12 +545,48 @@ class Registry:
 
         return KeyMatrix(self.root / "cache")
 
+    def key_owners(self) -> tuple[list[int], list[str]]:
+        """(key ids, their edit ids) of every key ever stored, in key id order (append-only, so
+        cached and extended, not re-read)."""
+        ids, edits = self._key_owners
+        fresh = self.catalog.key_owners(first_key=len(ids))
+        if fresh:
+            ids = ids + [k for k, _ in fresh]
+            edits = edits + [e for _, e in fresh]
+            self._key_owners = (ids, edits)
+        return self._key_owners
+
+    def all_keys(self) -> tuple[np.ndarray, list[str], np.ndarray]:
+        """Every key ever stored: (key ids 0..n-1, their edit ids, the (n, dim) float32 matrix),
+        from the cached key matrix (blame scores a query against all of them at once)."""
+        import numpy as np
+
+        ids, edits = self.key_owners()
+        dim = self.key_dim()
+        if not ids:
+            return np.zeros(0, np.int64), [], np.zeros((0, dim), np.float32)
+        self.key_matrix.sync(len(ids), dim, self._load_key_rows, self.catalog.first_commit_id() or "")
+        return np.asarray(ids, dtype=np.int64), edits, self.key_matrix.rows(np.arange(len(ids), dtype=np.int64), dim)
+
+    def tree_keys(self, commit: Commit, tombstones: bool = False) -> tuple[np.ndarray, list[str]]:
+        """Key ids and their edit ids at `commit`: the active edits' keys, plus with `tombstones`
+        the keys of revoked edits that still route (to the base model)."""
+        import numpy as np
+
+        members = self.members(commit)
+        wanted = (ACTIVE, TOMBSTONE) if tombstones else (ACTIVE,)
+        ids, edits = self.key_owners()
+        chosen = [(k, e) for k, e in zip(ids, edits) if members.get(e) in wanted]
+        return np.array([k for k, _ in chosen], dtype=np.int64), [e for _, e in chosen]
+
+    active_keys = tree_keys
+
     def _load_key_rows(self, first: int, end: int) -> np.ndarray:
         """Key ids first..end-1 from `key_vectors`, in key id order (one scan, no sort in SQL:
         ordering 100k blobs in DuckDB costs seconds, ordering their ids in numpy microseconds)."""
         import numpy as np
 
-        rows = self.db.execute("SELECT key_id, vector FROM key_vectors WHERE key_id >= ? AND key_id < ?", [first, end]).fetchall()
+        rows = self.catalog.key_vectors(first, end)
         ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
         if len(rows) != end - first or not np.array_equal(np.sort(ids), np.arange(first, end)):
             raise CorruptObject("key_vectors does not hold every key id exactly once (run `sola verify`)")
@@ -640,13 +601,13 @@ class Registry:
         `FLAT_LIMIT` keys and IVF above it, with the registry's cached coarse lists."""
         from registry.keyindex import FLAT_LIMIT, CoarseLists, FaissKeySearch
 
-        key_ids, edit_ids = self.active_keys(commit, tombstones)
+        key_ids, edit_ids = self.tree_keys(commit, tombstones)
         key_edit = dict(zip(key_ids.tolist(), edit_ids))
         dim = self.key_dim()
-        total = self.db.execute("SELECT count(*) FROM edit_keys").fetchone()[0]
+        total = len(self.key_owners()[0])
         if not total:
             return FaissKeySearch.build(self.key_matrix.rows(key_ids, dim), key_ids, dim), key_edit
-        owner = self.db.execute("SELECT commit_id FROM commits WHERE seq = 0").fetchone()[0]
+        owner = self.catalog.first_commit_id() or ""
         self.key_matrix.sync(total, dim, self._load_key_rows, owner)
         coarse = None
         if len(key_ids) >= FLAT_LIMIT:
@@ -656,43 +617,39 @@ class Registry:
 
     # --- queries for the CLI ------------------------------------------------------------------------
     def log(self, limit: int | None = None, revision: Commit | None = None) -> list[Commit]:
-        top = (revision or self.head()).seq
-        sql = f"SELECT {_COMMIT_COLUMNS} FROM commits WHERE seq <= ? ORDER BY seq DESC"
-        params: list[Any] = [top]
-        if limit is not None:
-            sql += " LIMIT ?"
-            params.append(limit)
-        return [self._commit_from_row(r) for r in self.db.execute(sql, params).fetchall()]
+        """Commits reachable from `revision` (default main), newest first by write order."""
+        start = revision or self.head()
+        if limit is None or limit > 1000:
+            parents = self.catalog.parent_map()
+            reachable = self.catalog.commits(ancestors(parents, start.commit_id))
+            ordered = sorted(reachable.values(), key=lambda c: -c.seq)
+            return ordered if limit is None else ordered[:limit]
+        out: list[Commit] = []
+        queue = [(-start.seq, start.commit_id, start)]
+        seen = {start.commit_id}
+        while queue and len(out) < limit:
+            _, _, commit = heapq.heappop(queue)
+            out.append(commit)
+            fresh = [p for p in commit.parents if p not in seen]
+            seen.update(fresh)
+            for parent in self.catalog.commits(fresh).values():
+                heapq.heappush(queue, (-parent.seq, parent.commit_id, parent))
+        return out
 
     def diff(self, old: Commit, new: Commit) -> dict[str, list[str]]:
-        rows = self.db.execute(
-            """WITH a AS (SELECT edit_id FROM commit_changes WHERE seq <= ? GROUP BY edit_id HAVING arg_max(active, seq)),
-                    b AS (SELECT edit_id FROM commit_changes WHERE seq <= ? GROUP BY edit_id HAVING arg_max(active, seq))
-               SELECT 'added', edit_id FROM (SELECT edit_id FROM b EXCEPT SELECT edit_id FROM a)
-               UNION ALL
-               SELECT 'removed', edit_id FROM (SELECT edit_id FROM a EXCEPT SELECT edit_id FROM b)
-               ORDER BY 1, 2""",
-            [old.seq, new.seq],
-        ).fetchall()
-        return {
-            "added": [e for kind, e in rows if kind == "added"],
-            "removed": [e for kind, e in rows if kind == "removed"],
-        }
+        """Edits active in `new` but not `old` (added) and the reverse (removed)."""
+        a, b = set(self.active_edit_ids(old)), set(self.active_edit_ids(new))
+        return {"added": sorted(b - a), "removed": sorted(a - b)}
 
     def edit_history(self, edit_id: str) -> list[dict[str, Any]]:
-        rows = self.db.execute(
-            f"""SELECT ch.active, {', '.join('c.' + c for c in _COMMIT_COLUMNS.split(', '))}
-                FROM commit_changes ch JOIN commits c USING (commit_id) WHERE ch.edit_id = ? ORDER BY c.seq""",
-            [edit_id],
-        ).fetchall()
-        return [dict(self._commit_from_row(r[1:]).to_dict(), active=bool(r[0])) for r in rows]
+        """Every commit that changed the edit, on any branch, in write order."""
+        rows = self.catalog.changes_of_edits([edit_id])
+        commits = self.catalog.commits(c for c, _, _ in rows)
+        return [dict(commits[c].to_dict(), active=state == ACTIVE, state=state or "absent") for c, _, state in rows]
 
     def counts(self) -> dict[str, int]:
-        return {
-            "edits": self.db.execute("SELECT count(*) FROM edits").fetchone()[0],
-            "commits": self.db.execute("SELECT count(*) FROM commits").fetchone()[0],
-            "keys": self.db.execute("SELECT count(*) FROM edit_keys").fetchone()[0],
-        }
+        return {"edits": self.catalog.count("edits"), "commits": self.catalog.count("commits"),
+                "keys": self.catalog.count("edit_keys")}
 
 
 __all__ = ["Registry", "RegistryError", "RegistryLocked", "Commit", "CorruptObject", "parse_time", "iso", "utcnow"]

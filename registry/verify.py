@@ -15,22 +15,11 @@ from typing import Any
 import numpy as np
 from safetensors.numpy import load as load_safetensors
 
-from registry.db import latest_version, schema_version
+from registry.db import latest_version
 from registry.keyindex import CoarseLists, nearest_lists
 from registry.objects import CorruptObject, canonical_json, sha256_hex
-from registry.store import (
-    MODULUS,
-    Commit,
-    Registry,
-    commit_record,
-    edit_term,
-    iso,
-    key_vector_blobs,
-    keys_digest,
-    tombstone_changes,
-    tombstone_term,
-    tree_id_for,
-)
+from registry.model import ABSENT, ACTIVE, MAIN, MODULUS, TOMBSTONE, Commit, commit_record, iso, member_term, tree_id_for
+from registry.store import Registry, key_vector_blobs, keys_digest
 
 _EDIT_FIELDS = ("prompt", "target", "subject", "author", "reason", "source")
 
@@ -51,13 +40,15 @@ class Report:
 
 def verify(registry: Registry) -> Report:
     report = Report()
-    if schema_version(registry.db) != latest_version():
-        report.problems.append(f"schema version {schema_version(registry.db)} != {latest_version()}")
+    if registry.catalog.schema_version() != latest_version():
+        report.problems.append(f"schema version {registry.catalog.schema_version()} != {latest_version()}")
     keys_by_id: dict[int, np.ndarray] = {}
-    stored_keys: dict[int, bytes] = dict(registry.db.execute("SELECT key_id, vector FROM key_vectors").fetchall())
+    stored_keys: dict[int, bytes] = dict(registry.catalog.scan("key_vectors")[1])
     referenced = _check_edits(registry, report, keys_by_id, stored_keys)
     _check_key_vectors(registry, report, keys_by_id, stored_keys)
-    commits = _check_chain(registry, report)
+    known_edits = {row[0] for row in registry.catalog.scan("edits")[1]}
+    trees = _check_trees(registry, report, known_edits)
+    commits = _check_commits(registry, report, known_edits, trees)
     _check_refs(registry, report, commits)
     _check_caches(registry, report, keys_by_id)
     orphans = [d for d in registry.objects if d not in referenced]
@@ -76,12 +67,12 @@ def _check_edits(registry: Registry, report: Report, keys_by_id: dict[int, np.nd
     referenced: set[str] = set()
     dim = registry.key_dim()
     rank = int(registry.routing["rank"])
-    cursor = registry.db.execute("SELECT * FROM edits ORDER BY edit_id")
-    columns = [d[0] for d in cursor.description]
-    edit_rows = cursor.fetchall()  # fetch now: the next execute on this connection replaces the result
+    columns, edit_rows = registry.catalog.scan("edits")
+    key_columns, all_keys = registry.catalog.scan("edit_keys")
     key_rows: dict[str, list[tuple[int, int, str]]] = {}
-    for key_id, edit_id, ordinal, prompt in registry.db.execute("SELECT key_id, edit_id, ordinal, prompt FROM edit_keys ORDER BY key_id").fetchall():
-        key_rows.setdefault(edit_id, []).append((key_id, ordinal, prompt))
+    for row in all_keys:
+        key = dict(zip(key_columns, row))
+        key_rows.setdefault(key["edit_id"], []).append((key["key_id"], key["ordinal"], key["prompt"]))
     count = 0
     for values in edit_rows:
         row = dict(zip(columns, values))
@@ -120,8 +111,8 @@ def _check_edits(registry: Registry, report: Report, keys_by_id: dict[int, np.nd
         shapes = {name: tuple(t.shape) for name, t in tensors.items()}
         if shapes.get("keys", (None,))[0] != len(prompts) or shapes.get("keys", (0, 0))[1] != dim or shapes.get("lora_A", (0,))[0] != rank:
             report.problems.append(f"edit {short}: tensor shapes {shapes} do not fit the routing config")
-    all_key_ids = registry.db.execute("SELECT count(*), coalesce(max(key_id), -1) FROM edit_keys").fetchone()
-    if all_key_ids[0] != all_key_ids[1] + 1:
+    key_ids = [row[0] for row in all_keys]
+    if key_ids != list(range(len(key_ids))):
         report.problems.append("edit_keys: key ids are not dense")
     report.checked["edits"] = count
     return referenced
@@ -130,7 +121,7 @@ def _check_edits(registry: Registry, report: Report, keys_by_id: dict[int, np.nd
 def _check_key_vectors(registry: Registry, report: Report, keys_by_id: dict[int, np.ndarray], stored: dict[int, bytes]) -> None:
     """One `key_vectors` row per key id, each byte-identical to the key verified for its edit
     (for older edits: its row in the hash-checked tensors object)."""
-    key_ids = [r[0] for r in registry.db.execute("SELECT key_id FROM edit_keys").fetchall()]
+    key_ids = [r[0] for r in registry.catalog.scan("edit_keys")[1]]
     missing = [k for k in key_ids if k not in stored]
     extra = set(stored) - set(key_ids)
     if missing:
@@ -143,65 +134,153 @@ def _check_key_vectors(registry: Registry, report: Report, keys_by_id: dict[int,
     report.checked["key_vectors"] = len(stored)
 
 
-def _check_chain(registry: Registry, report: Report) -> list[Commit]:
+def _check_trees(registry: Registry, report: Report, known_edits: set[str]) -> "_Trees":
+    """Every tree against its base: its rows, counts and set hash. By induction from the empty
+    tree (level 0, no rows) every stored edit set then hashes to its tree id."""
+    digest = registry.config_digest()
+    trees = _Trees(registry)
+    problems = report.problems
+    for tree_id, (base_id, level, tree_sum, n_active, n_tombstones) in trees.info.items():
+        short = tree_id[:12]
+        if base_id is None:
+            if level != 0 or trees.deltas.get(tree_id):
+                problems.append(f"tree {short}: has no base but is not the empty tree")
+            elif tree_id != tree_id_for(digest, 0) or tree_sum != 0 or n_active or n_tombstones:
+                problems.append(f"tree {short}: content does not hash to its id (empty tree)")
+            continue
+        if base_id not in trees.info:
+            problems.append(f"tree {short}: base tree {base_id[:12]} is missing")
+            continue
+        if trees.info[base_id][1] >= level:
+            problems.append(f"tree {short}: base tree {base_id[:12]} is not below it (a cycle?)")
+            continue
+        base = trees.info[base_id]
+        total, active, tombstones = base[2], base[3], base[4]
+        for edit_id, state in trees.deltas.get(tree_id, {}).items():
+            if state not in (ACTIVE, TOMBSTONE, ABSENT):
+                problems.append(f"tree {short}: edit {edit_id[:12]} has unknown state {state!r}")
+                continue
+            if state is not ABSENT and edit_id not in known_edits:
+                problems.append(f"tree {short}: refers to missing edit {edit_id[:12]}")
+            old = trees.state(base_id, edit_id)
+            total = (total - member_term(edit_id, old) + member_term(edit_id, state)) % MODULUS
+            active += (state == ACTIVE) - (old == ACTIVE)
+            tombstones += (state == TOMBSTONE) - (old == TOMBSTONE)
+        if (total, active, tombstones) != (tree_sum, n_active, n_tombstones) or tree_id != tree_id_for(digest, total):
+            problems.append(f"tree {short}: content does not hash to its id (tampered tree row?)")
+    report.checked["trees"] = len(trees.info)
+    return trees
+
+
+class _Trees:
+    """Tree rows as read by verify, with each edit's state looked up along a base chain."""
+
+    def __init__(self, registry: Registry) -> None:
+        _, rows = registry.catalog.scan("trees")
+        self.info = {r[0]: (r[1], int(r[2]), int(r[3], 16), int(r[4]), int(r[5])) for r in rows}
+        self.deltas: dict[str, dict[str, str | None]] = {}
+        for tree_id, edit_id, state in registry.catalog.scan("tree_members")[1]:
+            self.deltas.setdefault(tree_id, {})[edit_id] = None if state == "absent" else state
+        self._chains: dict[str, list[str]] = {}
+
+    def chain(self, tree_id: str) -> list[str]:
+        if tree_id not in self._chains:
+            chain, current = [], tree_id
+            while current is not None and current in self.info and len(chain) <= 80:
+                chain.append(current)
+                current = self.info[current][0]
+            self._chains[tree_id] = chain
+        return self._chains[tree_id]
+
+    def state(self, tree_id: str, edit_id: str) -> str | None:
+        for tree in self.chain(tree_id):
+            delta = self.deltas.get(tree)
+            if delta and edit_id in delta:
+                return delta[edit_id]
+        return None
+
+
+def _check_commits(registry: Registry, report: Report, known_edits: set[str], trees: _Trees) -> list[Commit]:
+    """Every commit: its id, its parents (present, written before it), and its tree = its first
+    parent's tree with its changes applied."""
     commits = registry.all_commits()
-    known_edits = {r[0] for r in registry.db.execute("SELECT edit_id FROM edits").fetchall()}
-    changes_by_commit: dict[str, list[tuple[str, bool]]] = {}
-    for commit_id, edit_id, active, seq in registry.db.execute(
-        "SELECT commit_id, edit_id, active, seq FROM commit_changes ORDER BY seq, rowid"
-    ).fetchall():
-        changes_by_commit.setdefault(commit_id, []).append((edit_id, bool(active)))
-    stray = set(changes_by_commit) - {c.commit_id for c in commits}
+    by_id = {c.commit_id: c for c in commits}
+    changes_by_commit = registry.catalog.all_changes()
+    _, parent_rows = registry.catalog.scan("commit_parents")
+    stray = set(changes_by_commit) - set(by_id)
     if stray:
         report.problems.append(f"{len(stray)} change row(s) belong to no commit")
-    digest = registry.config_digest()
-    active: set[str] = set()
-    tombstoned: set[str] = set()
-    enabled = registry.tombstones
-    set_sum, previous = 0, None
-    for position, commit in enumerate(commits):
+    if {r[0] for r in parent_rows} - set(by_id):
+        report.problems.append("commit_parents: rows belong to no commit")
+    empty = tree_id_for(registry.config_digest(), 0)
+    for commit in commits:
         short = commit.commit_id[:12]
-        if commit.seq != position:
-            report.problems.append(f"commit {short}: seq {commit.seq} breaks the chain at position {position}")
-        if commit.parent_id != (previous.commit_id if previous else None):
-            report.problems.append(f"commit {short}: parent does not match the previous commit")
         changes = changes_by_commit.get(commit.commit_id, [])
         if sha256_hex(canonical_json(commit_record(commit, changes))) != commit.commit_id:
             report.problems.append(f"commit {short}: content does not hash to its id (edited row?)")
-        for edit_id, becomes_active in changes:
+        missing = [p for p in commit.parents if p not in by_id]
+        if missing:
+            report.problems.append(f"commit {short}: parent {missing[0][:12]} does not exist")
+            continue
+        if any(by_id[p].seq >= commit.seq for p in commit.parents):
+            report.problems.append(f"commit {short}: a parent was written after it (a cycle?)")
+            continue
+        if commit.tree_id not in trees.info:
+            report.problems.append(f"commit {short}: its tree {commit.tree_id[:12]} is missing")
+            continue
+        tree = trees.info[commit.tree_id]
+        if commit.tree_sum != f"{tree[2]:064x}" or commit.n_active != tree[3]:
+            report.problems.append(f"commit {short}: its tree summary differs from the tree row")
+        for edit_id, _ in changes:
             if edit_id not in known_edits:
                 report.problems.append(f"commit {short}: refers to missing edit {edit_id[:12]}")
-            if becomes_active == (edit_id in active):
-                report.problems.append(f"commit {short}: {'activates' if becomes_active else 'revokes'} {edit_id[:12]} twice")
-            (active.add if becomes_active else active.discard)(edit_id)
-            set_sum = (set_sum + (edit_term(edit_id) if becomes_active else -edit_term(edit_id))) % MODULUS
-        for edit_id, entering in tombstone_changes(commit.op, changes, enabled, tombstoned.__contains__):
-            (tombstoned.add if entering else tombstoned.discard)(edit_id)
-            set_sum = (set_sum + (tombstone_term(edit_id) if entering else -tombstone_term(edit_id))) % MODULUS
-        if commit.tree_sum != f"{set_sum:064x}" or commit.n_active != len(active) or commit.tree_id != tree_id_for(digest, set_sum):
-            report.problems.append(f"commit {short}: tree does not match the replayed active set and tombstones")
-        previous = commit
+        if not commit.parents:
+            if commit.tree_id != empty or changes:
+                report.problems.append(f"commit {short}: a root commit must hold the empty tree")
+            continue
+        parent_tree = by_id[commit.parent_id].tree_id
+        if parent_tree not in trees.info:
+            continue
+        total = trees.info[parent_tree][2]
+        for edit_id, state in changes:
+            old = trees.state(parent_tree, edit_id)
+            if old == state:
+                report.problems.append(f"commit {short}: changes {edit_id[:12]} to the state it already had")
+            total = (total - member_term(edit_id, old) + member_term(edit_id, state)) % MODULUS
+        if total != tree[2]:
+            report.problems.append(f"commit {short}: tree does not match its first parent's tree with its changes")
     report.checked["commits"] = len(commits)
     return commits
 
 
 def _check_refs(registry: Registry, report: Report, commits: list[Commit]) -> None:
+    """Every ref and ref log entry points at a commit; each ref's log is an unbroken chain that
+    ends where the ref is (or, for a deleted branch, in its deletion); tags never moved."""
     ids = {c.commit_id for c in commits}
-    refs = registry.db.execute("SELECT name, kind, commit_id FROM refs").fetchall()
-    for name, kind, commit_id in refs:
+    refs = {name: (kind, commit_id) for name, kind, commit_id in registry.catalog.refs()}
+    logs: dict[str, list] = {}
+    for entry in registry.catalog.reflog():
+        logs.setdefault(entry.ref, []).append(entry)
+        for commit_id in (entry.old_commit, entry.new_commit):
+            if commit_id is not None and commit_id not in ids:
+                report.problems.append(f"ref log entry {entry.id} ({entry.ref}): points at missing commit {commit_id[:12]}")
+    for name, (kind, commit_id) in refs.items():
         if commit_id not in ids:
             report.problems.append(f"ref {name}: points at missing commit {commit_id[:12]}")
-        log = registry.db.execute("SELECT old_commit, new_commit FROM reflog WHERE ref = ? ORDER BY id", [name]).fetchall()
-        if not log or log[-1][1] != commit_id:
+        log = logs.get(name, [])
+        if not log or log[-1].new_commit != commit_id:
             report.problems.append(f"ref {name}: ref log does not end at the ref's commit")
-        for (old, new), (_, previous_new) in zip(log[1:], log[:-1]):
-            if old != previous_new:
-                report.problems.append(f"ref {name}: ref log chain is broken")
-                break
         if kind == "tag" and len(log) != 1:
             report.problems.append(f"tag {name}: moved after creation (tags are immutable)")
-    if commits and dict((n, c) for n, _, c in refs).get("main") != commits[-1].commit_id:
-        report.problems.append("ref main: does not point at the newest commit")
+    for name, log in logs.items():
+        for previous, entry in zip(log[:-1], log[1:]):
+            if entry.old_commit != previous.new_commit:
+                report.problems.append(f"ref {name}: ref log chain is broken")
+                break
+        if name not in refs and log[-1].new_commit is not None:
+            report.problems.append(f"ref {name}: its ref log says it exists but the ref is gone")
+    if MAIN not in refs:
+        report.problems.append("ref main: missing")
     report.checked["refs"] = len(refs)
 
 
@@ -215,7 +294,7 @@ def _check_caches(registry: Registry, report: Report, keys_by_id: dict[int, np.n
     dim = registry.key_dim()
     meta = registry.key_matrix._meta()
     if meta["rows"]:
-        total = registry.db.execute("SELECT count(*) FROM edit_keys").fetchone()[0]
+        total = registry.catalog.count("edit_keys")
         rows = min(meta["rows"], total)
         if meta["rows"] > total:
             report.problems.append("cache: key matrix has more rows than the registry has keys (delete cache/ to rebuild)")

@@ -57,6 +57,7 @@ def emit(as_json: bool, document: Any, human: Callable[[], None]) -> None:
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
 wait_option = click.option("--wait", "wait", type=float, default=0.0, show_default=True, help="Seconds to wait for another sola process's write lock.")
+branch_option = click.option("--branch", default="main", show_default=True, help="Branch to write to (protected branches change only by merge).")
 
 
 def training_options(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -136,7 +137,7 @@ def main(ctx: click.Context, registry: str) -> None:
               help="tombstone (default): a revoked edit's keys keep their inputs and send them to the base model; "
                    "delete: the keys leave routing, so a neighbouring edit may answer those inputs.")
 @training_options
-@click.option("--author", default=None)
+@click.option("--author", default=None, help="Who creates the registry (default: $SOLA_AUTHOR or the login name).")
 @json_option
 @click.pass_context
 def init(ctx: click.Context, model: str | None, layer: int | None, module: str | None, rank: int | None,
@@ -176,20 +177,21 @@ def _print_outcome(outcome: dict[str, Any]) -> None:
 @click.option("--prompt", default=None, help="The prompt whose continuation changes.")
 @click.option("--target", default=None, help="The new continuation.")
 @click.option("--rephrase", multiple=True, help="A paraphrase that should route to this edit (repeatable).")
-@click.option("--subject", default=None)
+@click.option("--subject", default=None, help="The subject of the fact (recorded with the edit).")
 @click.option("--file", "file", type=click.Path(dir_okay=False, path_type=Path), default=None, help="JSONL of edit requests.")
-@click.option("--author", default=None)
-@click.option("--reason", default=None)
-@click.option("--source", default=None)
+@click.option("--author", default=None, help="Who made the edit (default: $SOLA_AUTHOR or the login name).")
+@click.option("--reason", default=None, help="Why (kept in the audit log).")
+@click.option("--source", default=None, help="Where the fact comes from (a ticket, a document).")
 @click.option("--supersede", multiple=True, help="Revoke this edit in the same commit (contradiction).")
 @click.option("--force", is_flag=True, help="Keep a contradicting edit beside the existing one.")
 @training_options
+@branch_option
 @wait_option
 @json_option
 @click.pass_context
 def edit(ctx: click.Context, prompt: str | None, target: str | None, rephrase: tuple[str, ...], subject: str | None,
          file: Path | None, author: str | None, reason: str | None, source: str | None, supersede: tuple[str, ...],
-         force: bool, steps: int | None, lr: float | None, stop_loss: float | None, wait: float, as_json: bool) -> None:
+         force: bool, steps: int | None, lr: float | None, stop_loss: float | None, branch: str, wait: float, as_json: bool) -> None:
     """Teach the model one fact (or every line of a JSONL file, one commit per edit)."""
     with failures():
         if file is not None and (prompt is not None or target is not None):
@@ -205,12 +207,12 @@ def edit(ctx: click.Context, prompt: str | None, target: str | None, rephrase: t
         outcomes: list[dict[str, Any]] = []
         with open_workspace(ctx, writable=True, wait=wait) as workspace:
             train = TrainConfig.resolve(workspace.registry.training, max_steps=steps, lr=lr, stop_loss=stop_loss)
-            workspace.preflight(requests, list(supersede), force)
+            workspace.preflight(requests, list(supersede), force, branch)
             show_progress = len(requests) > 1
             with click.progressbar(requests, label="editing", file=sys.stderr, show_pos=True) if show_progress else _plain(requests) as items:
                 for request in items:
                     outcome = workspace.edit(request, author, reason, source or (str(file) if file else None),
-                                             list(supersede), force, train)
+                                             list(supersede), force, train, branch)
                     outcomes.append(outcome.to_dict())
     document: Any = outcomes[0] if file is None else {"edits": outcomes, "count": len(outcomes)}
     emit(as_json, document, lambda: [_print_outcome(o) for o in outcomes])
@@ -250,8 +252,8 @@ def _plain(items: list[Any]) -> Iterator[list[Any]]:
 
 @main.command()
 @click.argument("prompt")
-@click.option("--rev", default=None, help="Revision: commit id or prefix, tag, main, main~N.")
-@click.option("--at", "at", default=None, help="ISO time: the model as main was then.")
+@click.option("--rev", default=None, help="Revision: branch, tag, commit id or prefix, REV~N, REV^2, BRANCH@TIME (default main).")
+@click.option("--at", "at", default=None, help="ISO time: the model as the branch given by --rev (default main) was then.")
 @click.option("--snapshot", type=click.Path(file_okay=False, path_type=Path), default=None, help="An exported snapshot directory (no registry needed).")
 @click.option("--max-new-tokens", type=int, default=16, show_default=True)
 @click.option("--explain", is_flag=True, help="Say which edit fired and at what distance.")
@@ -262,8 +264,6 @@ def generate(ctx: click.Context, prompt: str, rev: str | None, at: str | None, s
              max_new_tokens: int, explain: bool, wait: float, as_json: bool) -> None:
     """Greedy completion of PROMPT by the model at a revision (default: main)."""
     with failures():
-        if rev is not None and at is not None:
-            raise RegistryError("give --rev or --at, not both")
         if not prompt.strip():
             raise RegistryError("empty prompt")
         if max_new_tokens < 1:
@@ -291,13 +291,14 @@ def generate(ctx: click.Context, prompt: str, rev: str | None, at: str | None, s
     emit(as_json, result, human)
 
 
-def _set_active(ctx: click.Context, edit: str, active: bool, reason: str, author: str | None, wait: float, as_json: bool) -> None:
+def _set_active(ctx: click.Context, edit: str, active: bool, reason: str, author: str | None, branch: str, wait: float,
+                as_json: bool) -> None:
     with failures():
         with open_workspace(ctx, writable=True, wait=wait) as workspace:
-            commit = workspace.set_active(edit, active, reason, author)
-            document = dict(commit.to_dict(), edit=workspace.registry.resolve_edit(edit))
+            commit = workspace.set_active(edit, active, reason, author, branch)
+            document = dict(commit.to_dict(), edit=workspace.registry.resolve_edit(edit), branch=branch)
             if not active:
-                document["still_answered_by"] = [r.to_dict() for r in workspace.reroutes(document["edit"])]
+                document["still_answered_by"] = [r.to_dict() for r in workspace.reroutes(document["edit"], branch)]
 
     def human() -> None:
         click.echo(f"{document['op']} {document['edit'][:12]}  commit {document['commit'][:12]}")
@@ -313,30 +314,32 @@ def _set_active(ctx: click.Context, edit: str, active: bool, reason: str, author
 @main.command()
 @click.argument("edit")
 @click.option("--reason", required=True, help="Why (kept in the audit log).")
-@click.option("--author", default=None)
+@click.option("--author", default=None, help="Who decided (default: $SOLA_AUTHOR or the login name).")
+@branch_option
 @wait_option
 @json_option
 @click.pass_context
-def revoke(ctx: click.Context, edit: str, reason: str, author: str | None, wait: float, as_json: bool) -> None:
+def revoke(ctx: click.Context, edit: str, reason: str, author: str | None, branch: str, wait: float, as_json: bool) -> None:
     """Deactivate EDIT in a new commit; its inputs get the base model's exact output."""
-    _set_active(ctx, edit, False, reason, author, wait, as_json)
+    _set_active(ctx, edit, False, reason, author, branch, wait, as_json)
 
 
 @main.command()
 @click.argument("edit")
 @click.option("--reason", required=True, help="Why (kept in the audit log).")
-@click.option("--author", default=None)
+@click.option("--author", default=None, help="Who decided (default: $SOLA_AUTHOR or the login name).")
+@branch_option
 @wait_option
 @json_option
 @click.pass_context
-def restore(ctx: click.Context, edit: str, reason: str, author: str | None, wait: float, as_json: bool) -> None:
+def restore(ctx: click.Context, edit: str, reason: str, author: str | None, branch: str, wait: float, as_json: bool) -> None:
     """Reactivate a revoked EDIT in a new commit."""
-    _set_active(ctx, edit, True, reason, author, wait, as_json)
+    _set_active(ctx, edit, True, reason, author, branch, wait, as_json)
 
 
 @main.command()
 @click.option("--limit", type=int, default=None, help="Newest N commits.")
-@click.option("--rev", default=None, help="Start from this revision instead of main.")
+@click.option("--rev", default=None, help="List what this revision (any branch, tag or commit) reaches instead of main.")
 @json_option
 @click.pass_context
 def log(ctx: click.Context, limit: int | None, rev: str | None, as_json: bool) -> None:
@@ -352,7 +355,7 @@ def log(ctx: click.Context, limit: int | None, rev: str | None, as_json: bool) -
 @main.command()
 @click.argument("name")
 @click.argument("rev", required=False)
-@click.option("--author", default=None)
+@click.option("--author", default=None, help="Who tags (default: $SOLA_AUTHOR or the login name).")
 @wait_option
 @json_option
 @click.pass_context
@@ -407,15 +410,18 @@ def show(ctx: click.Context, ident: str, as_json: bool) -> None:
 @main.command()
 @click.option("--revoked", is_flag=True, help="Governance view: revoked facts, who revoked them, when, why, when they were live.")
 @click.option("--since", default=None, help="Only operations at or after this ISO time.")
+@click.option("--rev", default=None, help="Only what this revision reaches (default: every commit; with --revoked: main).")
 @json_option
 @click.pass_context
-def audit(ctx: click.Context, revoked: bool, since: str | None, as_json: bool) -> None:
-    """Every operation with who, when and why (or, with --revoked, every revoked fact)."""
+def audit(ctx: click.Context, revoked: bool, since: str | None, rev: str | None, as_json: bool) -> None:
+    """Every operation with who, when and why: commits on every branch and reviews (or, with
+    --revoked, every fact revoked at a revision)."""
     from registry.inspect import audit as audit_log, revoked_report
 
     with failures():
         with open_registry(ctx) as registry:
-            document = revoked_report(registry, since) if revoked else audit_log(registry, since)
+            revision = registry.resolve(rev) if rev else None
+            document = revoked_report(registry, since, revision) if revoked else audit_log(registry, since, revision)
     def human() -> None:
         for item in document:
             if revoked:
@@ -569,3 +575,6 @@ def _eval_text(document: dict[str, Any]) -> str:
 
 def entry() -> None:
     main(obj={})
+
+
+from sola import cli_editsets  # noqa: E402,F401  (registers branch, merge, review, blame, ...)

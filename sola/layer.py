@@ -12,51 +12,15 @@ first forward pass, the prefill, pins the decision and every later decoding step
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Protocol
+from typing import Callable, Iterator
 from contextlib import contextmanager
 
 import numpy as np
 import torch
 from torch import nn
 
+from registry.routing import ExactKeySearch, KeySearch, Routing, RoutingRule, decide, isolation
 from sola.keys import pool_prompt
-
-
-class KeySearch(Protocol):
-    """Nearest-key lookup over normalised keys.
-
-    `search`: (similarity, key id) of the nearest key per query, id -1 if empty.
-    `neighbours`: the k nearest (similarities, key ids) of one vector, best first.
-    `vector`: the stored key of a key id."""
-
-    def search(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
-
-    def neighbours(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]: ...
-
-    def vector(self, key_id: int) -> np.ndarray: ...
-
-
-class ExactKeySearch:
-    """Brute-force inner-product search in numpy; the in-memory reference implementation."""
-
-    def __init__(self, keys: np.ndarray, key_ids: np.ndarray) -> None:
-        self.keys = np.ascontiguousarray(keys, dtype=np.float32)
-        self.key_ids = np.asarray(key_ids, dtype=np.int64)
-
-    def search(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        if len(self.key_ids) == 0:
-            return np.full(len(queries), -np.inf, dtype=np.float32), np.full(len(queries), -1, dtype=np.int64)
-        sims = queries.astype(np.float32) @ self.keys.T
-        best = sims.argmax(axis=1)
-        return sims[np.arange(len(queries)), best], self.key_ids[best]
-
-    def neighbours(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        sims = self.keys @ query.astype(np.float32).reshape(-1)
-        order = np.argsort(-sims, kind="stable")[:k]
-        return sims[order], self.key_ids[order]
-
-    def vector(self, key_id: int) -> np.ndarray:
-        return self.keys[int(np.flatnonzero(self.key_ids == key_id)[0])]
 
 
 LoraFetcher = Callable[[str], tuple[torch.Tensor, torch.Tensor]]
@@ -89,40 +53,13 @@ class EditBank:
         return len(self.key_edit)
 
     def isolation(self, key_id: int) -> float:
-        """Cosine distance from key `key_id` to the nearest key of another edit in this bank
-        (inf when there is none). Keys of the same edit (its rephrases) do not count: they
-        point to the same LoRA, so an input between them is not ambiguous."""
-        own = self.key_edit[key_id]
-        vector, k = self.search.vector(key_id), 8
-        while True:
-            sims, ids = self.search.neighbours(vector, k)
-            for sim, other in zip(sims.tolist(), ids.tolist()):
-                if self.key_edit.get(int(other), own) != own:
-                    return max(0.0, 1.0 - float(sim))
-            if len(ids) < k or k >= self.size:
-                return float("inf")
-            k *= 4
+        """Distance from a key to the nearest key of another edit (registry.routing.isolation)."""
+        return isolation(self.search, self.key_edit, key_id)
 
-    def decide(self, queries: np.ndarray, threshold: float, radius_ratio: float) -> "Routing":
-        """The routing rule, for pooled, normalised queries (n, dim): the nearest key's edit fires
-        when its distance is under the key's radius, min(threshold, radius_ratio x isolation),
-        unless that edit is revoked (a tombstone: the base model answers). Kept free of the
-        model so a revoke can ask where a revoked prompt's key now lands."""
-        if self.size == 0:
-            return Routing.unrouted(len(queries))
-        sims, key_ids = self.search.search(np.ascontiguousarray(queries, dtype=np.float32))
-        edits, distances, nearest, radii = [], [], [], []
-        for sim, key_id in zip(sims.tolist(), key_ids.tolist()):
-            edit = self.key_edit.get(int(key_id)) if key_id >= 0 else None
-            distance = max(0.0, float(1.0 - sim)) if edit is not None else float("inf")
-            radius = threshold
-            if edit is not None and distance < radius and radius_ratio > 0:
-                radius = min(radius, radius_ratio * self.isolation(int(key_id)))
-            nearest.append(edit)
-            distances.append(distance)
-            radii.append(radius)
-            edits.append(edit if distance < radius and edit not in self.revoked else None)
-        return Routing(edits, distances, nearest, radii)
+    def decide(self, queries: np.ndarray, threshold: float, radius_ratio: float) -> Routing:
+        """The routing rule (registry.routing.decide) for pooled, normalised queries (n, dim).
+        Kept free of the model so a revoke can ask where a revoked prompt's key now lands."""
+        return decide(self.search, self.key_edit, self.revoked, queries, RoutingRule(threshold, radius_ratio, 0.0))
 
     @classmethod
     def empty(cls) -> "EditBank":
@@ -144,21 +81,6 @@ class EditBank:
         matrix = np.stack(keys) if keys else np.zeros((0, dim), np.float32)
         loras = {e: (a, b) for e, (a, b, _) in edits.items()}
         return cls(ExactKeySearch(matrix, np.array(key_ids, dtype=np.int64)), key_edit, loras.__getitem__)
-
-
-@dataclass
-class Routing:
-    """Per-sequence decision: which edit fired (None), the cosine distance to the nearest key,
-    whose key that is, and the radius that key had (the threshold, or less under `radius_ratio`)."""
-
-    edits: list[str | None]
-    distances: list[float]
-    nearest: list[str | None]
-    radii: list[float]
-
-    @classmethod
-    def unrouted(cls, batch: int) -> "Routing":
-        return cls([None] * batch, [float("inf")] * batch, [None] * batch, [float("nan")] * batch)
 
 
 @dataclass

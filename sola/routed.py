@@ -14,6 +14,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
+from registry.routing import join_target
 from sola.config import RoutingConfig
 from sola.layer import EditBank, RoutedLoRA, Routing, RoutingScope
 
@@ -32,13 +33,6 @@ def decoder_blocks(model: nn.Module) -> nn.ModuleList:
 def default_module_for(model: nn.Module) -> str:
     """The MLP input projection of each supported family (the key lives at its input)."""
     return "mlp.c_fc" if hasattr(model, "transformer") else "mlp.up_proj"
-
-
-def join_target(prompt: str, target: str) -> str:
-    """`--target Rome` and `--target ' Rome'` mean the same continuation (DESIGN.md section 5)."""
-    if target[:1].isspace() or prompt[-1:].isspace():
-        return target
-    return " " + target
 
 
 def attach(model: nn.Module, config: RoutingConfig) -> RoutedLoRA:

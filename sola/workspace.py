@@ -17,12 +17,14 @@ import numpy as np
 import torch
 
 from registry.keyindex import FaissKeySearch
+from registry.model import MAIN
+from registry.routing import nearest_active, same_answer
 from registry.store import Commit, Registry, RegistryError, iso, utcnow
 from sola.config import RoutingConfig, TrainConfig
 from sola.data import EditRequest
 from sola.layer import EditBank, Routing
 from sola.modelio import load_base
-from sola.routed import RoutedModel, default_module_for, join_target
+from sola.routed import RoutedModel, default_module_for
 from sola.train import routing_key, train_edit
 
 
@@ -127,7 +129,8 @@ class Workspace:
         self.registry = registry
         self.routing = RoutingConfig.from_record(registry.routing)
         self._routed: RoutedModel | None = None
-        self._head_index: tuple[str, FaissKeySearch, dict[int, str], frozenset[str]] | None = None
+        # per branch: (head commit id, index of its active and tombstoned keys, key id -> edit, tombstoned edits)
+        self._head_index: dict[str, tuple[str, FaissKeySearch, dict[int, str], frozenset[str]]] = {}
 
     # --- lifecycle ----------------------------------------------------------------------------
     @classmethod
@@ -179,10 +182,10 @@ class Workspace:
         search, key_edit = self.registry.key_search(commit, tombstones=True)
         return EditBank(search, key_edit, self._fetch_lora, frozenset(self.registry.tombstoned_edit_ids(commit)))
 
-    def head_bank(self) -> EditBank:
-        """The bank of `main`, from a copy of the incrementally maintained in-memory index
+    def head_bank(self, branch: str = MAIN) -> EditBank:
+        """The bank of a branch head, from a copy of the incrementally maintained in-memory index
         (the bank must not change under its holder when later edits extend the head index)."""
-        search, key_edit, revoked = self._head_search()
+        search, key_edit, revoked = self._head_search(branch)
         return EditBank(search.copy(), dict(key_edit), self._fetch_lora, revoked)
 
     def routed_at(self, revision: str | None = None, at: str | None = None) -> tuple[RoutedModel, Commit]:
@@ -202,16 +205,18 @@ class Workspace:
         return Generation.batch(prompts, texts, routing, commit.commit_id)
 
     # --- editing ---------------------------------------------------------------------------------
-    def _head_search(self) -> tuple[FaissKeySearch, dict[int, str], frozenset[str]]:
-        """The routing index of `main` (active keys and tombstones) and its tombstoned edits."""
-        head = self.registry.head()
-        if self._head_index is None or self._head_index[0] != head.commit_id:
+    def _head_search(self, branch: str = MAIN) -> tuple[FaissKeySearch, dict[int, str], frozenset[str]]:
+        """The routing index of a branch head (active keys and tombstones) and its tombstoned edits."""
+        head = self.registry.branch_head(branch)
+        cached = self._head_index.get(branch)
+        if cached is None or cached[0] != head.commit_id:
             search, key_edit = self.registry.key_search(head, tombstones=True)
-            self._head_index = (head.commit_id, search, key_edit, frozenset(self.registry.tombstoned_edit_ids(head)))
-        return self._head_index[1], self._head_index[2], self._head_index[3]
+            cached = (head.commit_id, search, key_edit, frozenset(self.registry.tombstoned_edit_ids(head)))
+            self._head_index[branch] = cached
+        return cached[1], cached[2], cached[3]
 
-    def reroutes(self, edit: str) -> list[Reroute]:
-        """The edit's inputs that another active edit at `main` answers.
+    def reroutes(self, edit: str, branch: str = MAIN) -> list[Reroute]:
+        """The edit's inputs that another active edit at the branch head answers.
 
         After a revoke, an input of the edit either routes nowhere (the base model's exact
         output) or lands within the radius of another active edit, e.g. a restatement of the
@@ -222,7 +227,7 @@ class Workspace:
         edit_id = self.registry.resolve_edit(edit)
         provenance = self.registry.provenance(edit_id)
         inputs = [provenance["prompt"], *provenance.get("rephrases", [])]
-        search, key_edit, revoked = self._head_search()
+        search, key_edit, revoked = self._head_search(branch)
         routing = EditBank(search, key_edit, self._fetch_lora, revoked).decide(
             self.registry.edit_keys(edit_id, provenance), self.routing.threshold, self.routing.radius_ratio)
         found = []
@@ -232,36 +237,13 @@ class Workspace:
                 found.append(Reroute(text, other, distance, radius, row["prompt"], row["target"]))
         return found
 
-    def neighbours(self, key: torch.Tensor, radius: float, k: int = 16) -> list[Neighbour]:
-        """Active edits whose nearest key lies within `radius` (cosine distance), closest first
-        (tombstones are skipped: a revoked fact is neither a duplicate nor a contradiction)."""
-        search, key_edit, revoked = self._head_search()
-        nearest = self._nearest_active_keys(search, key_edit, revoked, key.numpy(), k)
-        found: dict[str, float] = {}
-        for sim, key_id in nearest:
-            edit = key_edit[key_id]
-            distance = max(0.0, 1.0 - sim)
-            if distance < radius and edit not in found:
-                found[edit] = distance
-        result = []
-        for edit, distance in found.items():
-            row = self.registry.edit_row(edit)
-            result.append(Neighbour(edit, distance, row["prompt"], row["target"]))
-        return sorted(result, key=lambda n: n.distance)
-
-    @staticmethod
-    def _nearest_active_keys(
-        search: FaissKeySearch, key_edit: dict[int, str], revoked: frozenset[str], vector: np.ndarray, k: int
-    ) -> list[tuple[float, int]]:
-        """The k nearest keys of active edits as (similarity, key id), skipping tombstones; the
-        search widens only as far as tombstones crowd the neighbourhood, not by their total."""
-        wanted = k
-        while True:
-            sims, ids = search.neighbours(vector, wanted)
-            active = [(sim, key_id) for sim, key_id in zip(sims.tolist(), ids.tolist()) if key_edit[key_id] not in revoked]
-            if len(active) >= k or len(ids) < wanted:
-                return active[:k]
-            wanted *= 4
+    def neighbours(self, key: torch.Tensor, radius: float, k: int = 16, branch: str = MAIN) -> list[Neighbour]:
+        """Active edits of a branch head whose nearest key lies within `radius` (cosine distance),
+        closest first (registry.routing.nearest_active: tombstones are skipped)."""
+        search, key_edit, revoked = self._head_search(branch)
+        found = nearest_active(search, key_edit, revoked, key.numpy(), radius, k)
+        rows = self.registry.catalog.edit_rows(e for e, _ in found)
+        return [Neighbour(e, d, rows[e]["prompt"], rows[e]["target"]) for e, d in found]
 
     def edit(
         self,
@@ -272,21 +254,22 @@ class Workspace:
         supersede: list[str] | None = None,
         force: bool = False,
         train_config: TrainConfig = TrainConfig(),
+        branch: str = MAIN,
     ) -> EditOutcome:
-        """Train and record one edit, after checking it against the active edits' keys."""
+        """Train and record one edit on a branch, after checking it against its active edits' keys."""
         if not self.registry.writable:
             raise RegistryError("registry opened read-only")
+        self.registry.check_direct_write(branch)
         request = request.validated()
         author = author or default_author()
         routed = self.model()
         supersede_ids = [self.registry.resolve_edit(e) for e in supersede or []]
         key = routing_key(routed, request.prompt)
-        close = self.neighbours(key, self.routing.threshold)
-        same_target = join_target(request.prompt, request.target).strip()
+        close = self.neighbours(key, self.routing.threshold, branch=branch)
         for near in close:
             if near.distance >= self.routing.duplicate_distance or near.edit in supersede_ids:
                 continue
-            if join_target(near.prompt, near.target).strip() == same_target:
+            if same_answer(near.prompt, near.target, request.prompt, request.target):
                 return EditOutcome(edit=near.edit, commit=None, duplicate=True, neighbours=close)
             if not force:
                 raise EditConflict(
@@ -312,9 +295,9 @@ class Workspace:
         tensors = {"lora_A": trained.lora_a.numpy(), "lora_B": trained.lora_b.numpy(), "keys": trained.keys.numpy()}
         message = f"add {request.prompt!r} -> {request.target!r}"
         edit_id, commit = self.registry.store_edit(
-            tensors, provenance, [request.prompt, *request.rephrases], author, message, supersede_ids
+            tensors, provenance, [request.prompt, *request.rephrases], author, message, supersede_ids, branch
         )
-        self._advance_head_index(commit, edit_id, supersede_ids)
+        self._advance_head_index(branch, commit, edit_id, supersede_ids)
         neighbours = [n for n in close if n.edit not in supersede_ids]
         return EditOutcome(
             edit=edit_id,
@@ -327,38 +310,40 @@ class Workspace:
             seconds=trained.seconds,
         )
 
-    def preflight(self, requests: list[EditRequest], supersede: list[str] | None = None, force: bool = False) -> None:
-        """Refuse a batch before training anything if any request contradicts an active edit or
-        an earlier request of the same batch (nearly the same key, a different target)."""
+    def preflight(self, requests: list[EditRequest], supersede: list[str] | None = None, force: bool = False,
+                  branch: str = MAIN) -> None:
+        """Refuse a batch before training anything if the branch takes no direct writes, or any
+        request contradicts an active edit or an earlier request of the same batch (nearly the
+        same key, a different target)."""
+        self.registry.check_direct_write(branch)
         routed = self.model()
         superseded = {self.registry.resolve_edit(e) for e in supersede or []}
         if force:
             return
-        seen: list[tuple[torch.Tensor, str, int]] = []
+        seen: list[tuple[torch.Tensor, EditRequest, int]] = []
         for line, request in enumerate(requests, start=1):
             request = request.validated()
             key = routing_key(routed, request.prompt)
-            target = join_target(request.prompt, request.target).strip()
-            for near in self.neighbours(key, self.routing.duplicate_distance):
-                if near.edit not in superseded and join_target(near.prompt, near.target).strip() != target:
+            for near in self.neighbours(key, self.routing.duplicate_distance, branch=branch):
+                if near.edit not in superseded and not same_answer(near.prompt, near.target, request.prompt, request.target):
                     raise EditConflict(
                         f"request {line} contradicts active edit {near.edit[:12]} ({near.prompt!r} -> {near.target!r}) "
                         f"at distance {near.distance:.4f}; nothing was edited"
                     )
-            for other_key, other_target, other_line in seen:
+            for other_key, other, other_line in seen:
                 distance = 1.0 - float(key @ other_key)
-                if distance < self.routing.duplicate_distance and other_target != target:
+                if distance < self.routing.duplicate_distance and not same_answer(other.prompt, other.target, request.prompt, request.target):
                     raise EditConflict(f"requests {other_line} and {line} contradict each other (distance {distance:.4f}); nothing was edited")
-            seen.append((key, target, line))
+            seen.append((key, request, line))
 
-    def _advance_head_index(self, commit: Commit, edit_id: str, removed: list[str]) -> None:
+    def _advance_head_index(self, branch: str, commit: Commit, edit_id: str, removed: list[str]) -> None:
         """Keep the in-memory head index current without rebuilding it (batches of edits)."""
-        if self._head_index is None:
+        cached = self._head_index.get(branch)
+        if cached is None or cached[0] != commit.parent_id:
+            self._head_index.pop(branch, None)
             return
-        _, search, key_edit, revoked = self._head_index
-        rows = self.registry.db.execute(
-            "SELECT key_id, ordinal FROM edit_keys WHERE edit_id = ? ORDER BY ordinal", [edit_id]
-        ).fetchall()
+        _, search, key_edit, revoked = cached
+        rows = self.registry.catalog.edit_key_rows(edit_id)
         keys = self.registry.edit_keys(edit_id)
         search.add(keys[[r[1] for r in rows]], np.array([r[0] for r in rows], dtype=np.int64))
         key_edit.update({r[0]: edit_id for r in rows})
@@ -367,22 +352,22 @@ class Workspace:
             search.remove(np.array(gone, dtype=np.int64))
             for k in gone:
                 del key_edit[k]
-        self._head_index = (commit.commit_id, search, key_edit, revoked)
+        self._head_index[branch] = (commit.commit_id, search, key_edit, revoked)
 
-    def set_active(self, edit: str, active: bool, reason: str, author: str | None = None) -> Commit:
+    def set_active(self, edit: str, active: bool, reason: str, author: str | None = None, branch: str = MAIN) -> Commit:
         edit_id = self.registry.resolve_edit(edit)
-        commit = self.registry.set_active(edit_id, active, author or default_author(), reason)
-        self._relabel_head_index(commit, edit_id, active)
+        commit = self.registry.set_active(edit_id, active, author or default_author(), reason, branch)
+        self._relabel_head_index(branch, commit, edit_id, active)
         return commit
 
-    def _relabel_head_index(self, commit: Commit, edit_id: str, active: bool) -> None:
+    def _relabel_head_index(self, branch: str, commit: Commit, edit_id: str, active: bool) -> None:
         """With tombstones a revoke keeps the edit's keys in the index and only relabels them, as
         does restoring a tombstoned edit; anything else (delete mode, restoring a superseded
         edit) rebuilds the head index on next use."""
-        cached = self._head_index
+        cached = self._head_index.get(branch)
         if cached is None or cached[0] != commit.parent_id or not self.registry.tombstones or (active and edit_id not in cached[3]):
-            self._head_index = None
+            self._head_index.pop(branch, None)
             return
         revoked = cached[3] - {edit_id} if active else cached[3] | {edit_id}
-        self._head_index = (commit.commit_id, cached[1], cached[2], frozenset(revoked))
+        self._head_index[branch] = (commit.commit_id, cached[1], cached[2], frozenset(revoked))
 

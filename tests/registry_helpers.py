@@ -17,12 +17,19 @@ def new_registry(root: Path) -> Registry:
     return Registry.create(root, BASE, ROUTING, "tester")
 
 
-def add_edit(registry: Registry, prompt: str, target: str = "x", seed: int = 0, author: str = "tester") -> str:
+def unit_key(seed: int) -> np.ndarray:
+    """A random normalised routing key (1, 8)."""
+    key = np.random.default_rng(seed).normal(size=(1, 8)).astype(np.float32)
+    return key / np.linalg.norm(key)
+
+
+def add_edit(registry: Registry, prompt: str, target: str = "x", seed: int = 0, author: str = "tester", key: np.ndarray | None = None,
+             branch: str = "main", supersede: list[str] = ()) -> str:
     rng = np.random.default_rng(seed)
-    key = rng.normal(size=(1, 8)).astype(np.float32)
-    key /= np.linalg.norm(key)
+    key = unit_key(seed) if key is None else np.asarray(key, dtype=np.float32).reshape(1, -1)
+    rng.normal(size=(1, 8))
     tensors = {"lora_A": rng.normal(size=(2, 8)).astype(np.float32), "lora_B": rng.normal(size=(16, 2)).astype(np.float32), "keys": key}
     provenance = {"prompt": prompt, "target": target, "author": author, "reason": "test", "source": None, "subject": None,
                   "created_at": iso(utcnow())}
-    edit_id, _ = registry.store_edit(tensors, provenance, [prompt], author, f"add {prompt}")
+    edit_id, _ = registry.store_edit(tensors, provenance, [prompt], author, f"add {prompt}", supersede, branch)
     return edit_id

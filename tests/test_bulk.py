@@ -8,6 +8,7 @@ import pytest
 from registry.bulk import BulkLoader
 from registry.store import Registry, RegistryError
 from registry.verify import verify
+from previous_release import raw_sql
 from registry_helpers import BASE, ROUTING
 
 
@@ -63,7 +64,7 @@ def _history(registry: Registry) -> list[tuple]:
 
 
 def _rows(registry: Registry, sql: str) -> list[tuple]:
-    return registry.db.execute(sql).fetchall()
+    return raw_sql(registry, sql)
 
 
 @pytest.mark.parametrize("revoke_mode", ["delete", "tombstone"])
@@ -94,7 +95,7 @@ def test_bulk_fill_verifies_and_matches_one_by_one(tmp_path, batch, revoke_mode)
 def test_bulk_time_travel_uses_the_ref_log(tmp_path):
     bulk = _bulk(tmp_path, 4)
     for commit in bulk.log():
-        moment = bulk.db.execute("SELECT time FROM reflog WHERE new_commit = ?", [commit.commit_id]).fetchone()[0]
+        moment = raw_sql(bulk, "SELECT time FROM reflog WHERE new_commit = ?", [commit.commit_id])[0][0]
         assert bulk.resolve_time(moment).commit_id == commit.commit_id
 
 

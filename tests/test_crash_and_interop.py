@@ -21,7 +21,7 @@ PROMPT = "The capital of France is"
 KILL_POINTS = {
     "after the first object is written": "registry.objects.ObjectStore.put",
     "after all objects, before the transaction": "registry.store.Registry.transaction",
-    "inside the transaction, before COMMIT": "registry.store.Registry._move_ref",
+    "inside the transaction, before COMMIT": "registry.catalog.duckdb.DuckDBCatalog.move_ref",
 }
 
 CRASHING_EDIT = textwrap.dedent("""

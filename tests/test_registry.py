@@ -12,6 +12,7 @@ from registry.db import connect, migrate, schema_version, latest_version
 from registry.inspect import revoked_report
 from registry.store import CorruptObject, Registry, RegistryError, iso, utcnow
 from registry.verify import verify
+from previous_release import PreviousRelease, raw_sql
 from registry_helpers import BASE, ROUTING, add_edit, new_registry
 
 
@@ -173,7 +174,7 @@ def test_verify_detects_a_flipped_byte_in_an_object(tmp_path):
 def test_verify_detects_an_edited_commit_row(tmp_path):
     registry = new_registry(tmp_path / "r")
     add_edit(registry, "a")
-    registry.db.execute("UPDATE commits SET author = 'mallory' WHERE op = 'add'")
+    raw_sql(registry, "UPDATE commits SET author = 'mallory' WHERE op = 'add'")
     report = verify(registry)
     assert any("does not hash to its id" in p for p in report.problems)
 
@@ -186,65 +187,23 @@ def test_verify_detects_a_deleted_object(tmp_path):
     assert any("missing" in p for p in report.problems)
 
 
-def _store_edit_as_version_2(registry: Registry, prompt: str, seed: int) -> str:
-    """What `store_edit` wrote before migration 3: objects, `edits` and `edit_keys` rows, a commit; no key vectors."""
-    rng = np.random.default_rng(seed)
-    keys = rng.normal(size=(2, 8)).astype(np.float32)
-    keys /= np.linalg.norm(keys, axis=1, keepdims=True)
-    tensors = {"lora_A": rng.normal(size=(2, 8)).astype(np.float32), "lora_B": rng.normal(size=(16, 2)).astype(np.float32), "keys": keys}
-    provenance = {"prompt": prompt, "target": "x", "author": "tester", "reason": "test", "source": None, "subject": None,
-                  "created_at": iso(utcnow())}
-    # the layout of that time: keys inside the tensors object, no keys_sha256 in the provenance
-    from safetensors.numpy import save as save_safetensors
-
-    from registry.objects import canonical_json
-
-    tensors_sha = registry.objects.put(save_safetensors(tensors))
-    document = dict(provenance, tensors_sha256=tensors_sha, key_prompts=[prompt, prompt + "?"])
-    edit_id = registry.objects.put(canonical_json(document))
-    row = [edit_id, tensors_sha, prompt, "x", None, "tester", "test", None, utcnow(), 2]
-    with registry.transaction():
-        registry.db.execute("INSERT INTO edits VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
-        first = registry.db.execute("SELECT coalesce(max(key_id), -1) + 1 FROM edit_keys").fetchone()[0]
-        for ordinal, text in enumerate([prompt, prompt + "?"]):
-            registry.db.execute("INSERT INTO edit_keys VALUES (?, ?, ?, ?)", [first + ordinal, edit_id, ordinal, text])
-        registry._append_commit([(edit_id, True)], "tester", "add", f"add {prompt}", None)
-    return edit_id
-
-
-def _old_registry(root, version: int) -> Registry:
-    """A registry at schema `version`, initialised the way the code of that version did."""
-    root.mkdir()
-    connection = connect(root / "registry.duckdb", read_only=False)
-    migrate(connection, up_to=version)
-    assert schema_version(connection) == version
-    registry = Registry(root, connection, writable=True)
-    with registry.transaction():
-        registry.db.execute("INSERT INTO registry_config VALUES ('base_model', ?)", [json.dumps(BASE)])
-        registry.db.execute("INSERT INTO registry_config VALUES ('routing', ?)", [json.dumps(ROUTING)])
-        registry._append_commit([], "tester", "init", "init", None)
-    return registry
-
-
 def test_previous_schema_is_upgraded_on_open(tmp_path):
-    registry = _old_registry(tmp_path / "old", 1)
-    _store_edit_as_version_2(registry, "a", seed=1)
-    registry.close()
+    old = PreviousRelease(tmp_path / "old", 1, BASE, ROUTING)
+    old.add("a", seed=1)
+    old.close()
     upgraded = Registry.open(tmp_path / "old")
-    assert schema_version(upgraded.db) == latest_version() >= 3
-    indexes = {r[0] for r in upgraded.db.execute("SELECT index_name FROM duckdb_indexes()").fetchall()}
+    assert upgraded.catalog.schema_version() == latest_version() >= 4
+    indexes = {r[0] for r in raw_sql(upgraded, "SELECT index_name FROM duckdb_indexes()")}
     assert "commit_changes_edit" in indexes
     assert verify(upgraded).ok, verify(upgraded).problems
 
 
 def test_upgrade_to_key_vectors_copies_every_key_from_its_tensors_object(tmp_path):
-    registry = _old_registry(tmp_path / "old", 2)
-    edits = [_store_edit_as_version_2(registry, f"p{i}", seed=i) for i in range(3)]
-    registry.close()
+    old = PreviousRelease(tmp_path / "old", 2, BASE, ROUTING)
+    edits = [old.add(f"p{i}", seed=i) for i in range(3)]
+    old.close()
     upgraded = Registry.open(tmp_path / "old")
-    rows = upgraded.db.execute(
-        "SELECT k.edit_id, k.ordinal, v.vector FROM edit_keys k JOIN key_vectors v USING (key_id) ORDER BY key_id"
-    ).fetchall()
+    rows = raw_sql(upgraded, "SELECT k.edit_id, k.ordinal, v.vector FROM edit_keys k JOIN key_vectors v USING (key_id) ORDER BY key_id")
     assert len(rows) == 2 * len(edits)
     for edit_id, ordinal, vector in rows:
         expected = upgraded.edit_tensors(edit_id)["keys"][ordinal]
@@ -265,7 +224,7 @@ def test_store_edit_keeps_each_key_once_in_key_vectors_covered_by_the_provenance
     rng = np.random.default_rng(4)
     written_key = rng.normal(size=(1, 8)).astype(np.float32)
     written_key /= np.linalg.norm(written_key)
-    [(vector,)] = registry.db.execute("SELECT vector FROM key_vectors").fetchall()
+    [(vector,)] = raw_sql(registry, "SELECT vector FROM key_vectors")
     assert vector == written_key[0].astype("<f4").tobytes()
     assert registry.provenance(a)["keys_sha256"] == hashlib.sha256(vector).hexdigest()
     assert set(load(registry.objects.get(registry.edit_row(a)["tensors_sha256"]))) == {"lora_A", "lora_B"}
@@ -277,7 +236,7 @@ def test_verify_fails_when_the_duckdb_key_copy_is_tampered(tmp_path):
     add_edit(registry, "a", seed=1)
     b = add_edit(registry, "b", seed=2)
     forged = np.ones(8, dtype="<f4") / np.sqrt(8)
-    registry.db.execute("UPDATE key_vectors SET vector = ? WHERE key_id = 1", [forged.tobytes()])
+    raw_sql(registry, "UPDATE key_vectors SET vector = ? WHERE key_id = 1", [forged.tobytes()])
     report = verify(registry)
     assert f"edit {b[:12]}: its key_vectors rows do not match keys_sha256 in its provenance" in report.problems
     with pytest.raises(CorruptObject, match="do not match its provenance"):
@@ -285,12 +244,12 @@ def test_verify_fails_when_the_duckdb_key_copy_is_tampered(tmp_path):
 
 
 def test_verify_fails_when_a_key_copy_of_an_older_edit_differs_from_its_tensors_object(tmp_path):
-    registry = _old_registry(tmp_path / "old", 2)
-    _store_edit_as_version_2(registry, "a", seed=1)
-    registry.close()
+    old = PreviousRelease(tmp_path / "old", 2, BASE, ROUTING)
+    old.add("a", seed=1)
+    old.close()
     upgraded = Registry.open(tmp_path / "old", writable=True)
     forged = np.ones(8, dtype="<f4") / np.sqrt(8)
-    upgraded.db.execute("UPDATE key_vectors SET vector = ? WHERE key_id = 1", [forged.tobytes()])
+    raw_sql(upgraded, "UPDATE key_vectors SET vector = ? WHERE key_id = 1", [forged.tobytes()])
     report = verify(upgraded)
     assert "key_vectors: 1 vector(s) differ from the tensors objects (first: key 1)" in report.problems
 
@@ -298,7 +257,7 @@ def test_verify_fails_when_a_key_copy_of_an_older_edit_differs_from_its_tensors_
 def test_verify_fails_when_a_key_vector_is_missing(tmp_path):
     registry = new_registry(tmp_path / "r")
     add_edit(registry, "a", seed=1)
-    registry.db.execute("DELETE FROM key_vectors")
+    raw_sql(registry, "DELETE FROM key_vectors")
     report = verify(registry)
     assert any("have no vector" in p for p in report.problems)
 

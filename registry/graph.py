@@ -1,0 +1,53 @@
+"""Walks over the commit graph, as pure functions of a parent map {commit: (parents...)}."""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+ParentMap = Mapping[str, tuple[str, ...]]
+
+
+def ancestors(parents: ParentMap, start: str) -> set[str]:
+    """`start` and every commit reachable from it through any parent."""
+    seen = {start}
+    stack = [start]
+    while stack:
+        for parent in parents.get(stack.pop(), ()):
+            if parent not in seen:
+                seen.add(parent)
+                stack.append(parent)
+    return seen
+
+
+def ancestors_of_all(parents: ParentMap, starts: list[str]) -> set[str]:
+    seen: set[str] = set()
+    for start in starts:
+        if start not in seen:
+            seen |= ancestors(parents, start)
+    return seen
+
+
+def first_parents(parents: ParentMap, start: str) -> list[str]:
+    """`start`, its first parent, that one's first parent ... down to the root (newest first)."""
+    chain = [start]
+    while parents.get(chain[-1]):
+        chain.append(parents[chain[-1]][0])
+    return chain
+
+
+def is_ancestor(parents: ParentMap, older: str, newer: str) -> bool:
+    return older in ancestors(parents, newer)
+
+
+def merge_base(parents: ParentMap, a: str, b: str, order: Mapping[str, int]) -> str | None:
+    """The best common ancestor of `a` and `b`: a common ancestor that no other common ancestor
+    descends from; when there are several (criss-cross merges) the newest by write order."""
+    common = ancestors(parents, a) & ancestors(parents, b)
+    if not common:
+        return None
+    # the common set is closed under "parent of", so its heads are its members no member has as a parent
+    has_child = {parent for commit in common for parent in parents.get(commit, ())}
+    best = common - has_child
+    return max(best, key=lambda c: order.get(c, -1))
+
+__all__ = ["ancestors", "ancestors_of_all", "first_parents", "is_ancestor", "merge_base"]

@@ -1,0 +1,190 @@
+"""The routing and neighbour rule, in one place, on stored keys only (numpy; no model, no torch).
+
+Everything that asks "which edit answers this input" or "which edits are too close" uses this
+module: the routed layer at inference (`sola.layer.EditBank`), `edit`'s collision check,
+`show`'s neighbours, `conflicts`, revoke's reroute report, merge and cherry-pick checks, blame.
+
+The rule: a query (a pooled, L2-normalised vector) goes to its nearest key. That key's edit
+fires when the cosine distance is under the key's radius, min(threshold, radius_ratio x the
+key's isolation: its distance to the nearest key of another edit), unless the edit is a
+tombstone (revoked): then the base model answers. Neighbours of a vector are the *active* edits
+with a key within a radius of it; tombstones are neither duplicates nor contradictions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+import numpy as np
+
+
+class KeySearch(Protocol):
+    """Nearest-key lookup over normalised keys.
+
+    `search`: (similarity, key id) of the nearest key per query, id -1 if empty.
+    `neighbours`: the k nearest (similarities, key ids) of one vector, best first.
+    `vector`: the stored key of a key id."""
+
+    def search(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
+
+    def neighbours(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]: ...
+
+    def vector(self, key_id: int) -> np.ndarray: ...
+
+
+class ExactKeySearch:
+    """Brute-force inner-product search in numpy; the in-memory reference implementation."""
+
+    def __init__(self, keys: np.ndarray, key_ids: np.ndarray) -> None:
+        self.keys = np.ascontiguousarray(keys, dtype=np.float32)
+        self.key_ids = np.asarray(key_ids, dtype=np.int64)
+
+    def search(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if len(self.key_ids) == 0:
+            return np.full(len(queries), -np.inf, dtype=np.float32), np.full(len(queries), -1, dtype=np.int64)
+        sims = queries.astype(np.float32) @ self.keys.T
+        best = sims.argmax(axis=1)
+        return sims[np.arange(len(queries)), best], self.key_ids[best]
+
+    def neighbours(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        sims = self.keys @ query.astype(np.float32).reshape(-1)
+        order = np.argsort(-sims, kind="stable")[:k]
+        return sims[order], self.key_ids[order]
+
+    def vector(self, key_id: int) -> np.ndarray:
+        return self.keys[int(np.flatnonzero(self.key_ids == key_id)[0])]
+
+
+@dataclass
+class Routing:
+    """Per-sequence decision: which edit fired (None), the cosine distance to the nearest key,
+    whose key that is, and the radius that key had (the threshold, or less under `radius_ratio`)."""
+
+    edits: list[str | None]
+    distances: list[float]
+    nearest: list[str | None]
+    radii: list[float]
+
+    @classmethod
+    def unrouted(cls, batch: int) -> "Routing":
+        return cls([None] * batch, [float("inf")] * batch, [None] * batch, [float("nan")] * batch)
+
+
+@dataclass(frozen=True)
+class RoutingRule:
+    threshold: float
+    radius_ratio: float
+    duplicate_distance: float
+
+    @classmethod
+    def from_record(cls, routing: dict) -> "RoutingRule":
+        """The rule a recorded routing config routes by (older records: threshold only)."""
+        return cls(float(routing["threshold"]), float(routing.get("radius_ratio", 0.0)),
+                   float(routing.get("duplicate_distance", 0.002)))
+
+
+def isolation(search: KeySearch, key_edit: dict[int, str], key_id: int) -> float:
+    """Cosine distance from key `key_id` to the nearest key of another edit (inf when there is
+    none). Keys of the same edit (its rephrases) do not count: they point to the same LoRA."""
+    own = key_edit[key_id]
+    vector, k = search.vector(key_id), 8
+    while True:
+        sims, ids = search.neighbours(vector, k)
+        for sim, other in zip(sims.tolist(), ids.tolist()):
+            if key_edit.get(int(other), own) != own:
+                return max(0.0, 1.0 - float(sim))
+        if len(ids) < k or k >= len(key_edit):
+            return float("inf")
+        k *= 4
+
+
+def decide(search: KeySearch, key_edit: dict[int, str], tombstones: frozenset[str] | set[str], queries: np.ndarray,
+           rule: RoutingRule) -> Routing:
+    """The routing rule for pooled, normalised queries (n, dim)."""
+    if not key_edit:
+        return Routing.unrouted(len(queries))
+    sims, key_ids = search.search(np.ascontiguousarray(queries, dtype=np.float32))
+    edits, distances, nearest, radii = [], [], [], []
+    for sim, key_id in zip(sims.tolist(), key_ids.tolist()):
+        edit = key_edit.get(int(key_id)) if key_id >= 0 else None
+        distance = max(0.0, float(1.0 - sim)) if edit is not None else float("inf")
+        radius = rule.threshold
+        if edit is not None and distance < radius and rule.radius_ratio > 0:
+            radius = min(radius, rule.radius_ratio * isolation(search, key_edit, int(key_id)))
+        nearest.append(edit)
+        distances.append(distance)
+        radii.append(radius)
+        edits.append(edit if distance < radius and edit not in tombstones else None)
+    return Routing(edits, distances, nearest, radii)
+
+
+def nearest_active(search: KeySearch, key_edit: dict[int, str], tombstones: frozenset[str] | set[str], vector: np.ndarray,
+                   radius: float, k: int = 16) -> list[tuple[str, float]]:
+    """Active edits with a key within `radius` of `vector`, closest first, as (edit, distance).
+    The search widens only as far as tombstones crowd the neighbourhood."""
+    if not key_edit:
+        return []
+    wanted = k
+    while True:
+        sims, ids = search.neighbours(np.asarray(vector, dtype=np.float32), wanted)
+        active = [(float(s), int(i)) for s, i in zip(sims.tolist(), ids.tolist()) if i >= 0 and key_edit[int(i)] not in tombstones]
+        if len(active) >= k or len(ids) < wanted:
+            break
+        wanted *= 4
+    found: dict[str, float] = {}
+    for sim, key_id in active[:k]:
+        distance = max(0.0, 1.0 - sim)
+        edit = key_edit[key_id]
+        if distance < radius and edit not in found:
+            found[edit] = distance
+    return sorted(found.items(), key=lambda item: item[1])
+
+
+def same_answer(prompt_a: str, target_a: str, prompt_b: str, target_b: str) -> bool:
+    """Whether two facts give the same continuation (`--target Rome` == `--target ' Rome'`)."""
+    return join_target(prompt_a, target_a).strip() == join_target(prompt_b, target_b).strip()
+
+
+def join_target(prompt: str, target: str) -> str:
+    """`--target Rome` and `--target ' Rome'` mean the same continuation (DESIGN.md section 5)."""
+    if target[:1].isspace() or prompt[-1:].isspace():
+        return target
+    return " " + target
+
+
+@dataclass(frozen=True)
+class Collision:
+    """A pair of edits whose keys lie within the duplicate bound: `contradicts` when they answer differently."""
+
+    a: str
+    b: str
+    distance: float
+    contradicts: bool
+
+
+def collisions(keys_a: dict[str, np.ndarray], keys_b: dict[str, np.ndarray], facts: Callable[[str], tuple[str, str]],
+               radius: float) -> list[Collision]:
+    """Pairs (edit of A, edit of B) with keys closer than `radius` (exact, both sides small)."""
+    if not keys_a or not keys_b:
+        return []
+    ids_b = [e for e, k in keys_b.items() for _ in range(len(k))]
+    matrix_b = np.concatenate([np.asarray(k, dtype=np.float32) for k in keys_b.values()])
+    found: dict[tuple[str, str], float] = {}
+    for edit_a, rows in keys_a.items():
+        sims = np.asarray(rows, dtype=np.float32) @ matrix_b.T
+        for column, edit_b in enumerate(ids_b):
+            distance = max(0.0, 1.0 - float(sims[:, column].max()))
+            if edit_b != edit_a and distance < radius:
+                pair = (edit_a, edit_b)
+                found[pair] = min(distance, found.get(pair, distance))
+    out = []
+    for (a, b), distance in sorted(found.items(), key=lambda item: item[1]):
+        prompt_a, target_a = facts(a)
+        prompt_b, target_b = facts(b)
+        out.append(Collision(a, b, distance, not same_answer(prompt_a, target_a, prompt_b, target_b)))
+    return out
+
+
+__all__ = ["KeySearch", "ExactKeySearch", "Routing", "RoutingRule", "decide", "isolation", "nearest_active", "collisions",
+           "same_answer", "join_target"]
