@@ -125,6 +125,27 @@ def _state_conflict(edit_id: str, base: State, ours: State, theirs: State) -> di
     return {"kind": kind, "edits": [edit_id], "base": base or "absent", "ours": ours or "absent", "theirs": theirs or "absent"}
 
 
+def _touched_on_both_sides(registry: Registry, parents: dict, base: str | None, ours: Commit, theirs: Commit,
+                           edit_ids: list[str]) -> set[str]:
+    """Edits that commits on both sides since the merge base changed (so each side decided
+    about them: a revoke on one and a restore on the other conflict even when one side ends
+    where it started)."""
+    if not edit_ids:
+        return set()
+    from registry.graph import ancestors
+
+    shared = ancestors(parents, base) if base else set()
+    ours_only = ancestors(parents, ours.commit_id) - shared
+    theirs_only = ancestors(parents, theirs.commit_id) - shared
+    sides: dict[str, set[str]] = {}
+    for commit_id, edit_id, _ in registry.catalog.changes_of_edits(edit_ids):
+        if commit_id in ours_only:
+            sides.setdefault(edit_id, set()).add("ours")
+        if commit_id in theirs_only:
+            sides.setdefault(edit_id, set()).add("theirs")
+    return {e for e, found in sides.items() if len(found) == 2}
+
+
 def plan_merge(registry: Registry, source: str, target: str, resolutions: dict[str, str] | None = None) -> MergePlan:
     """The three-way merge of `source` into branch `target` from their merge base, decided but not written."""
     resolutions = dict(resolutions or {})
@@ -149,13 +170,17 @@ def plan_merge(registry: Registry, source: str, target: str, resolutions: dict[s
     order = {c.commit_id: c.seq for c in registry.all_commits()}
     plan.base = merge_base(parents, source_head.commit_id, target_head.commit_id, order)
     base = registry.members(registry.commit(plan.base)) if plan.base else {}
+    differing = [e for e in set(ours) | set(theirs) if ours.get(e) != theirs.get(e)]
+    decided_on_both = _touched_on_both_sides(registry, parents, plan.base, target_head, source_head, differing)
     merged: dict[str, str] = {}
     used: set[str] = set()
     for edit_id in sorted(set(base) | set(ours) | set(theirs)):
         b, o, t = base.get(edit_id), ours.get(edit_id), theirs.get(edit_id)
-        if o == t or t == b:
+        if o == t:
             state = o
-        elif o == b:
+        elif t == b and edit_id not in decided_on_both:
+            state = o
+        elif o == b and edit_id not in decided_on_both:
             state = t
         elif edit_id in resolutions:
             state = o if resolutions[edit_id] == "ours" else t
