@@ -6,7 +6,7 @@ Edits are synthetic but shaped like real ones for the default model (SmolLM2-135
 rank 4): lora_A (4, 576), lora_B (1536, 4), keys (1, 576) float32 L2-normalised, and a
 provenance document with the fields `Workspace.edit` writes. Everything else is the real code
 path: `Registry.store_edit`/`set_active` for the plain sample, `registry.bulk.BulkLoader`
-(same objects, the commit arithmetic of `_append_commit`, many commits per transaction) for the large fill. The
+(same objects, commits over trees derived by the same `TreeStore`, many commits per transaction) for the large fill. The
 history is not add-only: about 5% of steps revoke an active edit, 0.5% restore a revoked one
 and 1% of edits supersede an active edit with the same prompt.
 
@@ -51,10 +51,12 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from registry.bulk import BulkLoader  # noqa: E402
+from registry.graph import first_parents  # noqa: E402
 from registry.db import latest_version, schema_version  # noqa: E402
 from registry.keyindex import FaissKeySearch, lists_for, nearest_lists, train_centroids  # noqa: E402
 from registry.store import Registry, iso, utcnow  # noqa: E402
-from registry.verify import _check_caches, _check_chain, _check_edits, _check_key_vectors, _check_refs, Report, verify  # noqa: E402
+from registry.verify import (  # noqa: E402
+    Report, _check_caches, _check_commits, _check_edits, _check_key_vectors, _check_refs, _check_trees, verify)
 
 faiss.omp_set_num_threads(1)
 
@@ -352,19 +354,24 @@ def measure(root: Path, n_queries: int, skip_cold: bool) -> dict[str, Any]:
     }
 
     # --- diff between revisions 50k edits apart -----------------------------------------------
-    adds = registry.db.execute("SELECT seq FROM commits WHERE op IN ('add', 'supersede') ORDER BY seq").fetchall()
+    # main~N follows first parents: N is a commit's distance from the head along that chain (on
+    # the benchmark's linear main the same as the seq difference, but seq is only write order).
+    # The commits are read by id: `resolve("main~N")` walks N commits one query at a time
+    # (timed in benchmarks/editsets_scale.py), which is not what this item measures.
+    adds, back = add_commits(registry)
     quarter, three_quarters = len(adds) // 4, (3 * len(adds)) // 4
-    old = registry.resolve(f"main~{registry.head().seq - adds[max(quarter - 1, 0)][0]}")
-    new = registry.resolve(f"main~{registry.head().seq - adds[three_quarters - 1][0]}")
+    old_id, new_id = adds[max(quarter - 1, 0)], adds[three_quarters - 1]
+    old, new = registry.commit(old_id), registry.commit(new_id)
     diff = registry.diff(old, new)
     out["diff"] = dict(repeat(lambda: registry.diff(old, new), 5), edits_apart=three_quarters - quarter,
+                       old_revision=f"main~{back[old_id]}", new_revision=f"main~{back[new_id]}",
                        old_seq=old.seq, new_seq=new.seq, added=len(diff["added"]), removed=len(diff["removed"]))
 
     # --- generate --at: resolution + index ready ------------------------------------------------
     head = registry.head()
-    head_time = registry.db.execute("SELECT max(time) FROM reflog WHERE ref = 'main'").fetchone()[0]
-    mid_commit = registry.resolve(f"main~{head.seq - adds[len(adds) // 2 - 1][0]}")
-    mid_time = registry.db.execute("SELECT time FROM reflog WHERE ref = 'main' AND new_commit = ?", [mid_commit.commit_id]).fetchone()[0]
+    head_time = registry.catalog.ref_time("main", head.commit_id)
+    mid_commit = registry.commit(adds[len(adds) // 2 - 1])
+    mid_time = registry.catalog.ref_time("main", mid_commit.commit_id)
     registry.close()
     cache = root / "cache"
 
@@ -390,8 +397,8 @@ def measure(root: Path, n_queries: int, skip_cold: bool) -> dict[str, Any]:
             commit = fresh.resolve(at=at)
             t, (key_ids, _) = timed(lambda: fresh.active_keys(commit, tombstones=True))
             phases["active_keys_query_s"] = t
-            total = fresh.db.execute("SELECT count(*) FROM edit_keys").fetchone()[0]
-            owner = fresh.all_commits()[0].commit_id
+            total = fresh.catalog.count("edit_keys")
+            owner = fresh.catalog.first_commit_id() or ""
             t, _ = timed(lambda: fresh.key_matrix.sync(total, KEY_DIM, fresh._load_key_rows, owner))
             phases["key_matrix_sync_s"] = t
             coarse = None
@@ -408,7 +415,7 @@ def measure(root: Path, n_queries: int, skip_cold: bool) -> dict[str, Any]:
     def cold_steps() -> dict[str, float]:
         """What a cold start pays before any index exists: the key_vectors scan alone."""
         with Registry.open(root) as fresh:
-            total = fresh.db.execute("SELECT count(*) FROM edit_keys").fetchone()[0]
+            total = fresh.catalog.count("edit_keys")
             t_scan, _ = timed(lambda: fresh._load_key_rows(0, total))
         return {"key_vectors_scan_s": t_scan, "keys": total}
 
@@ -447,21 +454,25 @@ def measure(root: Path, n_queries: int, skip_cold: bool) -> dict[str, Any]:
         parts: dict[str, float] = {}
         scratch = Report()
         keys_by_id: dict[int, np.ndarray] = {}
-        parts["key_vectors_read_s"], stored = timed(lambda: dict(fresh.db.execute("SELECT key_id, vector FROM key_vectors").fetchall()))
+        parts["key_vectors_read_s"], stored = timed(lambda: dict(fresh.catalog.scan("key_vectors")[1]))
         parts["edits_and_objects_s"], _ = timed(lambda: _check_edits(fresh, scratch, keys_by_id, stored))
         parts["key_vectors_s"], _ = timed(lambda: _check_key_vectors(fresh, scratch, keys_by_id, stored))
-        parts["chain_s"], commits = timed(lambda: _check_chain(fresh, scratch))
+        known_edits = {row[0] for row in fresh.catalog.scan("edits")[1]}
+        parts["trees_s"], trees = timed(lambda: _check_trees(fresh, scratch, known_edits))
+        parts["commits_s"], commits = timed(lambda: _check_commits(fresh, scratch, known_edits, trees))
         parts["refs_s"], _ = timed(lambda: _check_refs(fresh, scratch, commits))
         parts["caches_s"], _ = timed(lambda: _check_caches(fresh, scratch, keys_by_id))
         parts["list_objects_s"], _ = timed(lambda: sum(1 for _ in fresh.objects))
         out["verify"]["breakdown_second_run"] = parts
 
     # --- bytes on disk ---------------------------------------------------------------------------
-    with Registry.open(root) as fresh:
-        tensor_ids = {r[0] for r in fresh.db.execute("SELECT tensors_sha256 FROM edits").fetchall()}
-        n_edits = fresh.counts()["edits"]
+    with _raw_connection(root) as raw:  # measurement-only queries, read-only, outside the catalog
+        tensor_ids = {r[0] for r in raw.execute("SELECT tensors_sha256 FROM edits").fetchall()}
+        n_edits = raw.execute("SELECT count(*) FROM edits").fetchone()[0]
         size_columns = ["block_size", "total_blocks", "used_blocks", "free_blocks"]
-        database_size = dict(zip(size_columns, fresh.db.execute(f"SELECT {', '.join(size_columns)} FROM pragma_database_size()").fetchone()))
+        database_size = dict(zip(size_columns, raw.execute(f"SELECT {', '.join(size_columns)} FROM pragma_database_size()").fetchone()))
+        table_rows = {table: raw.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+                      for table in ("commits", "commit_parents", "commit_changes", "trees", "tree_members", "reflog")}
     sizes = {"tensors": [0, 0, 0], "provenance": [0, 0, 0]}  # files, apparent, allocated
     for prefix in (root / "objects").iterdir():
         for item in prefix.iterdir():
@@ -481,6 +492,7 @@ def measure(root: Path, n_queries: int, skip_cold: bool) -> dict[str, Any]:
         "provenance_object": {"files": sizes["provenance"][0], "apparent_per_edit": sizes["provenance"][1] / n_edits,
                               "allocated_per_edit": sizes["provenance"][2] / n_edits},
         "duckdb_file_bytes": database, "duckdb_per_edit": database / n_edits, "duckdb_blocks": database_size,
+        "table_rows": table_rows, "tree_member_rows_per_commit": table_rows["tree_members"] / max(table_rows["commits"], 1),
         "source_of_truth_apparent_per_edit": (objects_apparent + database) / n_edits,
         "source_of_truth_allocated_per_edit": (objects_allocated + database) / n_edits,
         "cache": dict(cache_usage, per_edit_apparent=cache_usage["apparent_bytes"] / n_edits),
@@ -491,6 +503,15 @@ def measure(root: Path, n_queries: int, skip_cold: bool) -> dict[str, Any]:
 
 def _raw_connection(root: Path) -> duckdb.DuckDBPyConnection:
     return duckdb.connect(str(root / "registry.duckdb"), read_only=True)
+
+
+def add_commits(registry: Registry, branch: str = "main") -> tuple[list[str], dict[str, int]]:
+    """The add/supersede commits on `branch`'s first-parent chain, oldest first, and for every
+    commit of that chain its N in `BRANCH~N` (distance from the head along first parents)."""
+    chain = first_parents(registry.catalog.parent_map(), registry.branch_head(branch).commit_id)
+    back = {commit_id: n for n, commit_id in enumerate(chain)}
+    ops = {c.commit_id: c.op for c in registry.all_commits()}
+    return [c for c in reversed(chain) if ops[c] in ("add", "supersede")], back
 
 
 def near_queries(keys: np.ndarray, distance: float, rng: np.random.Generator) -> np.ndarray:
