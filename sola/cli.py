@@ -56,7 +56,9 @@ def emit(as_json: bool, document: Any, human: Callable[[], None]) -> None:
 
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
-wait_option = click.option("--wait", "wait", type=float, default=0.0, show_default=True, help="Seconds to wait for another sola process's write lock.")
+wait_option = click.option("--wait", "wait", type=float, default=30.0, show_default=True,
+                           help="Seconds to wait while another sola process commits (writers hold the lock only to commit).")
+READ_WAIT = 10.0  # a reading command retries this long while another process commits
 branch_option = click.option("--branch", default="main", show_default=True, help="Branch to write to (protected branches change only by merge).")
 
 
@@ -81,13 +83,13 @@ def registry_path(ctx: click.Context) -> Path:
     return Path(ctx.obj["registry"])
 
 
-def open_workspace(ctx: click.Context, writable: bool, wait: float = 0.0):  # -> Workspace
+def open_workspace(ctx: click.Context, writable: bool, wait: float = READ_WAIT):  # -> Workspace
     from sola.workspace import Workspace
 
     return Workspace.open(registry_path(ctx), writable=writable, wait_seconds=wait)
 
 
-def open_registry(ctx: click.Context, writable: bool = False, wait: float = 0.0) -> Registry:
+def open_registry(ctx: click.Context, writable: bool = False, wait: float = READ_WAIT) -> Registry:
     return Registry.open(registry_path(ctx), writable=writable, wait_seconds=wait)
 
 
@@ -117,11 +119,17 @@ class SolaGroup(click.Group):
     type=click.Path(file_okay=False, path_type=str),
     help="Registry directory (env SOLA_REGISTRY).",
 )
+@click.option("--witness", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Append a checkpoint to this file after every write; `verify` checks it (env SOLA_WITNESS; docs/integrity.md).")
 @click.pass_context
-def main(ctx: click.Context, registry: str) -> None:
+def main(ctx: click.Context, registry: str, witness: Path | None = None) -> None:
     """sola: an edit registry and versioned knowledge store for language models."""
     ctx.ensure_object(dict)
     ctx.obj["registry"] = registry
+    if witness is not None:
+        from registry.checkpoint import witness_for
+
+        ctx.with_resource(witness_for(witness))
 
 
 @main.command()
@@ -450,15 +458,28 @@ def conflicts(ctx: click.Context, rev: str | None, as_json: bool) -> None:
 
 
 @main.command()
+@click.option("--checkpoint", "checkpoint_files", multiple=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Prove the registry extends the checkpoint(s) in FILE (`sola checkpoint`; repeatable).")
+@click.option("--public-key", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Require every --checkpoint to be signed by this Ed25519 public key (PEM).")
+@click.option("--witness", "witness_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Check every checkpoint of this registry in this witness file (default: the configured witness, if any).")
 @json_option
 @click.pass_context
-def verify(ctx: click.Context, as_json: bool) -> None:
-    """Integrity: object hashes, provenance vs rows, the commit hash chain, refs, caches."""
+def verify(ctx: click.Context, checkpoint_files: tuple[Path, ...], public_key: Path | None, witness_file: Path | None,
+           as_json: bool) -> None:
+    """Integrity: object hashes, provenance vs rows, the commit and ref log hash chains, refs,
+    caches; with --checkpoint or a witness, that no history before a checkpoint was removed or changed."""
+    from registry import checkpoint as checkpoints
     from registry.verify import verify as run_verify
 
     with failures():
+        if public_key is not None and not checkpoint_files:
+            raise RegistryError("--public-key checks the signature of a --checkpoint FILE: give one")
+        key = checkpoints.load_public_key(public_key) if public_key is not None else None
+        given = [found for path in checkpoint_files for found in checkpoints.checkpoints_in(path)]
         with open_registry(ctx) as registry:
-            report = run_verify(registry).to_dict()
+            report = run_verify(registry, given, key, witness_file or checkpoints.witness_path()).to_dict()
     def human() -> None:
         for problem in report["problems"]:
             click.echo(f"problem: {problem}")
@@ -469,6 +490,32 @@ def verify(ctx: click.Context, as_json: bool) -> None:
     if not report["ok"]:
         click.echo(f"error: verify found {len(report['problems'])} problem(s): {report['problems'][0]}", err=True)
         ctx.exit(1)
+
+
+@main.command()
+@click.option("--sign", "key_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Sign the checkpoint with this Ed25519 private key (PEM).")
+@click.option("--new-key", "new_key", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write a new Ed25519 key to FILE (mode 0600) and its public key to FILE.pub, and exit.")
+@json_option
+@click.pass_context
+def checkpoint(ctx: click.Context, key_file: Path | None, new_key: Path | None, as_json: bool) -> None:
+    """Print the registry's checkpoint {registry, ref log length, head hash, time} as one line
+    of canonical JSON, to keep where the writers cannot reach (docs/integrity.md)."""
+    from registry import checkpoint as checkpoints
+
+    with failures():
+        if new_key is not None:
+            if key_file is not None:
+                raise RegistryError("give --new-key alone: it makes a key and takes no checkpoint")
+            made = checkpoints.new_key(new_key)
+            emit(as_json, made, lambda: click.echo(f"wrote {made['private_key']} (keep it secret) and {made['public_key']}"))
+            return
+        with open_registry(ctx) as registry:
+            statement = checkpoints.take(registry.catalog)
+        if key_file is not None:
+            statement = checkpoints.sign(statement, key_file)
+    click.echo(checkpoints.dumps(statement))
 
 
 @main.command()

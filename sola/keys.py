@@ -20,9 +20,9 @@ def pool_prompt(inputs: torch.Tensor, query_mask: torch.Tensor | None, key_funct
     x = inputs.detach().to(torch.float32)
     batch, tokens, _ = x.shape
     if query_mask is None:
-        mask = torch.ones(batch, tokens, dtype=torch.float32)
+        mask = torch.ones(batch, tokens, dtype=torch.float32, device=x.device)
     else:
-        mask = query_mask.to(torch.float32)
+        mask = query_mask.to(device=x.device, dtype=torch.float32)
         if mask.shape != (batch, tokens):
             raise ValueError(f"query mask shape {tuple(mask.shape)} does not match inputs {(batch, tokens)}")
     if bool((mask.sum(dim=1) == 0).any()):
@@ -30,9 +30,9 @@ def pool_prompt(inputs: torch.Tensor, query_mask: torch.Tensor | None, key_funct
     if key_function == "mean":
         pooled = (x * mask.unsqueeze(-1)).sum(dim=1) / mask.sum(dim=1, keepdim=True)
     elif key_function == "last":
-        positions = torch.arange(tokens).expand(batch, tokens)
+        positions = torch.arange(tokens, device=x.device).expand(batch, tokens)
         last = torch.where(mask > 0, positions, torch.full_like(positions, -1)).max(dim=1).values
-        pooled = x[torch.arange(batch), last]
+        pooled = x[torch.arange(batch, device=x.device), last]
     else:
         raise ValueError(f"unknown key function {key_function!r}")
     return torch.nn.functional.normalize(pooled, dim=-1)

@@ -14,6 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
+from copy import deepcopy
 
 import numpy as np
 import torch
@@ -100,8 +102,23 @@ def module_dims(module: nn.Module) -> tuple[int, int]:
     raise TypeError(f"cannot edit a {type(module).__name__}; supported: nn.Linear, Conv1D")
 
 
+@dataclass
+class LayerCall:
+    """What one forward call of the routed layer routes by: the snapshot's bank and the call's
+    scope (prompt mask, pinned decision), or one trainable LoRA applied to every sequence."""
+
+    bank: EditBank
+    scope: RoutingScope
+    trainable: tuple[torch.Tensor, torch.Tensor] | None = None
+
+
 class RoutedLoRA(nn.Module):
-    """Wraps one projection; adds at most one edit's LoRA per sequence, chosen by key distance."""
+    """Wraps one projection; adds at most one edit's LoRA per sequence, chosen by key distance.
+
+    The layer keeps no routing state of its own: each call enters `routing_call(bank, scope)`
+    (or `training_adapter`), which sets a context variable private to this layer, so calls at
+    different revisions may run at the same time in different threads, each seeing its own
+    bank. Outside any call the layer is the base projection."""
 
     def __init__(self, base: nn.Module, key_function: str, threshold: float, scale: float, radius_ratio: float = 0.0) -> None:
         super().__init__()
@@ -111,61 +128,67 @@ class RoutedLoRA(nn.Module):
         self.threshold = threshold
         self.radius_ratio = radius_ratio
         self.scale = scale
-        self.bank = EditBank.empty()
-        self.scope: RoutingScope | None = None
-        self.trainable: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._call: ContextVar[LayerCall | None] = ContextVar(f"sola-routed-lora-{id(self)}", default=None)
+
+    def __deepcopy__(self, memo: dict) -> "RoutedLoRA":
+        copy = RoutedLoRA(deepcopy(self.base, memo), self.key_function, self.threshold, self.scale, self.radius_ratio)
+        copy.train(self.training)
+        return copy
 
     # --- explicit modes, each entered and left by a context manager -------------------------
     @contextmanager
-    def routing_scope(self, scope: RoutingScope) -> Iterator[RoutingScope]:
-        self.scope = scope
+    def routing_call(self, bank: EditBank, scope: RoutingScope | None = None) -> Iterator[RoutingScope]:
+        """Route every forward inside this block by `bank`; the first pass pins the decision."""
+        scope = scope if scope is not None else RoutingScope()
+        token = self._call.set(LayerCall(bank, scope))
         try:
             yield scope
         finally:
-            self.scope = None
+            self._call.reset(token)
 
     @contextmanager
     def training_adapter(self, lora_a: torch.Tensor, lora_b: torch.Tensor) -> Iterator[None]:
         """Apply one trainable LoRA to every sequence, bypassing routing (edit training)."""
-        self.trainable = (lora_a, lora_b)
+        token = self._call.set(LayerCall(EditBank.empty(), RoutingScope(), (lora_a, lora_b)))
         try:
             yield
         finally:
-            self.trainable = None
+            self._call.reset(token)
 
     # --- routing ---------------------------------------------------------------------------
-    def route(self, inputs: torch.Tensor, query_mask: torch.Tensor | None) -> Routing:
-        if self.bank.size == 0:
+    def route(self, bank: EditBank, inputs: torch.Tensor, query_mask: torch.Tensor | None) -> Routing:
+        if bank.size == 0:
             return Routing.unrouted(inputs.shape[0])
-        queries = pool_prompt(inputs, query_mask, self.key_function).numpy()
-        return self.bank.decide(queries, self.threshold, self.radius_ratio)
+        queries = pool_prompt(inputs, query_mask, self.key_function).cpu().numpy()
+        return bank.decide(queries, self.threshold, self.radius_ratio)
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         output = self.base(inputs)
-        if self.trainable is not None:
-            lora_a, lora_b = self.trainable
-            return output + (inputs @ lora_a.T) @ lora_b.T * self.scale
-        if self.bank.size == 0:
+        call = self._call.get()
+        if call is None:
             return output
-        routing = self._decision(inputs)
+        if call.trainable is not None:
+            lora_a, lora_b = call.trainable
+            return output + (inputs @ lora_a.T) @ lora_b.T * self.scale
+        if call.bank.size == 0:
+            return output
+        routing = self._decision(call, inputs)
         rows = [i for i, edit in enumerate(routing.edits) if edit is not None]
         if not rows:
             return output
-        loras = [self.bank.lora(routing.edits[i]) for i in rows]
-        stacked_a = torch.stack([a for a, _ in loras]).to(inputs.dtype)  # (n, r, in)
-        stacked_b = torch.stack([b for _, b in loras]).to(inputs.dtype)  # (n, out, r)
-        index = torch.tensor(rows, dtype=torch.long)
+        loras = [call.bank.lora(routing.edits[i]) for i in rows]
+        stacked_a = torch.stack([a for a, _ in loras]).to(device=inputs.device, dtype=inputs.dtype)  # (n, r, in)
+        stacked_b = torch.stack([b for _, b in loras]).to(device=inputs.device, dtype=inputs.dtype)  # (n, out, r)
+        index = torch.tensor(rows, dtype=torch.long, device=inputs.device)
         selected = inputs.index_select(0, index)
         delta = torch.bmm(torch.bmm(selected, stacked_a.transpose(1, 2)), stacked_b.transpose(1, 2)) * self.scale
         return output.index_add(0, index, delta)
 
-    def _decision(self, inputs: torch.Tensor) -> Routing:
-        scope = self.scope
-        if scope is not None and scope.decision is not None:
+    def _decision(self, call: LayerCall, inputs: torch.Tensor) -> Routing:
+        scope = call.scope
+        if scope.decision is not None:
             if len(scope.decision.edits) != inputs.shape[0]:
                 raise RuntimeError("batch size changed inside one routing scope")
             return scope.decision
-        routing = self.route(inputs, scope.query_mask if scope is not None else None)
-        if scope is not None:
-            scope.decision = routing
-        return routing
+        scope.decision = self.route(call.bank, inputs, scope.query_mask)
+        return scope.decision

@@ -88,6 +88,9 @@ class RoutedModel:
         self.tokenizer = tokenizer
         self.config = config
         self.layer = attach(model, config)
+        # the bank of callers that pass none (a single-user command, an eval): the server passes
+        # each request's snapshot bank instead, so this default is never shared between revisions
+        self.bank = EditBank.empty()
 
     # --- tokenisation ----------------------------------------------------------------------
     def encode(self, prompt: str, target: str | None = None) -> Encoded:
@@ -104,58 +107,79 @@ class RoutedModel:
 
     # --- bank ------------------------------------------------------------------------------
     def set_bank(self, bank: EditBank) -> None:
-        self.layer.bank = bank
+        self.bank = bank
 
     @contextmanager
     def bank_override(self, bank: EditBank) -> Iterator[None]:
-        previous = self.layer.bank
-        self.layer.bank = bank
+        previous = self.bank
+        self.bank = bank
         try:
             yield
         finally:
-            self.layer.bank = previous
+            self.bank = previous
+
+    def routing_call(self, scope: RoutingScope | None = None, bank: EditBank | None = None):
+        """The context every forward pass runs in: routed by `bank` (default: this model's)."""
+        return self.layer.routing_call(bank if bank is not None else self.bank, scope)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
 
     # --- forward passes --------------------------------------------------------------------
     @torch.no_grad()
-    def score(self, prompt: str, target: str) -> tuple[torch.Tensor, Encoded, Routing]:
+    def score(self, prompt: str, target: str, bank: EditBank | None = None) -> tuple[torch.Tensor, Encoded, Routing]:
         """Teacher-forced logits at the target positions; routing uses the prompt tokens only."""
         encoded = self.encode(prompt, target)
         mask = torch.zeros_like(encoded.input_ids)
         mask[:, : encoded.prompt_len] = 1
         scope = RoutingScope(query_mask=mask)
-        with self.layer.routing_scope(scope):
-            logits = self.model(input_ids=encoded.input_ids, use_cache=False).logits[0]
+        with self.routing_call(scope, bank):
+            logits = self.model(input_ids=encoded.input_ids.to(self.device), use_cache=False).logits[0]
         start = encoded.prompt_len - 1
         decision = scope.decision or Routing.unrouted(1)
         return logits[start : start + len(encoded.target_ids)], encoded, decision
 
     @torch.no_grad()
-    def prompt_logits(self, prompt: str) -> tuple[torch.Tensor, Routing]:
+    def prompt_logits(self, prompt: str, bank: EditBank | None = None) -> tuple[torch.Tensor, Routing]:
         """Next-token logits after the prompt (the quantity rollback fidelity compares)."""
         encoded = self.encode(prompt)
         scope = RoutingScope()
-        with self.layer.routing_scope(scope):
-            logits = self.model(input_ids=encoded.input_ids, use_cache=False).logits[0, -1]
+        with self.routing_call(scope, bank):
+            logits = self.model(input_ids=encoded.input_ids.to(self.device), use_cache=False).logits[0, -1]
         return logits, scope.decision or Routing.unrouted(1)
 
     @torch.no_grad()
-    def generate(self, prompts: list[str], max_new_tokens: int = 16) -> tuple[list[str], Routing]:
-        """Greedy decoding with a KV cache; routing decided at prefill and pinned for all steps."""
-        rows = [self.encode(p).input_ids[0].tolist() for p in prompts]
+    def generate(self, prompts: list[str], max_new_tokens: int = 16, bank: EditBank | None = None,
+                 query_masks: list[list[int]] | None = None, token_ids: list[list[int]] | None = None,
+                 temperature: float = 0.0, seed: int | None = None, streamer: object | None = None) -> tuple[list[str], Routing]:
+        """Decoding with a KV cache; routing decided at prefill and pinned for all steps.
+
+        Greedy (deterministic) at temperature 0, else sampled (`seed` makes it repeatable).
+        `token_ids` gives pre-tokenised prompts (a chat template) and `query_masks` the
+        positions of each prompt that form its routing query (a chat turn routes by its user
+        message only); by default a prompt's own tokens, all of them."""
+        rows = token_ids if token_ids is not None else [self.encode(p).input_ids[0].tolist() for p in prompts]
         width = max(len(r) for r in rows)
         pad = self.tokenizer.pad_token_id
         if pad is None:
             pad = self.tokenizer.eos_token_id or 0
-        input_ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], dtype=torch.long)
-        attention = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], dtype=torch.long)
-        scope = RoutingScope(query_mask=attention)
-        with self.layer.routing_scope(scope):
+        masks = query_masks if query_masks is not None else [[1] * len(r) for r in rows]
+        input_ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], dtype=torch.long, device=self.device)
+        attention = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], dtype=torch.long, device=self.device)
+        query = torch.tensor([[0] * (width - len(m)) + m for m in masks], dtype=torch.long, device=self.device)
+        scope = RoutingScope(query_mask=query)
+        sampling = {"do_sample": True, "temperature": float(temperature)} if temperature > 0 else {"do_sample": False}
+        if temperature > 0 and seed is not None:
+            torch.manual_seed(seed)
+        with self.routing_call(scope, bank):
             output = self.model.generate(
                 input_ids=input_ids,
                 attention_mask=attention,
                 max_new_tokens=max_new_tokens,
-                do_sample=False,
                 pad_token_id=pad,
+                streamer=streamer,
+                **sampling,
             )
         texts = [self.tokenizer.decode(row[width:], skip_special_tokens=True) for row in output]
         return texts, scope.decision or Routing.unrouted(len(prompts))

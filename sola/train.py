@@ -66,7 +66,7 @@ def train_edit(
     targets = encoded.target_ids
     steps, loss_value, converged = 0, float("inf"), False
     replay = routed.upper_stack(block_input) if cache_lower_blocks else nullcontext()
-    with replay, layer.training_adapter(lora_a, lora_b), routed.bank_override(EditBank.empty()):
+    with replay, layer.training_adapter(lora_a, lora_b):
         while True:
             logits = routed.model(input_ids=encoded.input_ids, use_cache=False).logits[0, start : start + len(targets)]
             loss = torch.nn.functional.cross_entropy(logits, targets)

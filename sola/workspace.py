@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import os
 import getpass
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -25,6 +26,7 @@ from sola.data import EditRequest
 from sola.layer import EditBank, Routing
 from sola.modelio import load_base
 from sola.routed import RoutedModel, default_module_for
+from sola.snapshots import snapshot_bank
 from sola.train import routing_key, train_edit
 
 
@@ -123,11 +125,22 @@ class Generation:
 
 
 class Workspace:
-    """A registry plus (lazily) its base model with the routed layer attached."""
+    """A registry plus (lazily) its base model with the routed layer attached.
 
-    def __init__(self, registry: Registry) -> None:
-        self.registry = registry
-        self.routing = RoutingConfig.from_record(registry.routing)
+    The workspace holds the catalog only for short transactions, so other processes can read
+    and write the same registry meanwhile: reads open it read-only on first use and `release()`
+    closes it before anything slow (loading the model, training, generating); each write opens it
+    for writing in `writing()` just for the commit, after checking the branch again under the lock."""
+
+    def __init__(self, root: Path, registry: Registry | None = None, writable: bool = False,
+                 wait_seconds: float = 30.0) -> None:
+        self.root = Path(root)
+        self.writable = writable
+        self.wait_seconds = wait_seconds
+        self._registry = registry
+        self.routing = RoutingConfig.from_record(self.registry.routing)
+        self.base_model = dict(self.registry.base_model)
+        self.training = dict(self.registry.training)
         self._routed: RoutedModel | None = None
         # per branch: (head commit id, index of its active and tombstoned keys, key id -> edit, tombstoned edits)
         self._head_index: dict[str, tuple[str, FaissKeySearch, dict[int, str], frozenset[str]]] = {}
@@ -147,17 +160,42 @@ class Workspace:
         routed = RoutedModel(base, tokenizer, config)  # validates layer/module against the real model
         block_path = "transformer.h" if hasattr(base, "transformer") else "model.layers"
         routing_record = dict(config.to_dict(), key_dim=routed.layer.in_features, block_path=block_path)
-        workspace = cls(Registry.create(root, identity.to_dict(), routing_record, author,
-                                        training.to_dict() if training is not None else None))
+        registry = Registry.create(root, identity.to_dict(), routing_record, author, training.to_dict() if training is not None else None)
+        workspace = cls(root, registry, writable=True)
         workspace._routed = routed
         return workspace
 
     @classmethod
-    def open(cls, root: Path, writable: bool = False, wait_seconds: float = 0.0) -> "Workspace":
-        return cls(Registry.open(root, writable=writable, wait_seconds=wait_seconds))
+    def open(cls, root: Path, writable: bool = False, wait_seconds: float = 30.0) -> "Workspace":
+        return cls(root, Registry.open(root, writable=False, wait_seconds=wait_seconds), writable, wait_seconds)
+
+    @property
+    def registry(self) -> Registry:
+        """The catalog for reading (opened on first use, read-only, until `release`)."""
+        if self._registry is None:
+            self._registry = Registry.open(self.root, writable=False, wait_seconds=self.wait_seconds)
+        return self._registry
+
+    def release(self) -> None:
+        """Close the catalog so that writers (and, for a writer, readers) are not held up."""
+        if self._registry is not None:
+            self._registry.close()
+            self._registry = None
+
+    @contextmanager
+    def writing(self) -> Iterator[Registry]:
+        """The catalog opened for writing, for one commit; closed again afterwards."""
+        if not self.writable:
+            raise RegistryError("registry opened read-only")
+        self.release()
+        self._registry = Registry.open(self.root, writable=True, wait_seconds=self.wait_seconds)
+        try:
+            yield self._registry
+        finally:
+            self.release()
 
     def close(self) -> None:
-        self.registry.close()
+        self.release()
 
     def __enter__(self) -> "Workspace":
         return self
@@ -168,7 +206,7 @@ class Workspace:
     def model(self) -> RoutedModel:
         """The base model with the routed layer, checked against the recorded identity."""
         if self._routed is None:
-            recorded = self.registry.base_model
+            recorded = self.base_model
             base, tokenizer, _ = load_base(recorded["spec"], expected_sha256=recorded["sha256"])
             self._routed = RoutedModel(base, tokenizer, self.routing)
         return self._routed
@@ -179,8 +217,8 @@ class Workspace:
         return torch.from_numpy(tensors["lora_A"].copy()), torch.from_numpy(tensors["lora_B"].copy())
 
     def bank(self, commit: Commit) -> EditBank:
-        search, key_edit = self.registry.key_search(commit, tombstones=True)
-        return EditBank(search, key_edit, self._fetch_lora, frozenset(self.registry.tombstoned_edit_ids(commit)))
+        """The snapshot bank of a commit: reads only objects once built (sola/snapshots.py)."""
+        return snapshot_bank(self.registry, commit)
 
     def head_bank(self, branch: str = MAIN) -> EditBank:
         """The bank of a branch head, from a copy of the incrementally maintained in-memory index
@@ -189,9 +227,12 @@ class Workspace:
         return EditBank(search.copy(), dict(key_edit), self._fetch_lora, revoked)
 
     def routed_at(self, revision: str | None = None, at: str | None = None) -> tuple[RoutedModel, Commit]:
+        """The model routed as at a revision; the catalog is released before the model loads."""
         commit = self.registry.resolve(revision, at)
+        bank = self.bank(commit)
+        self.release()
         routed = self.model()
-        routed.set_bank(self.bank(commit))
+        routed.set_bank(bank)
         return routed, commit
 
     def generate(
@@ -256,26 +297,24 @@ class Workspace:
         train_config: TrainConfig = TrainConfig(),
         branch: str = MAIN,
     ) -> EditOutcome:
-        """Train and record one edit on a branch, after checking it against its active edits' keys."""
-        if not self.registry.writable:
+        """Train and record one edit on a branch, after checking it against its active edits' keys.
+
+        Training runs with the catalog closed; the commit then checks the branch under the write
+        lock and, if another writer moved it meanwhile, checks the edit against the new head."""
+        if not self.writable:
             raise RegistryError("registry opened read-only")
         self.registry.check_direct_write(branch)
         request = request.validated()
         author = author or default_author()
-        routed = self.model()
         supersede_ids = [self.registry.resolve_edit(e) for e in supersede or []]
+        seen_head = self.registry.branch_head(branch).commit_id
+        self.release()
+        routed = self.model()
         key = routing_key(routed, request.prompt)
-        close = self.neighbours(key, self.routing.threshold, branch=branch)
-        for near in close:
-            if near.distance >= self.routing.duplicate_distance or near.edit in supersede_ids:
-                continue
-            if same_answer(near.prompt, near.target, request.prompt, request.target):
-                return EditOutcome(edit=near.edit, commit=None, duplicate=True, neighbours=close)
-            if not force:
-                raise EditConflict(
-                    f"contradicts active edit {near.edit[:12]} ({near.prompt!r} -> {near.target!r}) at distance "
-                    f"{near.distance:.4f}; pass --supersede {near.edit[:12]} to replace it or --force to keep both"
-                )
+        close, duplicate = self._admit(key, request, supersede_ids, force, branch)
+        if duplicate is not None:
+            return duplicate
+        self.release()
         trained = train_edit(routed, request.prompt, request.target, list(request.rephrases), train_config)
         provenance = {
             "format": "sola.edit/1",
@@ -287,17 +326,22 @@ class Workspace:
             "reason": reason,
             "source": source,
             "created_at": iso(utcnow()),
-            "base_model": self.registry.base_model,
+            "base_model": self.base_model,
             "routing": self.routing.to_dict(),
             "training": train_config.to_dict(),
             "result": {"steps": trained.steps, "loss": trained.loss, "converged": trained.converged, "seconds": round(trained.seconds, 4)},
         }
         tensors = {"lora_A": trained.lora_a.numpy(), "lora_B": trained.lora_b.numpy(), "keys": trained.keys.numpy()}
         message = f"add {request.prompt!r} -> {request.target!r}"
-        edit_id, commit = self.registry.store_edit(
-            tensors, provenance, [request.prompt, *request.rephrases], author, message, supersede_ids, branch
-        )
-        self._advance_head_index(branch, commit, edit_id, supersede_ids)
+        with self.writing() as registry:
+            if registry.check_direct_write(branch).commit_id != seen_head:  # another writer committed meanwhile
+                close, duplicate = self._admit(key, request, supersede_ids, force, branch)
+                if duplicate is not None:
+                    return duplicate
+            edit_id, commit = registry.store_edit(
+                tensors, provenance, [request.prompt, *request.rephrases], author, message, supersede_ids, branch
+            )
+            self._advance_head_index(branch, commit, edit_id, supersede_ids)
         neighbours = [n for n in close if n.edit not in supersede_ids]
         return EditOutcome(
             edit=edit_id,
@@ -310,14 +354,32 @@ class Workspace:
             seconds=trained.seconds,
         )
 
+    def _admit(self, key: torch.Tensor, request: EditRequest, supersede_ids: list[str], force: bool,
+               branch: str) -> tuple[list[Neighbour], EditOutcome | None]:
+        """The collision rule against the branch head: (its neighbours within the threshold, the
+        existing edit's outcome when this one duplicates it); a contradiction raises EditConflict."""
+        close = self.neighbours(key, self.routing.threshold, branch=branch)
+        for near in close:
+            if near.distance >= self.routing.duplicate_distance or near.edit in supersede_ids:
+                continue
+            if same_answer(near.prompt, near.target, request.prompt, request.target):
+                return close, EditOutcome(edit=near.edit, commit=None, duplicate=True, neighbours=close)
+            if not force:
+                raise EditConflict(
+                    f"contradicts active edit {near.edit[:12]} ({near.prompt!r} -> {near.target!r}) at distance "
+                    f"{near.distance:.4f}; pass --supersede {near.edit[:12]} to replace it or --force to keep both"
+                )
+        return close, None
+
     def preflight(self, requests: list[EditRequest], supersede: list[str] | None = None, force: bool = False,
                   branch: str = MAIN) -> None:
         """Refuse a batch before training anything if the branch takes no direct writes, or any
         request contradicts an active edit or an earlier request of the same batch (nearly the
         same key, a different target)."""
         self.registry.check_direct_write(branch)
-        routed = self.model()
         superseded = {self.registry.resolve_edit(e) for e in supersede or []}
+        self.release()
+        routed = self.model()
         if force:
             return
         seen: list[tuple[torch.Tensor, EditRequest, int]] = []
@@ -355,9 +417,10 @@ class Workspace:
         self._head_index[branch] = (commit.commit_id, search, key_edit, revoked)
 
     def set_active(self, edit: str, active: bool, reason: str, author: str | None = None, branch: str = MAIN) -> Commit:
-        edit_id = self.registry.resolve_edit(edit)
-        commit = self.registry.set_active(edit_id, active, author or default_author(), reason, branch)
-        self._relabel_head_index(branch, commit, edit_id, active)
+        with self.writing() as registry:
+            edit_id = registry.resolve_edit(edit)
+            commit = registry.set_active(edit_id, active, author or default_author(), reason, branch)
+            self._relabel_head_index(branch, commit, edit_id, active)
         return commit
 
     def _relabel_head_index(self, branch: str, commit: Commit, edit_id: str, active: bool) -> None:

@@ -301,7 +301,7 @@ def test_second_writer_is_told_the_registry_is_locked(sola):
         str(sola.root / "registry.duckdb")], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
-        message = sola.fails("revoke", "abcd", "--reason", "x")
+        message = sola.fails("revoke", "abcd", "--reason", "x", "--wait", "0.5")
         assert message == "error: registry is locked by another sola process"
     finally:
         holder.kill()

@@ -85,7 +85,7 @@ def test_mixed_batch_equals_each_sequence_alone(tiny):
 
     if len(lengths) == 1:  # same length: no padding, so whole-batch logits are comparable
         ids = torch.cat([routed.encode(p).input_ids for p in prompts])
-        with torch.no_grad(), routed.layer.routing_scope(RoutingScope()):
+        with torch.no_grad(), routed.routing_call(RoutingScope()):
             batched = model(input_ids=ids, use_cache=False).logits[:, -1]
         for row, prompt in enumerate(prompts):
             torch.testing.assert_close(batched[row], routed.prompt_logits(prompt)[0], rtol=0, atol=1e-5)
@@ -190,8 +190,8 @@ def test_snapshot_check_accepts_both_edit_layouts_and_rejects_a_changed_key():
     assert not _edit_matches_manifest(lora_a, lora_b, changed, older)
 
 
-def _layer_with_bank(radius_ratio: float, keys_by_edit: dict[str, list[list[float]]], threshold: float = 0.5):
-    """A routed nn.Linear(3, 2) whose bank holds the given unit keys (LoRA factors irrelevant here)."""
+def _router(radius_ratio: float, keys_by_edit: dict[str, list[list[float]]], threshold: float = 0.5):
+    """The routing decision of a routed nn.Linear(3, 2) over a bank of the given unit keys (LoRA factors irrelevant here)."""
     import math
 
     from sola.layer import RoutedLoRA
@@ -201,8 +201,8 @@ def _layer_with_bank(radius_ratio: float, keys_by_edit: dict[str, list[list[floa
     for edit, rows in keys_by_edit.items():
         keys = torch.tensor([[x / math.sqrt(sum(v * v for v in row)) for x in row] for row in rows])
         edits[edit] = (torch.zeros(1, 3), torch.zeros(2, 1), keys)
-    layer.bank = EditBank.from_tensors(edits)
-    return layer
+    bank = EditBank.from_tensors(edits)
+    return lambda query: layer.route(bank, query, None)
 
 
 def _at_angle(radians: float) -> torch.Tensor:
@@ -217,18 +217,18 @@ def test_radius_ratio_refuses_a_query_near_a_crowded_key_that_the_threshold_alon
 
     crowded = {"a": [[1.0, 0.0, 0.0]], "b": [[math.cos(0.6), math.sin(0.6), 0.0]]}  # a-b distance 0.175
     query = _at_angle(-0.45)  # nearest a at distance 0.0996: under the threshold, over 0.5 x 0.175
-    assert _layer_with_bank(0.0, crowded).route(query, None).edits == ["a"]
-    routing = _layer_with_bank(0.5, crowded).route(query, None)
+    assert _router(0.0, crowded)(query).edits == ["a"]
+    routing = _router(0.5, crowded)(query)
     assert routing.edits == [None] and routing.nearest == ["a"]
     assert math.isclose(routing.radii[0], 0.5 * (1 - math.cos(0.6)), rel_tol=1e-5)
-    assert _layer_with_bank(0.5, crowded).route(_at_angle(0.0), None).edits == ["a"]  # the key's own prompt
+    assert _router(0.5, crowded)(_at_angle(0.0)).edits == ["a"]  # the key's own prompt
 
 
 def test_radius_ratio_ignores_the_other_keys_of_the_same_edit():
     import math
 
     one_edit_two_keys = {"a": [[1.0, 0.0, 0.0], [math.cos(0.1), math.sin(0.1), 0.0]], "far": [[0.0, 0.0, 1.0]]}
-    routing = _layer_with_bank(0.5, one_edit_two_keys).route(_at_angle(-0.45), None)
+    routing = _router(0.5, one_edit_two_keys)(_at_angle(-0.45))
     assert routing.edits == ["a"] and math.isclose(routing.radii[0], 0.5)  # min(threshold, 0.5 x distance 1 to "far")
 
 
@@ -271,7 +271,8 @@ def test_workspace_on_a_registry_recorded_before_radius_ratio_routes_by_threshol
     from sola.workspace import Workspace
 
     assert "radius_ratio" not in ROUTING
-    assert Workspace(new_registry(tmp_path / "r")).routing.radius_ratio == 0.0
+    new_registry(tmp_path / "r").close()
+    assert Workspace.open(tmp_path / "r").routing.radius_ratio == 0.0
 
 
 def test_head_index_relabelled_by_revoke_and_restore_routes_like_a_fresh_build(tmp_path, tiny_dirs):
