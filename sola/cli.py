@@ -624,4 +624,4 @@ def entry() -> None:
     main(obj={})
 
 
-from sola import cli_editsets  # noqa: E402,F401  (registers branch, merge, review, blame, ...)
+from sola import cli_editsets, cli_serve  # noqa: E402,F401  (registers branch, merge, review, blame, serve, ...)

@@ -76,13 +76,28 @@ class SnapshotCache:
         self.capacity = capacity
         self.device = device
         self._banks: OrderedDict[str, EditBank] = OrderedDict()
+        self._commits: OrderedDict[str, Commit] = OrderedDict()  # commits are immutable: resolved once
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
 
+    def cached(self, commit_id: str) -> Snapshot | None:
+        """The snapshot of a commit seen before whose tree's bank is still cached (no read needed)."""
+        with self._lock:
+            commit = self._commits.get(commit_id)
+            bank = self._banks.get(commit.tree_id) if commit is not None else None
+            if bank is None:
+                return None
+            self._banks.move_to_end(commit.tree_id)
+            self.hits += 1
+            return Snapshot(commit, bank)
+
     def snapshot(self, registry: Registry, commit: Commit) -> Snapshot:
         """The snapshot of `commit`, building its bank inside the caller's read if it is new."""
         with self._lock:
+            self._commits[commit.commit_id] = commit
+            while len(self._commits) > 4096:
+                self._commits.popitem(last=False)
             bank = self._banks.get(commit.tree_id)
             if bank is not None:
                 self._banks.move_to_end(commit.tree_id)
