@@ -60,6 +60,35 @@ class ApiError(Exception):
         return JSONResponse({"error": {"message": self.message, "type": self.kind, "code": self.code}}, status_code=self.status)
 
 
+ROLES = ("viewer", "reviewer", "admin")
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who a bearer token belongs to, and what they may do: viewers read, reviewers also
+    approve or reject proposals, admins everything a reviewer may."""
+
+    name: str
+    role: str
+
+
+def load_roles(path: Path) -> dict[str, Identity]:
+    """A roles file: a JSON object {token: {"name": ..., "role": viewer|reviewer|admin}}."""
+    try:
+        document = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError) as error:
+        raise RegistryError(f"--roles {path}: not a readable JSON file ({type(error).__name__})") from None
+    if not isinstance(document, dict) or not document:
+        raise RegistryError(f"--roles {path}: expected a JSON object {{token: {{name, role}}}}")
+    out = {}
+    for token, entry in document.items():
+        if not isinstance(token, str) or len(token) < 8 or not isinstance(entry, dict) or entry.get("role") not in ROLES \
+                or not isinstance(entry.get("name"), str) or not entry["name"].strip():
+            raise RegistryError(f"--roles {path}: each token (8+ characters) needs a name and a role in {ROLES}")
+        out[token] = Identity(entry["name"], entry["role"])
+    return out
+
+
 @dataclass
 class ServeConfig:
     root: Path
@@ -69,8 +98,9 @@ class ServeConfig:
     max_batch: int = 8
     max_tokens_limit: int = 512
     max_concurrency: int = 64
-    token: str | None = None
+    tokens: dict[str, Identity] = field(default_factory=dict)  # empty: no authentication
     batch_window_seconds: float = 0.005
+    console: bool = False
 
 
 # --- metrics ------------------------------------------------------------------------------------
@@ -312,6 +342,17 @@ class Server:
         self.watcher.start()
         self.generator.start()
 
+    def identify(self, request: Request) -> Identity | None:
+        """The identity of a request's bearer token (or, for the console, its session cookie)."""
+        if not self.config.tokens:
+            return Identity("anonymous", "admin")
+        header = request.headers.get("authorization", "")
+        given = header[7:] if header.startswith("Bearer ") else request.cookies.get("sola_token", "")
+        for token, identity in self.config.tokens.items():
+            if given and secrets.compare_digest(given.encode(), token.encode()):
+                return identity
+        return None
+
     def stop(self) -> None:
         self.watcher.stop()
         self.generator.stop()
@@ -433,10 +474,9 @@ def create_app(server: Server) -> FastAPI:
         started = time.perf_counter()
         path = request.url.path
         try:
-            if server.config.token is not None and path != "/healthz":
-                given = request.headers.get("authorization", "")
-                if not secrets.compare_digest(given.encode(), f"Bearer {server.config.token}".encode()):
-                    raise ApiError(401, "missing or wrong bearer token", "authentication_error", "invalid_api_key")
+            request.state.identity = server.identify(request)
+            if server.config.tokens and path != "/healthz" and request.state.identity is None:
+                raise ApiError(401, "missing or wrong bearer token", "authentication_error", "invalid_api_key")
             length = request.headers.get("content-length")
             if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
                 raise ApiError(413, f"request body over {MAX_BODY_BYTES} bytes", code="request_too_large")
@@ -611,6 +651,11 @@ def create_app(server: Server) -> FastAPI:
             return JSONResponse(await asyncio.to_thread(read))
         except RegistryError as error:
             raise ApiError(404, str(error), "not_found_error", "revision_not_found") from None
+
+    if server.config.console:
+        from sola.console import mount_console
+
+        mount_console(app, server)
 
     @app.on_event("startup")
     async def startup() -> None:
