@@ -169,7 +169,13 @@ def new_commit(parents: list[str], tree: TreeSummary, changes: Changes, author: 
 
 @dataclass(frozen=True)
 class RefEntry:
-    """One ref move in the ref log (`new_commit` None: the branch was deleted)."""
+    """One ref move in the ref log (`new_commit` None: the branch was deleted).
+
+    The ref log is one hash chain over all refs in id order: each entry records `prev_hash`,
+    the `entry_hash` of the entry before it (None for the first), and its own `entry_hash`
+    (`reflog_entry_hash`), so an entry changed, removed or inserted behind sola's back breaks
+    the chain at that point (`sola verify`), and a checkpoint of the head hash pins everything
+    before it (registry/checkpoint.py)."""
 
     id: int
     ref: str
@@ -178,10 +184,29 @@ class RefEntry:
     actor: str
     time: datetime
     reason: str
+    kind: str | None = None  # branch | tag: what the move made the ref
+    prev_hash: str | None = None
+    entry_hash: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"ref": self.ref, "old": self.old_commit, "new": self.new_commit, "actor": self.actor,
                 "time": iso(self.time), "reason": self.reason}
+
+
+REFLOG_FORMAT = "sola.reflog/1"
+
+
+def reflog_record(registry_id: str, prev_hash: str | None, entry_id: int, ref: str, kind: str, old: str | None,
+                  new: str | None, actor: str, moment: datetime, reason: str) -> dict[str, Any]:
+    """The hashed content of a ref log entry. `registry_id` (the id of the registry's init
+    commit) ties the chain to one registry, `prev_hash` to everything written before it."""
+    return {"format": REFLOG_FORMAT, "registry": registry_id, "prev": prev_hash, "id": int(entry_id), "ref": ref,
+            "kind": kind, "old": old, "new": new, "actor": actor, "time": iso(moment), "reason": reason}
+
+
+def reflog_entry_hash(registry_id: str, prev_hash: str | None, entry_id: int, ref: str, kind: str, old: str | None,
+                      new: str | None, actor: str, moment: datetime, reason: str) -> str:
+    return sha256_hex(canonical_json(reflog_record(registry_id, prev_hash, entry_id, ref, kind, old, new, actor, moment, reason)))
 
 
 @dataclass(frozen=True)
@@ -225,4 +250,4 @@ def skip_base_level(level: int) -> int:
 
 
 __all__ = ["Commit", "RegistryError", "TreeSummary", "TreeDelta", "RefEntry", "Review", "MAIN", "ACTIVE", "TOMBSTONE",
-           "ABSENT", "commit_record", "new_commit", "tree_id_for", "member_term", "iso", "parse_time", "utcnow"]
+           "ABSENT", "commit_record", "new_commit", "reflog_record", "reflog_entry_hash", "tree_id_for", "member_term", "iso", "parse_time", "utcnow"]

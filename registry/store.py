@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 from registry.catalog import RefMoved
-from registry.catalog.duckdb import DuckDBCatalog, backfill_edit_sets, backfill_key_vectors, registry_settings
+from registry.catalog.duckdb import DuckDBCatalog, backfill_edit_sets, backfill_key_vectors, backfill_reflog_chain, registry_settings
+from registry.checkpoint import open_witness
 from registry.db import Backfill, RegistryLocked
 from registry.graph import ancestors, ancestors_of_all
 from registry.model import (
@@ -47,6 +48,7 @@ if TYPE_CHECKING:  # numpy, safetensors and FAISS are imported where used: `sola
 
 KEY_VECTORS_VERSION = 3  # the migration that added `key_vectors`
 EDIT_SETS_VERSION = 4  # the migration that made history a graph over trees
+REFLOG_CHAIN_VERSION = 5  # the migration that chained the ref log
 DATABASE = "registry.duckdb"
 
 
@@ -78,6 +80,7 @@ def backfills(root: Path) -> dict[int, Backfill]:
     return {
         KEY_VECTORS_VERSION: lambda connection: backfill_key_vectors(connection, objects.get),
         EDIT_SETS_VERSION: lambda connection: backfill_edit_sets(connection, *registry_settings(connection)),
+        REFLOG_CHAIN_VERSION: backfill_reflog_chain,
     }
 
 
@@ -137,12 +140,15 @@ class Registry:
         """One catalog transaction; trees derived inside it are forgotten if it rolls back."""
         if not self.writable:
             raise RegistryError("registry opened read-only")
+        witness = open_witness()  # the configured witness file, if any (registry/checkpoint.py)
         try:
             with self.catalog.transaction():
                 yield
         except BaseException:
             self.trees.discard_pending()
+            witness.close()
             raise
+        witness.append(self.catalog)  # the checkpoint of the committed ref log
 
     # --- configuration -----------------------------------------------------------------------
     def config(self, name: str, missing: dict[str, Any] | None = None) -> dict[str, Any]:

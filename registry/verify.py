@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,7 +19,9 @@ from safetensors.numpy import load as load_safetensors
 from registry.db import latest_version
 from registry.keyindex import CoarseLists, nearest_lists
 from registry.objects import CorruptObject, canonical_json, sha256_hex
-from registry.model import ABSENT, ACTIVE, MAIN, MODULUS, TOMBSTONE, Commit, commit_record, iso, member_term, tree_id_for
+from registry import checkpoint as checkpoints_module
+from registry.model import (ABSENT, ACTIVE, MAIN, MODULUS, TOMBSTONE, Commit, RefEntry, RegistryError, commit_record, iso, member_term,
+                            parse_time, reflog_entry_hash, tree_id_for)
 from registry.store import Registry, key_vector_blobs, keys_digest
 
 _EDIT_FIELDS = ("prompt", "target", "subject", "author", "reason", "source")
@@ -38,7 +41,12 @@ class Report:
         return {"ok": self.ok, "problems": self.problems, "notes": self.notes, "checked": self.checked}
 
 
-def verify(registry: Registry) -> Report:
+def verify(registry: Registry, checkpoints: list[tuple[str, Any]] = (), public_key: bytes | None = None,
+           witness: Path | None = None) -> Report:
+    """Check everything; with `checkpoints` ((label, parsed checkpoint document) each), also
+    that the registry's ref log extends each of them (registry/checkpoint.py), with
+    `public_key` that each is signed by that key, and with `witness` that it extends every
+    checkpoint of this registry in that witness file."""
     report = Report()
     if registry.catalog.schema_version() != latest_version():
         report.problems.append(f"schema version {registry.catalog.schema_version()} != {latest_version()}")
@@ -49,7 +57,12 @@ def verify(registry: Registry) -> Report:
     known_edits = {row[0] for row in registry.catalog.scan("edits")[1]}
     trees = _check_trees(registry, report, known_edits)
     commits = _check_commits(registry, report, known_edits, trees)
-    _check_refs(registry, report, commits)
+    entries = registry.catalog.reflog()
+    chain = _check_reflog_chain(registry, report, entries)
+    _check_refs(registry, report, commits, entries)
+    _check_checkpoints(registry, report, chain, list(checkpoints), public_key)
+    if witness is not None:
+        _check_witness(registry, report, chain, witness)
     _check_caches(registry, report, keys_by_id)
     orphans = [d for d in registry.objects if d not in referenced]
     if orphans:
@@ -88,6 +101,8 @@ def _check_edits(registry: Registry, report: Report, keys_by_id: dict[int, np.nd
         for name in _EDIT_FIELDS:
             if document.get(name) != row[name]:
                 report.problems.append(f"edit {short}: row field {name!r} differs from its provenance object")
+        if _created_at(document) != iso(row["created_at"]):
+            report.problems.append(f"edit {short}: row field 'created_at' differs from its provenance object")
         if document.get("tensors_sha256") != row["tensors_sha256"]:
             report.problems.append(f"edit {short}: row points at a different tensors object than its provenance")
         prompts = document.get("key_prompts", [])
@@ -116,6 +131,13 @@ def _check_edits(registry: Registry, report: Report, keys_by_id: dict[int, np.nd
         report.problems.append("edit_keys: key ids are not dense")
     report.checked["edits"] = count
     return referenced
+
+
+def _created_at(document: dict[str, Any]) -> str | None:
+    try:
+        return iso(parse_time(document["created_at"]))
+    except (KeyError, RegistryError, TypeError):
+        return None
 
 
 def _check_key_vectors(registry: Registry, report: Report, keys_by_id: dict[int, np.ndarray], stored: dict[int, bytes]) -> None:
@@ -212,6 +234,7 @@ def _check_commits(registry: Registry, report: Report, known_edits: set[str], tr
         report.problems.append(f"{len(stray)} change row(s) belong to no commit")
     if {r[0] for r in parent_rows} - set(by_id):
         report.problems.append("commit_parents: rows belong to no commit")
+    _check_commit_mirrors(registry, report, by_id)
     empty = tree_id_for(registry.config_digest(), 0)
     for commit in commits:
         short = commit.commit_id[:12]
@@ -253,13 +276,80 @@ def _check_commits(registry: Registry, report: Report, known_edits: set[str], tr
     return commits
 
 
-def _check_refs(registry: Registry, report: Report, commits: list[Commit]) -> None:
+def _check_commit_mirrors(registry: Registry, report: Report, by_id: dict[str, Commit]) -> None:
+    """Columns that repeat what the hashed records hold: `commits.parent_id` (the first parent
+    in `commit_parents`), `commit_changes.seq` (its commit's) and `.active` (state 'active').
+    `commits.seq` of a format-2 commit is this registry's write order and hashed nowhere; a
+    parent must come before its child (checked with the parents)."""
+    columns, rows = registry.catalog.scan("commits")
+    for values in rows:
+        row = dict(zip(columns, values))
+        commit = by_id.get(row["commit_id"])
+        if commit is not None and row["parent_id"] != commit.parent_id:
+            report.problems.append(f"commit {commit.commit_id[:12]}: row field 'parent_id' differs from its first parent")
+    columns, rows = registry.catalog.scan("commit_changes")
+    wrong: dict[str, str] = {}
+    for values in rows:
+        row = dict(zip(columns, values))
+        commit = by_id.get(row["commit_id"])
+        if commit is None:
+            continue  # reported as a change row of no commit
+        if row["seq"] != commit.seq:
+            wrong.setdefault(commit.commit_id, "seq")
+        if row["active"] != (row["state"] == ACTIVE):
+            wrong.setdefault(commit.commit_id, "active")
+    for commit_id, name in wrong.items():
+        report.problems.append(f"commit {commit_id[:12]}: change row field {name!r} differs from its commit")
+
+
+def _check_reflog_chain(registry: Registry, report: Report, entries: list[RefEntry]) -> list[tuple[int, str]]:
+    """Each ref log entry hashes to its `entry_hash` and names the entry before it (in id
+    order, all refs together) as `prev_hash`; returns (entry id, hash) of the chain recomputed
+    from the first entry, which is what checkpoints are compared with."""
+    problems: list[str] = []
+    try:
+        registry_id = registry.catalog.registry_id()
+    except RuntimeError as error:
+        report.problems.append(f"ref log: cannot be checked ({error})")
+        return []
+    chain: list[tuple[int, str]] = []
+    previous = None
+    recomputed: str | None = None
+    for entry in entries:
+        label = f"ref log entry {entry.id} ({entry.ref} at {iso(entry.time)} by {entry.actor})"
+        fields = (entry.id, entry.ref, entry.kind, entry.old_commit, entry.new_commit, entry.actor, entry.time, entry.reason)
+        own = reflog_entry_hash(registry_id, entry.prev_hash, *fields)
+        if entry.entry_hash is None or entry.kind is None:
+            problems.append(f"{label}: is not chained (no hash): it was added behind sola's back")
+        elif own != entry.entry_hash:
+            problems.append(f"{label}: content does not hash to its entry hash (its time, actor, reason, ref or commits were changed)")
+        expected_prev = previous.entry_hash if previous is not None else None
+        if entry.prev_hash != expected_prev:
+            if previous is None:
+                problems.append(f"{label}: is the first entry but names a previous one (the entries before it were removed)")
+            else:
+                gap = f"; ids jump from {previous.id} to {entry.id}" if entry.id != previous.id + 1 else ""
+                problems.append(f"{label}: does not follow ref log entry {previous.id} "
+                                f"(an entry between them was removed or inserted, or entry {previous.id} was changed{gap})")
+        recomputed = own if entry.prev_hash == recomputed else reflog_entry_hash(registry_id, recomputed, *fields)
+        chain.append((entry.id, recomputed))
+        previous = entry
+    report.problems.extend(problems[:10])
+    if len(problems) > 10:
+        report.problems.append(f"ref log: {len(problems) - 10} more broken link(s)")
+    report.checked["reflog"] = len(chain)
+    return chain
+
+
+def _check_refs(registry: Registry, report: Report, commits: list[Commit], entries: list[RefEntry]) -> None:
     """Every ref and ref log entry points at a commit; each ref's log is an unbroken chain that
-    ends where the ref is (or, for a deleted branch, in its deletion); tags never moved."""
+    ends where the ref is (or, for a deleted branch, in its deletion); a tag's log is its
+    creation alone (tags never move and are never deleted), and each ref is the kind its log
+    made it."""
     ids = {c.commit_id for c in commits}
     refs = {name: (kind, commit_id) for name, kind, commit_id in registry.catalog.refs()}
     logs: dict[str, list] = {}
-    for entry in registry.catalog.reflog():
+    for entry in entries:
         logs.setdefault(entry.ref, []).append(entry)
         for commit_id in (entry.old_commit, entry.new_commit):
             if commit_id is not None and commit_id not in ids:
@@ -270,18 +360,70 @@ def _check_refs(registry: Registry, report: Report, commits: list[Commit]) -> No
         log = logs.get(name, [])
         if not log or log[-1].new_commit != commit_id:
             report.problems.append(f"ref {name}: ref log does not end at the ref's commit")
-        if kind == "tag" and len(log) != 1:
-            report.problems.append(f"tag {name}: moved after creation (tags are immutable)")
+        if log and log[-1].kind is not None and log[-1].kind != kind:
+            report.problems.append(f"ref {name}: is a {kind} but its ref log made it a {log[-1].kind}")
     for name, log in logs.items():
         for previous, entry in zip(log[:-1], log[1:]):
             if entry.old_commit != previous.new_commit:
                 report.problems.append(f"ref {name}: ref log chain is broken")
                 break
+        for position, entry in enumerate(log):
+            if entry.kind == "tag" and (entry.old_commit is not None or position + 1 < len(log)):
+                report.problems.append(f"tag {name}: moved or deleted after creation (tags are immutable)")
+                break
         if name not in refs and log[-1].new_commit is not None:
-            report.problems.append(f"ref {name}: its ref log says it exists but the ref is gone")
+            if log[-1].kind == "tag":
+                report.problems.append(f"tag {name}: deleted (ref log entry {log[-1].id} created it; tags are immutable)")
+            else:
+                report.problems.append(f"ref {name}: its ref log says it exists but the ref is gone")
     if MAIN not in refs:
         report.problems.append("ref main: missing")
     report.checked["refs"] = len(refs)
+
+
+def _check_checkpoints(registry: Registry, report: Report, chain: list[tuple[int, str]], checkpoints: list[tuple[str, Any]],
+                       public_key: bytes | None) -> None:
+    """The ref log extends every checkpoint given (`sola verify --checkpoint`, `--witness`)."""
+    if not checkpoints:
+        return
+    try:
+        registry_id = registry.catalog.registry_id()
+    except RuntimeError:
+        return  # reported with the ref log
+    for label, document in checkpoints:
+        for problem in checkpoints_module.check(document, registry_id, chain, public_key):
+            report.problems.append(f"{label}: {problem}")
+    report.checked["checkpoints"] = len(checkpoints)
+
+
+def _check_witness(registry: Registry, report: Report, chain: list[tuple[int, str]], path: Path) -> None:
+    """Every checkpoint line of this registry in a witness file (lines of other registries
+    sharing the file are skipped; an unreadable line is a problem: witness files are only
+    ever appended to)."""
+    try:
+        lines = checkpoints_module.read_file(path)
+        registry_id = registry.catalog.registry_id()
+    except (RegistryError, RuntimeError) as error:
+        report.problems.append(f"witness {path}: {error}")
+        return
+    mine, others, problems = [], 0, []
+    for number, document, why in lines:
+        if why is not None:
+            problems.append(f"witness {path} line {number}: {why}")
+        elif isinstance(document, dict) and document.get("registry") not in (None, registry_id):
+            others += 1
+        else:
+            mine.append((f"witness {path} line {number}", document))
+    if not mine:
+        problems.append(f"witness {path}: holds no checkpoint of this registry")
+    if others:
+        report.notes.append(f"witness {path}: {others} checkpoint(s) of other registries skipped")
+    for label, document in mine:
+        problems.extend(f"{label}: {problem}" for problem in checkpoints_module.check(document, registry_id, chain))
+    report.problems.extend(problems[:5])
+    if len(problems) > 5:
+        report.problems.append(f"witness {path}: {len(problems) - 5} more line(s) fail")
+    report.checked["witness_checkpoints"] = len(mine)
 
 
 def _check_caches(registry: Registry, report: Report, keys_by_id: dict[int, np.ndarray]) -> None:

@@ -15,7 +15,7 @@ import duckdb
 import numpy as np
 
 from registry.db import connect, migrate, schema_version
-from registry.model import ACTIVE, MODULUS, TOMBSTONE, Commit, commit_record, iso, member_term, tree_id_for, utcnow
+from registry.model import ACTIVE, MODULUS, TOMBSTONE, Commit, commit_record, iso, member_term, parse_time, tree_id_for, utcnow
 from registry.objects import ObjectStore, canonical_json, sha256_hex
 
 
@@ -89,7 +89,8 @@ class PreviousRelease:
             document["tensors_sha256"] = self.objects.put(save_safetensors(dict(tensors, keys=keys)))
         edit_id = self.objects.put(canonical_json(document))
         self.db.execute("INSERT INTO edits VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                        [edit_id, document["tensors_sha256"], prompt, "x", None, "tester", "test", None, utcnow(), n_keys])
+                        [edit_id, document["tensors_sha256"], prompt, "x", None, "tester", "test", None,
+                         parse_time(document["created_at"]), n_keys])
         first = self.db.execute("SELECT coalesce(max(key_id), -1) + 1 FROM edit_keys").fetchone()[0]
         for ordinal, text in enumerate(prompts):
             self.db.execute("INSERT INTO edit_keys VALUES (?, ?, ?, ?)", [first + ordinal, edit_id, ordinal, text])

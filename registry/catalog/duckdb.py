@@ -23,6 +23,7 @@ from registry.model import ABSENT, Changes, Commit, RefEntry, Review, State, Tre
 _COMMIT_COLUMNS = "commit_id, seq, parent_id, tree_id, tree_sum, n_active, author, time, op, message, reason, format"
 _TABLES = ("registry_config", "edits", "edit_keys", "key_vectors", "commits", "commit_parents", "commit_changes", "trees",
            "tree_members", "refs", "reflog", "protections", "reviews")
+_REFLOG_COLUMNS = "id, ref, old_commit, new_commit, actor, time, reason, kind, prev_hash, entry_hash"
 _CHUNK = 500
 
 
@@ -40,6 +41,7 @@ class DuckDBCatalog:
         self.writable = writable
         self.db.execute("SET TimeZone = 'UTC'")
         self._parents_cache: dict[str, tuple[str, ...]] = {}
+        self._registry_id: str | None = None
 
     # --- lifecycle ------------------------------------------------------------------------------
     @classmethod
@@ -266,9 +268,38 @@ class DuckDBCatalog:
     def refs(self) -> list[tuple[str, str, str]]:
         return [tuple(r) for r in self.db.execute("SELECT name, kind, commit_id FROM refs ORDER BY kind, name").fetchall()]
 
+    def registry_id(self) -> str:
+        """This registry's identity in its ref log chain and checkpoints: the id of its init
+        commit (the root of its history; it hashes who made it, when and on what)."""
+        if self._registry_id is None:
+            found = self.first_commit_id()
+            if found is None:
+                raise RuntimeError("the registry has no init commit (its identity)")
+            self._registry_id = found
+        return self._registry_id
+
+    def _reflog_tail(self) -> tuple[int, str | None]:
+        """(next entry id, the last entry's hash) for appending to the chain."""
+        row = self.db.execute("SELECT id, entry_hash FROM reflog ORDER BY id DESC LIMIT 1").fetchone()
+        return (0, None) if row is None else (row[0] + 1, row[1])
+
+    def _append_reflog(self, entries: list[tuple[str, str, str | None, str | None, str, datetime, str]]) -> None:
+        """Ref log rows (ref, kind, old, new, actor, time, reason), chained onto the last entry."""
+        from registry.model import reflog_entry_hash
+
+        registry_id = self.registry_id()
+        next_id, prev = self._reflog_tail()
+        rows = []
+        for offset, (ref, kind, old, new, actor, moment, reason) in enumerate(entries):
+            entry_hash = reflog_entry_hash(registry_id, prev, next_id + offset, ref, kind, old, new, actor, moment, reason)
+            rows.append([next_id + offset, ref, old, new, actor, moment, reason, kind, prev, entry_hash])
+            prev = entry_hash
+        insert_rows(self.db, "reflog", rows, _REFLOG_COLUMNS)
+
     def move_ref(self, name: str, kind: str, new: str | None, expected: str | None, actor: str, reason: str, moment: datetime) -> None:
         """Compare-and-swap: move `name` from `expected` (None: it must not exist) to `new`
-        (None: delete it), with its ref log entry; the caller holds the transaction."""
+        (None: delete it), with its ref log entry chained onto the last one; the caller holds
+        the transaction."""
         current = self.ref(name)
         if (current[1] if current else None) != expected:
             raise RefMoved(f"{name} moved to {current[1][:12] if current else 'nothing'} (expected {expected[:12] if expected else 'nothing'})")
@@ -278,8 +309,7 @@ class DuckDBCatalog:
             self.db.execute("INSERT INTO refs VALUES (?, ?, ?)", [name, kind, new])
         else:
             self.db.execute("UPDATE refs SET commit_id = ? WHERE name = ?", [new, name])
-        next_id = self.db.execute("SELECT coalesce(max(id), -1) + 1 FROM reflog").fetchone()[0]
-        self.db.execute("INSERT INTO reflog VALUES (?, ?, ?, ?, ?, ?, ?)", [next_id, name, expected, new, actor, moment, reason])
+        self._append_reflog([(name, current[0] if current else kind, expected, new, actor, moment, reason)])
 
     def move_ref_many(self, name: str, kind: str, moves: list[tuple[str | None, str, str, datetime, str]]) -> None:
         """Many consecutive moves of one ref (bulk loading): (old, new, actor, time, reason) each."""
@@ -292,9 +322,8 @@ class DuckDBCatalog:
             self.db.execute("INSERT INTO refs VALUES (?, ?, ?)", [name, kind, moves[-1][1]])
         else:
             self.db.execute("UPDATE refs SET commit_id = ? WHERE name = ?", [moves[-1][1], name])
-        next_id = self.db.execute("SELECT coalesce(max(id), -1) + 1 FROM reflog").fetchone()[0]
-        insert_rows(self.db, "reflog", [[next_id + i, name, old, new, actor, moment, reason]
-                                        for i, (old, new, actor, moment, reason) in enumerate(moves)])
+        kind = current[0] if current else kind
+        self._append_reflog([(name, kind, old, new, actor, moment, reason) for old, new, actor, moment, reason in moves])
 
     def ref_at(self, name: str, moment: datetime) -> str | None:
         row = self.db.execute(
@@ -302,9 +331,14 @@ class DuckDBCatalog:
         return None if row is None else row[0]
 
     def reflog(self, name: str | None = None) -> list[RefEntry]:
-        sql = "SELECT id, ref, old_commit, new_commit, actor, time, reason FROM reflog"
+        sql = f"SELECT {_REFLOG_COLUMNS} FROM reflog"
         rows = self.db.execute(sql + (" WHERE ref = ? ORDER BY id" if name else " ORDER BY id"), [name] if name else []).fetchall()
         return [RefEntry(*r) for r in rows]
+
+    def reflog_head(self) -> tuple[int, str | None]:
+        """(number of ref log entries, the newest entry's stored hash): what a checkpoint records."""
+        count = self.db.execute("SELECT count(*) FROM reflog").fetchone()[0]
+        return count, self._reflog_tail()[1]
 
     def ref_time(self, name: str, commit_id: str) -> datetime | None:
         row = self.db.execute("SELECT min(time) FROM reflog WHERE ref = ? AND new_commit = ?", [name, commit_id]).fetchone()
@@ -369,6 +403,30 @@ def backfill_edit_sets(connection: duckdb.DuckDBPyConnection, tombstones: bool, 
     DuckDBCatalog(connection, True).insert_trees(store.take_pending())
 
 
+def backfill_reflog_chain(connection: duckdb.DuckDBPyConnection) -> None:
+    """Migration 5: chain the existing ref log, in id order, inside the migration's transaction.
+    An entry's kind is its ref's kind (a ref that no longer exists was a deleted branch: tags
+    cannot be deleted)."""
+    from registry.model import reflog_entry_hash
+
+    root = connection.execute("SELECT commit_id FROM commits WHERE seq = 0").fetchone()
+    rows = connection.execute("SELECT id, ref, old_commit, new_commit, actor, time, reason FROM reflog ORDER BY id").fetchall()
+    if root is None or not rows:
+        return  # a registry being created: its entries are chained as they are written
+    kinds = dict(connection.execute("SELECT name, kind FROM refs").fetchall())
+    chained, prev = [], None
+    for entry_id, ref, old, new, actor, moment, reason in rows:
+        kind = kinds.get(ref, "branch")
+        entry_hash = reflog_entry_hash(root[0], prev, entry_id, ref, kind, old, new, actor, moment, reason)
+        chained.append([entry_id, kind, prev, entry_hash])
+        prev = entry_hash
+    connection.execute("CREATE TEMP TABLE reflog_chain (id BIGINT, kind VARCHAR, prev_hash VARCHAR, entry_hash VARCHAR)")
+    insert_rows(connection, "reflog_chain", chained)
+    connection.execute("""UPDATE reflog SET kind = c.kind, prev_hash = c.prev_hash, entry_hash = c.entry_hash
+                          FROM reflog_chain c WHERE c.id = reflog.id""")
+    connection.execute("DROP TABLE reflog_chain")
+
+
 def backfill_key_vectors(connection: duckdb.DuckDBPyConnection, read_object: Callable[[str], bytes]) -> None:
     """Migration 3 for a registry made before it: copy every key out of its (hash-checked)
     tensors object into `key_vectors`, inside the migration's transaction."""
@@ -403,4 +461,4 @@ def registry_settings(connection: duckdb.DuckDBPyConnection) -> tuple[bool, str]
     return routing.get("revoke_mode", "delete") == "tombstone", digest
 
 
-__all__ = ["DuckDBCatalog", "backfill_edit_sets", "backfill_key_vectors"]
+__all__ = ["DuckDBCatalog", "backfill_edit_sets", "backfill_key_vectors", "backfill_reflog_chain"]
