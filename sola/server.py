@@ -44,7 +44,7 @@ from sola.snapshots import Snapshot, SnapshotCache, reading
 MAX_BODY_BYTES = 1 << 20
 MAX_PROMPTS = 32
 MAX_PROMPT_CHARS = 32_000
-POLL_SECONDS = 0.2
+POLL_SECONDS = 0.1  # how often the ref watcher stats the catalog files (it reads only when they changed)
 ROUTES = ("/healthz", "/metrics", "/v1/models", "/v1/completions", "/v1/chat/completions", "/v1/log")
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
@@ -155,8 +155,9 @@ class Metrics:
 
 # --- refs ---------------------------------------------------------------------------------------
 class RefWatcher:
-    """The registry's refs as of the last poll (a short read a few times a second), and the
-    followed branch's snapshot built as soon as its head moves."""
+    """The registry's refs as of the last poll, and the followed branch's snapshot built as soon
+    as its head moves. A poll stats the catalog's files (microseconds) and opens the catalog for
+    a short read only when they changed: every commit writes to them."""
 
     def __init__(self, cache: SnapshotCache, follow: str) -> None:
         self.cache = cache
@@ -164,17 +165,31 @@ class RefWatcher:
         self.refs: dict[str, tuple[str, str]] = {}  # name -> (kind, commit id)
         self.version = 0
         self.error: str | None = None
+        self._signature: tuple | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="sola-ref-watcher", daemon=True)
 
     def start(self) -> None:
-        self.poll()
+        self.poll(force=True)
         self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
 
-    def poll(self) -> None:
+    def signature(self) -> tuple:
+        found = []
+        for name in ("registry.duckdb", "registry.duckdb.wal"):
+            try:
+                stat = (self.cache.root / name).stat()
+                found.append((name, stat.st_mtime_ns, stat.st_size))
+            except FileNotFoundError:
+                found.append((name, None, None))
+        return tuple(found)
+
+    def poll(self, force: bool = False) -> None:
+        signature = self.signature()
+        if not force and signature == self._signature:
+            return
         with reading(self.cache.root) as registry:
             refs = {name: (kind, commit) for name, kind, commit in registry.catalog.refs()}
             if refs != self.refs:
@@ -183,6 +198,7 @@ class RefWatcher:
                     self.cache.snapshot(registry, registry.commit(followed[1]))
                 self.refs = refs
                 self.version += 1
+        self._signature = signature
         self.error = None
 
     def _run(self) -> None:
