@@ -15,24 +15,14 @@ import torch
 from torch import nn
 
 from registry.routing import join_target
+from sola.arch import architecture_of, decoder_blocks, replace_blocks
 from sola.config import RoutingConfig
 from sola.layer import EditBank, RoutedLoRA, Routing, RoutingScope
 
 
-def decoder_blocks(model: nn.Module) -> nn.ModuleList:
-    """The list of transformer blocks for Llama-style (`model.layers`) and GPT-2 (`transformer.h`)."""
-    inner = getattr(model, "model", None)
-    if inner is not None and isinstance(getattr(inner, "layers", None), nn.ModuleList):
-        return inner.layers
-    transformer = getattr(model, "transformer", None)
-    if transformer is not None and isinstance(getattr(transformer, "h", None), nn.ModuleList):
-        return transformer.h
-    raise TypeError(f"unsupported model architecture {type(model).__name__}: no model.layers or transformer.h")
-
-
 def default_module_for(model: nn.Module) -> str:
-    """The MLP input projection of each supported family (the key lives at its input)."""
-    return "mlp.c_fc" if hasattr(model, "transformer") else "mlp.up_proj"
+    """The MLP input projection of the model's family (the key lives at its input)."""
+    return architecture_of(model).default_module
 
 
 def attach(model: nn.Module, config: RoutingConfig) -> RoutedLoRA:
@@ -218,10 +208,8 @@ class RoutedModel:
         blocks = decoder_blocks(self.model)
         original = list(blocks)
         replaced = [_ReplayInput(block_input, original[0])] + original[self.config.layer :]
-        container = self.model.model if hasattr(self.model, "model") else self.model.transformer
-        attribute = "layers" if hasattr(self.model, "model") else "h"
-        setattr(container, attribute, nn.ModuleList(replaced))
+        replace_blocks(self.model, nn.ModuleList(replaced))
         try:
             yield
         finally:
-            setattr(container, attribute, blocks)
+            replace_blocks(self.model, blocks)

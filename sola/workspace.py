@@ -21,6 +21,7 @@ from registry.keyindex import FaissKeySearch
 from registry.model import MAIN
 from registry.routing import nearest_active, same_answer
 from registry.store import Commit, Registry, RegistryError, iso, utcnow
+from sola.arch import architecture_of
 from sola.config import RoutingConfig, TrainConfig
 from sola.data import EditRequest
 from sola.layer import EditBank, Routing
@@ -158,8 +159,7 @@ class Workspace:
         settings.setdefault("layer", RoutingConfig.layer if blocks > RoutingConfig.layer else blocks // 2)
         config = RoutingConfig.from_dict(settings)
         routed = RoutedModel(base, tokenizer, config)  # validates layer/module against the real model
-        block_path = "transformer.h" if hasattr(base, "transformer") else "model.layers"
-        routing_record = dict(config.to_dict(), key_dim=routed.layer.in_features, block_path=block_path)
+        routing_record = dict(config.to_dict(), key_dim=routed.layer.in_features, block_path=architecture_of(base).block_path)
         registry = Registry.create(root, identity.to_dict(), routing_record, author, training.to_dict() if training is not None else None)
         workspace = cls(root, registry, writable=True)
         workspace._routed = routed
