@@ -30,6 +30,8 @@ import hmac
 import io
 import json
 import secrets
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -82,14 +84,20 @@ class ConsoleError(Exception):
 # --- the commit graph, kept in memory -----------------------------------------------------------
 class CommitIndex:
     """Every commit the console has seen, closed under parents (a commit's parents are always
-    here too), and for a few heads the list of commits they reach, newest first by write order.
+    here too) and kept in write order, and for a few heads the list of commits they reach,
+    newest first: what `sola log --rev HEAD` lists.
 
     Filled once with `all_commits` (two queries), then extended by walking back from heads it
-    does not know until it meets known commits: commits never change, so nothing is re-read."""
+    does not know until it meets known commits: commits never change, so nothing is re-read.
+    A parent is always written before its child (smaller `seq`), so the commits a head reaches
+    are found in one sweep down the write order, marking parents of marked commits."""
 
     def __init__(self, heads_kept: int = 8) -> None:
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self.by_id: dict[str, Commit] = {}
+        self._order: list[Commit] = []  # by seq
+        self._position: dict[str, int] = {}
+        self._parents: list[tuple[int, ...]] = []
         self._reach: OrderedDict[str, list[Commit]] = OrderedDict()
         self._reach_sets: OrderedDict[str, frozenset[str]] = OrderedDict()
         self._heads_kept = heads_kept
@@ -102,26 +110,45 @@ class CommitIndex:
         if not wanted:
             return
         with self._lock:
+            fresh: list[Commit] = []
             if not self.by_id:
                 started = time.perf_counter()
-                for commit in registry.catalog.all_commits():
-                    self.by_id[commit.commit_id] = commit
-                    self.ops.add(commit.op)
+                fresh = registry.catalog.all_commits()
                 self.load_seconds = time.perf_counter() - started
-                wanted = [c for c in wanted if c not in self.by_id]
+                known = {c.commit_id for c in fresh}
+                wanted = [c for c in wanted if c not in known]
+            else:
+                known = set()
             while wanted:
                 found = registry.catalog.commits(wanted)
                 missing = [c for c in wanted if c not in found]
                 if missing:
                     raise RegistryError(f"unknown commit {missing[0]}")
-                for commit in found.values():
-                    self.by_id[commit.commit_id] = commit
-                    self.ops.add(commit.op)
-                wanted = [p for c in found.values() for p in c.parents if p not in self.by_id]
+                fresh.extend(found.values())
+                known.update(found)
+                wanted = list(dict.fromkeys(p for c in found.values() for p in c.parents if p not in self.by_id and p not in known))
+            self._add(fresh)
+
+    def _add(self, commits: list[Commit]) -> None:
+        commits = sorted((c for c in commits if c.commit_id not in self.by_id), key=lambda c: c.seq)
+        if not commits:
+            return
+        for commit in commits:
+            self.by_id[commit.commit_id] = commit
+            self.ops.add(commit.op)
+        if self._order and commits[0].seq < self._order[-1].seq:  # an older commit seen late: rebuild the order
+            self._order = sorted(self.by_id.values(), key=lambda c: c.seq)
+            self._position = {c.commit_id: i for i, c in enumerate(self._order)}
+            self._parents = [tuple(self._position[p] for p in c.parents) for c in self._order]
+            return
+        for commit in commits:
+            self._position[commit.commit_id] = len(self._order)
+            self._order.append(commit)
+        for commit in commits:
+            self._parents.append(tuple(self._position[p] for p in commit.parents))
 
     def reachable(self, head: Commit) -> list[Commit]:
-        """Commits reachable from `head` (itself included), newest first by write order: what
-        `sola log --rev HEAD` lists."""
+        """Commits reachable from `head` (itself included), newest first by write order."""
         with self._lock:
             cached = self._reach.get(head.commit_id)
             if cached is not None:
@@ -131,11 +158,23 @@ class CommitIndex:
             if parent_list is not None and (not parent_list or parent_list[0].seq < head.seq):
                 ordered = [head, *parent_list]  # the common case: one new commit on a known head
             else:
-                ordered = sorted((self.by_id[c] for c in self._closure(head.commit_id)), key=lambda c: -c.seq)
+                ordered = self._sweep(self._position[head.commit_id])
             self._reach[head.commit_id] = ordered
             while len(self._reach) > self._heads_kept:
                 self._reach.popitem(last=False)
             return ordered
+
+    def _sweep(self, top: int) -> list[Commit]:
+        marked = bytearray(top + 1)
+        marked[top] = 1
+        parents, order = self._parents, self._order
+        out = []
+        for position in range(top, -1, -1):
+            if marked[position]:
+                out.append(order[position])
+                for parent in parents[position]:
+                    marked[parent] = 1
+        return out
 
     def reachable_set(self, head: Commit) -> frozenset[str]:
         with self._lock:
@@ -143,34 +182,15 @@ class CommitIndex:
             if found is not None:
                 self._reach_sets.move_to_end(head.commit_id)
                 return found
-        found = frozenset(c.commit_id for c in self.reachable(head))
-        with self._lock:
+            found = frozenset(c.commit_id for c in self.reachable(head))
             self._reach_sets[head.commit_id] = found
             while len(self._reach_sets) > self._heads_kept:
                 self._reach_sets.popitem(last=False)
-        return found
+            return found
 
-    def _closure(self, start: str) -> set[str]:
-        seen, stack = {start}, [start]
-        while stack:
-            for parent in self.by_id[stack.pop()].parents:
-                if parent not in seen:
-                    seen.add(parent)
-                    stack.append(parent)
-        return seen
-
-    def resolve(self, registry: Any, text: str) -> Commit:
-        """A revision as `Registry.resolve` reads it, with `~N` and `^N` walked in memory (the
-        store reads one commit per step, which is slow for `main~50000`)."""
-        parsed = parse_revision(text)
-        if parsed.at is not None or not parsed.steps:
-            commit = registry.resolve(text)
-            self.ensure(registry, [commit.commit_id])
-            return self.by_id[commit.commit_id]
-        commit = registry.resolve(parsed.base)
-        self.ensure(registry, [commit.commit_id])
-        commit = self.by_id[commit.commit_id]
-        for kind, count in parsed.steps:
+    def walk(self, commit: Commit, steps: tuple[tuple[str, int], ...], text: str) -> Commit:
+        """`~N` and `^N` steps from a commit, in memory (the store reads one commit per step)."""
+        for kind, count in steps:
             if kind == "^":
                 if count > len(commit.parents):
                     raise RegistryError(f"revision {text!r}: commit {commit.commit_id[:12]} has {len(commit.parents)} parent(s)")
@@ -181,6 +201,80 @@ class CommitIndex:
                     raise RegistryError(f"revision {text!r} goes back past the first commit")
                 commit = self.by_id[commit.parent_id]
         return commit
+
+    def resolve(self, registry: Any, text: str, refs: dict[str, tuple[str, str]] | None = None) -> Commit:
+        """A revision as `Registry.resolve` reads it. A ref in `refs` (the server's last poll)
+        whose commit is indexed, and every `~N`/`^N` step, need no catalog read."""
+        parsed = parse_revision(text)
+        if parsed.at is None and refs is not None and parsed.base in refs and refs[parsed.base][1] in self.by_id:
+            return self.walk(self.by_id[refs[parsed.base][1]], parsed.steps, text)
+        if parsed.at is None and parsed.base.lower().removeprefix("sha256:") in self.by_id and (refs is None or parsed.base not in refs):
+            return self.walk(self.by_id[parsed.base.lower().removeprefix("sha256:")], parsed.steps, text)
+        if parsed.at is not None or not parsed.steps:
+            commit = registry.resolve(text)
+            self.ensure(registry, [commit.commit_id])
+            return self.by_id[commit.commit_id]
+        commit = registry.resolve(parsed.base)
+        self.ensure(registry, [commit.commit_id])
+        return self.walk(self.by_id[commit.commit_id], parsed.steps, text)
+
+
+class TreeCache:
+    """Tree deltas (immutable, content-addressed) kept across requests, so an edit set read once
+    is not read again: a TreeStore per read whose fetch looks here first."""
+
+    def __init__(self, max_members: int = 4_000_000) -> None:
+        self.max_members = max_members
+        self._trees: OrderedDict[str, Any] = OrderedDict()
+        self._members = 0
+        self._lock = threading.Lock()
+
+    def store(self, registry: Any) -> Any:
+        from registry.trees import TreeStore
+
+        def fetch(tree_id: str) -> Any:
+            with self._lock:
+                found = self._trees.get(tree_id)
+                if found is not None:
+                    self._trees.move_to_end(tree_id)
+                    return found
+            found = registry.catalog.tree(tree_id)
+            if found is not None:
+                with self._lock:
+                    if tree_id not in self._trees:
+                        self._trees[tree_id] = found
+                        self._members += len(found.members)
+                    while self._members > self.max_members and len(self._trees) > 1:
+                        _, dropped = self._trees.popitem(last=False)
+                        self._members -= len(dropped.members)
+            return found
+
+        return TreeStore(registry.config_digest(), fetch)
+
+
+class _Lazy:
+    """A registry read transaction opened on first use: a page that finds everything in the
+    console's memory never opens the catalog at all."""
+
+    def __init__(self, root: Path) -> None:
+        self._root = root
+        self._context: Any = None
+        self._registry: Any = None
+
+    def __getattr__(self, name: str) -> Any:
+        if self._registry is None:
+            self._context = reading(self._root)
+            self._registry = self._context.__enter__()
+        return getattr(self._registry, name)
+
+    @property
+    def opened(self) -> bool:
+        return self._registry is not None
+
+    def close(self) -> None:
+        if self._context is not None:
+            self._context.__exit__(None, None, None)
+            self._context = self._registry = None
 
 
 class _Lru:
@@ -331,6 +425,7 @@ class Console:
         self.root = server.config.root
         self.secret = secrets.token_bytes(32)
         self.index = CommitIndex()
+        self.trees = TreeCache()
         self.filtered = _Lru(32)
         self.diffs = _Lru(8)
         self.revoked_reports = _Lru(4)
@@ -390,20 +485,35 @@ class Console:
 
     # --- registry reads ------------------------------------------------------------------------
     def read(self, work: Callable[[Any], Any]) -> Any:
-        with reading(self.root) as registry:
+        """Run `work` with a registry whose read transaction opens only if `work` needs it."""
+        registry = _Lazy(self.root)
+        try:
             return work(registry)
+        finally:
+            registry.close()
 
-    def refs(self, registry: Any) -> dict[str, list[dict[str, str]]]:
+    def ref_table(self, registry: Any, fresh: bool = False) -> list[tuple[str, str, str]]:
+        """(name, kind, commit) of every ref: the server's last poll (at most a poll interval
+        old), or with `fresh` (reviews, proposals) read now."""
+        refs = self.server.watcher.refs
+        if fresh or not refs:
+            return [tuple(r) for r in registry.catalog.refs()]
+        return sorted(((name, kind, commit) for name, (kind, commit) in refs.items()), key=lambda r: (r[1], r[0]))
+
+    def refs(self, registry: Any, fresh: bool = False) -> dict[str, list[dict[str, str]]]:
         branches, tags = [], []
-        for name, kind, commit in registry.catalog.refs():
+        for name, kind, commit in self.ref_table(registry, fresh):
             (branches if kind == "branch" else tags).append({"name": name, "commit": commit})
         return {"branches": branches, "tags": tags}
 
-    def resolve(self, registry: Any, text: str) -> Commit:
+    def resolve(self, registry: Any, text: str, fresh: bool = False) -> Commit:
         try:
-            return self.index.resolve(registry, text)
+            return self.index.resolve(registry, text, None if fresh else self.server.watcher.refs)
         except RegistryError as error:
             raise ConsoleError(404, str(error)) from None
+
+    def states(self, registry: Any, commit: Commit, edit_ids: list[str]) -> dict[str, Any]:
+        return self.trees.store(registry).states(commit.tree_id, edit_ids)
 
     def facts(self, registry: Any, edit_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
         return registry.catalog.edit_rows(edit_ids)
@@ -426,8 +536,8 @@ class Console:
             commits = self.filtered.get(key, lambda: [c for c in commits if keep(c)])
         paging = _pages(len(commits), page, PAGE_SIZE)
         rows = commits[(paging["page"] - 1) * PAGE_SIZE: paging["page"] * PAGE_SIZE]
-        at = {}
-        for name, kind, commit in registry.catalog.refs():
+        at: dict[str, list[dict[str, str]]] = {}
+        for name, kind, commit in self.ref_table(registry):
             at.setdefault(commit, []).append({"name": name, "kind": kind})
         return {"head": head, "rows": rows, "paging": paging, "labels": at, "ops": sorted(self.index.ops)}
 
@@ -439,21 +549,18 @@ class Console:
         shown = changes[(paging["page"] - 1) * LIST_SIZE: paging["page"] * LIST_SIZE]
         facts = self.facts(registry, [e for e, _ in shown])
         reviews = [r for r in registry.reviews() if r.source_commit == commit.commit_id]
-        branches = [b for b in self.refs(registry)["branches"]]
+        table = self.ref_table(registry)
+        branches = [(name, c) for name, kind, c in table if kind == "branch"]
         on = []
         if len(branches) <= 16:
-            for branch in branches:
-                branch_head = self.resolve(registry, branch["commit"])
-                if commit.commit_id in self.index.reachable_set(branch_head):
-                    on.append(branch["name"])
+            self.index.ensure(registry, [c for _, c in branches])
+            on = [name for name, c in branches if commit.commit_id in self.index.reachable_set(self.index.by_id[c])]
         parents = [self.index.by_id[p] for p in commit.parents]
-        return {"commit": commit, "changes": [(e, s, facts.get(e, {})) for e, s in shown], "paging": paging,
-                "reviews": reviews, "refs": registry.refs_at(commit.commit_id), "on_branches": on, "parents": parents}
+        return {"commit": commit, "changes": [(e, s, facts.get(e, {})) for e, s in shown], "paging": paging, "reviews": reviews,
+                "refs": sorted(name for name, _, c in table if c == commit.commit_id), "on_branches": on, "parents": parents}
 
     # --- edit ----------------------------------------------------------------------------------
     def edit_view(self, registry: Any, ident: str, branch: str) -> dict[str, Any]:
-        from registry.inspect import live_branches
-
         try:
             edit_id = registry.resolve_edit(ident)
         except RegistryError as error:
@@ -479,9 +586,15 @@ class Console:
                 start = None
         if start is not None:
             windows.append({"from": start, "until": None, "state": None})
-        state = registry.edit_state(edit_id, head)
+        state = self.states(registry, head, [edit_id])[edit_id]
+        live = []
+        for name, kind, commit_id in self.ref_table(registry):
+            if kind == "branch":
+                self.index.ensure(registry, [commit_id])
+                if self.states(registry, self.index.by_id[commit_id], [edit_id])[edit_id] == ACTIVE:
+                    live.append(name)
         return {"edit": edit_id, "row": row, "provenance": provenance, "head": head, "branch": branch, "edit_state": state or "absent",
-                "history": history, "windows": windows, "live": live_branches(registry, edit_id),
+                "history": history, "windows": windows, "live": live,
                 "keys": registry.catalog.edit_key_rows(edit_id), "threshold": registry.rule.threshold,
                 "_keys": registry.edit_keys(edit_id, provenance)}
 
@@ -513,8 +626,14 @@ class Console:
     # --- compare -------------------------------------------------------------------------------
     def compare(self, registry: Any, a: str, b: str) -> dict[str, Any]:
         old, new = self.resolve(registry, a), self.resolve(registry, b)
-        diff = self.diffs.get((old.tree_id, new.tree_id), lambda: registry.diff(old, new))
-        return {"old": old, "new": new, "added": diff["added"], "removed": diff["removed"]}
+        def diff() -> dict[str, list[str]]:  # Registry.diff, on the console's tree cache
+            store = self.trees.store(registry)
+            a = {e for e, s in store.members(old.tree_id).items() if s == ACTIVE}
+            b = {e for e, s in store.members(new.tree_id).items() if s == ACTIVE}
+            return {"added": sorted(b - a), "removed": sorted(a - b)}
+
+        found = self.diffs.get((old.tree_id, new.tree_id), diff)
+        return {"old": old, "new": new, "added": found["added"], "removed": found["removed"]}
 
     # --- revoked -------------------------------------------------------------------------------
     def revoked(self, registry: Any, rev: str, filters: dict[str, str]) -> tuple[Commit, list[dict[str, Any]]]:
@@ -542,7 +661,8 @@ class Console:
         """Every (source branch, protected target) where the source brings commits the target
         lacks, with its approvals that count now, rejections, and reviews of older heads."""
         branches = registry.branches()
-        heads = {b["name"]: self.resolve(registry, b["commit"]) for b in branches}
+        self.index.ensure(registry, [b["commit"] for b in branches])
+        heads = {b["name"]: self.index.by_id[b["commit"]] for b in branches}
         reviews = registry.reviews()
         out = []
         for target in (b for b in branches if b["protected"]):
@@ -588,14 +708,31 @@ class Console:
         proposal.update(plan=plan, facts=self.facts(registry, shown + conflict_edits))
         return proposal
 
-    def review(self, source: str, target: str, author: str, verdict: str, reason: str | None, commit: str) -> Any:
-        from registry.store import Registry
+    def review(self, source: str, target: str, author: str, verdict: str, reason: str | None, commit: str | None) -> dict[str, Any]:
+        """Record the review with `sola review` in a child process. DuckDB lets one process hold a
+        file either read-only or read-write, and this one keeps opening it read-only (the ref
+        poller, every page): a writer of its own would collide with them, whereas another
+        process's write is what every reader here already waits out (docs/deploy.md)."""
+        from registry.checkpoint import witness_path
 
-        registry = Registry.open(self.root, writable=True, wait_seconds=30)
+        command = [sys.executable, "-c", "from sola.cli import entry; entry()", "--registry", str(self.root)]
+        witness = witness_path()
+        if witness is not None:
+            command += ["--witness", str(witness)]
+        command += ["review", verdict, f"--into={target}", f"--author={author}", "--wait=30", "--json"]
+        if reason:
+            command.append(f"--reason={reason}")
+        if commit:
+            command.append(f"--commit={commit}")
+        command += ["--", source]
         try:
-            return registry.review(source, target, author, verdict, reason, commit)
-        finally:
-            registry.close()
+            done = subprocess.run(command, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+        except subprocess.TimeoutExpired:
+            raise RegistryError("the review did not finish within 120 s; check `sola review list`") from None
+        if done.returncode != 0:
+            message = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit status {done.returncode}"
+            raise RegistryError(message.removeprefix("error: "))
+        return json.loads(done.stdout)
 
     # --- ask -----------------------------------------------------------------------------------
     async def ask(self, prompt: str, revision: str, max_tokens: int) -> dict[str, Any]:
@@ -945,6 +1082,7 @@ def mount_console(app: FastAPI, server: "Server") -> Console:
             try:
                 with reading(console.root) as registry:
                     console.index.ensure(registry, [c for _, _, c in registry.catalog.refs()])
+                    console.trees.store(registry).chain(registry.head(server.config.follow).tree_id)
             except Exception:  # noqa: BLE001 - the first page fills the index instead
                 pass
 

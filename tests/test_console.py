@@ -14,6 +14,7 @@ import re
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -335,15 +336,33 @@ def test_browser_a_reviewer_approves_and_the_merge_is_unblocked(browser, console
     assert "proposal → main" not in console.get("/console/proposals").text
 
 
-def test_a_review_of_an_older_head_is_shown_stale(console):
+def test_a_review_of_an_older_head_is_shown_stale_and_pages_keep_answering_while_it_is_written(console):
     own = console.get("/console/proposals/second?into=main")
     head = cli(console.root, "show", "second")["commit"]
-    form = {"csrf": csrf_of(own.text), "into": "main", "commit": head, "verdict": "reject", "reason": "not yet"}
-    done = httpx.post(f"{console.url}/console/proposals/second/review", data=form, headers={"Authorization": f"Bearer {REVIEWER}"})
-    assert done.status_code == 303
+    form = {"csrf": csrf_of(own.text), "into": "main", "commit": head, "verdict": "reject", "reason": "-- not yet --"}
+    statuses: list[int] = []
+    stop = threading.Event()
+
+    def read_pages() -> None:  # readers in the server process while it records the review
+        while not stop.is_set():
+            for path in ("/console/proposals", "/console/", "/console/health"):
+                statuses.append(console.get(path).status_code)
+
+    reader = threading.Thread(target=read_pages)
+    reader.start()
+    try:
+        done = httpx.post(f"{console.url}/console/proposals/second/review", data=form, headers={"Authorization": f"Bearer {REVIEWER}"},
+                          timeout=120)
+    finally:
+        stop.set()
+        reader.join()
+    assert done.status_code == 303, done.text[-400:]
+    assert statuses and set(statuses) == {200}
+    assert [(r["author"], r["verdict"], r["reason"]) for r in cli(console.root, "review", "list") if r["source"] == "second"] == \
+        [("bob", "reject", "-- not yet --")]
     cli(console.root, "edit", "--branch", "second", "--prompt", "Edwin of Northumbria's religion is", "--target", "Islam",
         "--reason", "another", "--steps", "3")
     page = console.get("/console/proposals/second?into=main").text
     assert 'class="stale"' in page and "stale-mark" in page
     stale = httpx.post(f"{console.url}/console/proposals/second/review", data=form, headers={"Authorization": f"Bearer {REVIEWER}"})
-    assert stale.status_code == 409 and "stale review" in stale.text
+    assert stale.status_code == 409 and "stale review" in stale.text, (stale.status_code, stale.text[-400:])
