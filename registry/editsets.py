@@ -13,7 +13,7 @@ from typing import Any, Iterable
 from registry.graph import is_ancestor, merge_base
 from registry.model import ABSENT, ACTIVE, TOMBSTONE, Commit, RegistryError, State, utcnow
 from registry.revisions import check_ref_name
-from registry.routing import collisions, nearest_active, same_answer
+from registry.routing import collisions, decide, nearest_active, same_answer
 from registry.store import Registry
 
 
@@ -79,6 +79,9 @@ def revert(registry: Registry, revision: str, branch: str, author: str, reason: 
     if target.parent_id is None:
         raise RegistryError("the first commit has nothing to revert")
     head = registry.check_direct_write(branch)
+    if not is_ancestor(registry.catalog.parent_map(), target.commit_id, head.commit_id):
+        raise RegistryError(f"commit {target.commit_id[:12]} is not in the history of {branch}; "
+                            f"cherry-pick or revoke the edits instead")
     changes = registry.changes(target.commit_id)
     if not changes:
         raise RegistryError(f"commit {target.commit_id[:12]} changed no edit: nothing to revert")
@@ -105,6 +108,7 @@ class MergePlan:
     ours: dict[str, str] = field(default_factory=dict)
     conflicts: list[dict[str, Any]] = field(default_factory=list)
     warnings: list[dict[str, Any]] = field(default_factory=list)
+    duplicates: list[dict[str, Any]] = field(default_factory=list)
     fast_forward: bool = False
     up_to_date: bool = False
 
@@ -114,7 +118,7 @@ class MergePlan:
         return {"commit": commit, "source": self.source, "target": self.target, "source_commit": self.source_head.commit_id,
                 "target_commit": self.target_head.commit_id, "base": self.base, "fast_forward": self.fast_forward,
                 "up_to_date": self.up_to_date, "added": added, "removed": removed, "conflicts": self.conflicts,
-                "warnings": self.warnings}
+                "warnings": self.warnings, "duplicates": self.duplicates}
 
 
 def _state_conflict(edit_id: str, base: State, ours: State, theirs: State) -> dict[str, Any]:
@@ -198,6 +202,12 @@ def plan_merge(registry: Registry, source: str, target: str, resolutions: dict[s
         keys_theirs = {e: registry.edit_keys(e) for e in theirs_new}
         facts = _facts(registry, ours_new + theirs_new)
         for pair in collisions(keys_ours, keys_theirs, lambda e: facts[e], rule.threshold):
+            if pair.distance < rule.duplicate_distance and not pair.contradicts:
+                # the same fact added on both sides: two keys at one point would shrink each
+                # other's radius to nothing, so the merge keeps ours and drops the duplicate
+                merged.pop(pair.b, None)
+                plan.duplicates.append({"kind": "duplicate-adds", "kept": pair.a, "dropped": pair.b, "distance": round(pair.distance, 6)})
+                continue
             if pair.distance < rule.duplicate_distance and pair.contradicts:
                 side = resolutions.get(pair.a) or resolutions.get(pair.b)
                 if side is None:
@@ -234,6 +244,10 @@ def merge(registry: Registry, source: str, target: str, author: str, reason: str
     if required:
         if registry.catalog.ref(source) is None or registry.catalog.ref(source)[0] != "branch":
             raise RegistryError(f"{target} is protected: only a reviewed branch can be merged into it")
+        rejections = registry.rejections(source, target)
+        if rejections:
+            raise RegistryError(f"{target} is protected: {', '.join(sorted(r.author for r in rejections))} rejected {source} at "
+                                f"{plan.source_head.commit_id[:12]}; a new head or their approval is needed")
         approvals = registry.approvals(source, target)
         if len(approvals) < required:
             raise RegistryError(f"{target} is protected: merging {source} needs {required} approval(s) of its head "
@@ -288,7 +302,42 @@ def snapshot(registry: Registry, name: str, from_revision: str, author: str, inc
     edits = sorted(chosen | set(included))
     return {"branch": name, "commit": commit.commit_id, "from": base.commit_id, "edits": edits,
             "excluded": sorted(active - chosen), "included": included,
-            "tombstones": sorted(e for e, s in members.items() if s == TOMBSTONE)}
+            "tombstones": sorted(e for e, s in members.items() if s == TOMBSTONE),
+            "answered_by_others": takeovers(registry, commit, sorted(active - chosen))}
 
 
-__all__ = ["cherry_pick", "revert", "merge", "plan_merge", "snapshot", "MergeConflict"]
+def takeovers(registry: Registry, commit: Commit, edit_ids: list[str]) -> list[dict[str, Any]]:
+    """Inputs (prompt and rephrases) of edits that left the set which another edit of `commit`
+    now answers, by the routing rule on their stored keys (like revoke's report)."""
+    if not edit_ids:
+        return []
+    search, key_edit = registry.key_search(commit, tombstones=True)
+    tombstones = registry.tombstoned_edit_ids(commit)
+    found = []
+    for edit_id in edit_ids:
+        keys = registry.edit_keys(edit_id)
+        prompts = registry.provenance(edit_id).get("key_prompts") or [registry.edit_row(edit_id)["prompt"]] * len(keys)
+        routing = decide(search, key_edit, tombstones, keys, registry.rule)
+        for text, other, distance, radius in zip(prompts, routing.edits, routing.distances, routing.radii):
+            if other is not None and other != edit_id:
+                row = registry.edit_row(other)
+                found.append({"left": edit_id, "input": text, "edit": other, "prompt": row["prompt"], "target": row["target"],
+                              "distance": round(distance, 6), "radius": round(radius, 6)})
+    return found
+
+
+def neighbours_at(registry: Registry, commit: Commit, edit_ids: list[str]) -> list[dict[str, Any]]:
+    """Active edits of `commit` within the routing threshold of these edits' keys (a warning)."""
+    search, key_edit = registry.key_search(commit, tombstones=True)
+    tombstones = registry.tombstoned_edit_ids(commit)
+    found = []
+    for edit_id in edit_ids:
+        best: dict[str, float] = {}
+        for key in registry.edit_keys(edit_id):
+            for other, distance in nearest_active(search, key_edit, tombstones | set(edit_ids), key, registry.rule.threshold, 8):
+                best[other] = min(distance, best.get(other, distance))
+        found += [{"edit": edit_id, "neighbour": other, "distance": round(d, 6)} for other, d in sorted(best.items(), key=lambda i: i[1])]
+    return found
+
+
+__all__ = ["cherry_pick", "revert", "merge", "plan_merge", "snapshot", "takeovers", "neighbours_at", "MergeConflict"]

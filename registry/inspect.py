@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from registry.graph import ancestors
+from registry.graph import ancestors, first_parents
 from registry.model import ACTIVE, Commit, RegistryError, iso, parse_time
 from registry.revisions import hex_prefix, parse_revision
 from registry.routing import nearest_active
@@ -80,24 +80,44 @@ def describe_edit(registry: Registry, edit_id: str, branch: str = "main") -> dic
 
 def audit(registry: Registry, since: str | None = None, revision: Commit | None = None) -> list[dict[str, Any]]:
     """Every operation, oldest first: who, when, what, why. Commits (all of them, or those
-    reachable from `revision`) and review records, interleaved by time."""
+    reachable from `revision`), ref moves that are not a new commit (branch created or deleted,
+    tag, fast-forward merge), reviews and protection changes, interleaved by time."""
     cutoff = parse_time(since) if since else None
     commits = registry.all_commits()
-    if revision is not None:
-        reachable = ancestors(registry.catalog.parent_map(), revision.commit_id)
+    reachable = ancestors(registry.catalog.parent_map(), revision.commit_id) if revision is not None else None
+    if reachable is not None:
         commits = [c for c in commits if c.commit_id in reachable]
+    by_id = {c.commit_id: c for c in registry.all_commits()}
     changes = registry.catalog.all_changes()
     entries = [(c.time, 0, c.seq, dict(c.to_dict(), kind="commit", edits=[e for e, _ in changes.get(c.commit_id, [])]))
                for c in commits if cutoff is None or c.time >= cutoff]
+    names = {r[0] for r in registry.catalog.refs()} if revision is None else set(registry.refs_at(revision.commit_id))
+    for entry in registry.catalog.reflog():
+        made = by_id.get(entry.new_commit) if entry.new_commit else None
+        if made is not None and entry.old_commit == made.parent_id and entry.reason == f"{made.op}: {made.message}":
+            continue  # the move that recorded a new commit: listed with the commit
+        if reachable is not None and (entry.new_commit or entry.old_commit) not in reachable:
+            continue
+        if cutoff is not None and entry.time < cutoff:
+            continue
+        op = "delete-branch" if entry.new_commit is None else "tag" if entry.kind == "tag" else \
+            "fast-forward" if "(fast-forward)" in entry.reason else "branch" if entry.old_commit is None else "move"
+        entries.append((entry.time, 1, entry.id, {"kind": "ref", "op": op, "ref": entry.ref, "time": iso(entry.time),
+                                                  "author": entry.actor, "reason": entry.reason, "message": entry.reason,
+                                                  "commit": entry.new_commit, "old": entry.old_commit, "edits": []}))
     for review in registry.reviews():
+        if reachable is not None and review.source_commit not in reachable:
+            continue
         if cutoff is None or review.time >= cutoff:
-            entries.append((review.time, 1, review.id, {
+            entries.append((review.time, 2, review.id, {
                 "kind": "review", "op": review.verdict, "time": iso(review.time), "author": review.author, "reason": review.reason,
                 "commit": review.source_commit, "message": f"{review.verdict} {review.source} into {review.target}",
                 "source": review.source, "target": review.target, "edits": []}))
     for protection in registry.catalog.protections():
+        if reachable is not None and protection["branch"] not in names:
+            continue
         if cutoff is None or protection["time"] >= cutoff:
-            entries.append((protection["time"], 2, protection["id"], {
+            entries.append((protection["time"], 3, protection["id"], {
                 "kind": "protection", "op": "protect", "time": iso(protection["time"]), "author": protection["actor"],
                 "reason": protection["reason"], "commit": None, "edits": [],
                 "message": f"protect {protection['branch']}: " + (f"{protection['reviews']} review(s)" if protection["reviews"] else "off")}))
@@ -105,36 +125,44 @@ def audit(registry: Registry, since: str | None = None, revision: Commit | None 
 
 
 def revoked_report(registry: Registry, since: str | None = None, revision: Commit | None = None) -> list[dict[str, Any]]:
-    """Governance view: every edit that was live in the history of `revision` (default main)
-    and is not at it, with who revoked it, why, and when it was live."""
+    """Governance view: every edit that was live on the line of `revision` (default main: its
+    first-parent history, the commits that branch itself went through) and is not live at it,
+    with the commit where it stopped being live there, who made it and why, and its live windows
+    on that line. A revoke made on a merged branch shows as that merge, with `via` naming the
+    commit on the merged side that made the change."""
     head = revision or registry.head()
-    members = registry.members(head)
-    reachable = ancestors(registry.catalog.parent_map(), head.commit_id)
-    touched = {e for c, changes in registry.catalog.all_changes().items() if c in reachable for e, _ in changes}
-    gone = [e for e in touched if members.get(e) != ACTIVE]
+    parents = registry.catalog.parent_map()
+    line = first_parents(parents, head.commit_id)[::-1]
+    all_changes = registry.catalog.all_changes()
+    commits = registry.catalog.commits(line)
+    state: dict[str, str | None] = {}
+    windows: dict[str, list[list[Commit | None]]] = {}
+    stopped: dict[str, Commit] = {}
+    for commit_id in line:
+        commit = commits[commit_id]
+        for edit_id, new in all_changes.get(commit_id, []):
+            old = state.get(edit_id)
+            state[edit_id] = new
+            if new == ACTIVE and old != ACTIVE:
+                windows.setdefault(edit_id, []).append([commit, None])
+            elif old == ACTIVE and new != ACTIVE:
+                windows[edit_id][-1][1] = commit
+                stopped[edit_id] = commit
     cutoff = parse_time(since) if since else None
+    gone = [e for e, s in state.items() if s != ACTIVE and e in stopped]
     rows = registry.catalog.edit_rows(gone)
-    history: dict[str, list[tuple[Commit, str | None]]] = {e: [] for e in gone}
-    change_rows = registry.catalog.changes_of_edits(gone)
-    commits = registry.catalog.commits(c for c, _, _ in change_rows if c in reachable)
-    for commit_id, edit_id, state in change_rows:
-        if commit_id in reachable:
-            history[edit_id].append((commits[commit_id], state))
+    side_changes = registry.catalog.changes_of_edits(gone)
     report = []
     for edit_id in gone:
-        events = sorted(history[edit_id], key=lambda item: item[0].seq)
-        if not events or all(state != ACTIVE for _, state in events):
-            continue
-        revocation = next(commit for commit, state in reversed(events) if state != ACTIVE)
+        revocation = stopped[edit_id]
         if cutoff is not None and revocation.time < cutoff:
             continue
-        live, start = [], None
-        for commit, state in events:
-            if state == ACTIVE and start is None:
-                start = iso(commit.time)
-            elif state != ACTIVE and start is not None:
-                live.append({"from": start, "until": iso(commit.time)})
-                start = None
+        via = None
+        if len(revocation.parents) > 1:  # brought in by a merge: the change made on the merged side
+            merged_in = ancestors(parents, revocation.parents[1]) - ancestors(parents, revocation.parents[0])
+            decided = [c for c, e, s in side_changes if e == edit_id and c in merged_in and s == state[edit_id]]
+            if decided:
+                via = registry.commit(decided[-1]).to_dict()
         row = rows[edit_id]
         report.append({
             "edit": edit_id,
@@ -146,8 +174,9 @@ def revoked_report(registry: Registry, since: str | None = None, revision: Commi
             "reason": revocation.reason,
             "commit": revocation.commit_id,
             "op": revocation.op,
-            "tombstone": members.get(edit_id) == "tombstone",
-            "live": live,
+            "via": via,
+            "tombstone": state[edit_id] == "tombstone",
+            "live": [{"from": iso(start.time), "until": iso(end.time)} for start, end in windows[edit_id] if end is not None],
             "_seq": revocation.seq,
         })
     report.sort(key=lambda item: item.pop("_seq"))

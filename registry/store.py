@@ -324,7 +324,7 @@ class Registry:
                 raise RegistryError("give a time once: --at TIME with a branch name, or NAME@TIME")
             parsed = type(parsed)(parsed.base, (), at)
         if parsed.at is not None:
-            if self.catalog.ref(parsed.base) is None:
+            if self.catalog.ref(parsed.base) is None and not self.catalog.reflog(parsed.base):
                 raise RegistryError(f"unknown branch {parsed.base!r} (a time needs a branch or tag name)")
             return self.resolve_time(parse_time(parsed.at), parsed.base)
         found = self.catalog.ref(parsed.base)
@@ -529,16 +529,24 @@ class Registry:
     def reviews(self) -> list[Review]:
         return self.catalog.reviews()
 
-    def approvals(self, source: str, target: str) -> list[Review]:
-        """The approvals that count for merging `source` into `target` now: the latest review of
-        each reviewer of the source's current head is an approval, by a non-author."""
+    def current_reviews(self, source: str, target: str) -> list[Review]:
+        """Each non-author reviewer's latest review of the source's current head for `target`
+        (reviews of an older head are stale and do not count either way)."""
         source_head, target_head = self.branch_head(source), self.branch_head(target)
         authors = self.proposal_authors(source_head, target_head)
         latest: dict[str, Review] = {}
         for review in self.catalog.reviews():
             if review.source == source and review.target == target and review.source_commit == source_head.commit_id:
                 latest[review.author] = review
-        return [r for r in latest.values() if r.verdict == "approve" and r.author not in authors]
+        return [r for r in latest.values() if r.author not in authors]
+
+    def approvals(self, source: str, target: str) -> list[Review]:
+        """The approvals that count for merging `source` into `target` now."""
+        return [r for r in self.current_reviews(source, target) if r.verdict == "approve"]
+
+    def rejections(self, source: str, target: str) -> list[Review]:
+        """Current rejections: any one blocks the merge until its reviewer approves a head."""
+        return [r for r in self.current_reviews(source, target) if r.verdict == "reject"]
 
     # --- key search --------------------------------------------------------------------------------
     def key_dim(self) -> int:

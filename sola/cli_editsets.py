@@ -71,13 +71,21 @@ def branch(ctx: click.Context, name: str | None, rev: str | None, delete: bool, 
 def cherry_pick(ctx: click.Context, edits: tuple[str, ...], onto: str, reason: str | None, force: bool, author: str | None,
                 wait: float, as_json: bool) -> None:
     """Add existing EDITS (same ids and artifacts, no retraining) to a branch in one commit."""
-    from registry.editsets import cherry_pick as pick
+    from registry.editsets import cherry_pick as pick, neighbours_at
 
     with failures():
         with open_registry(ctx, writable=True, wait=wait) as registry:
             commit = pick(registry, list(edits), onto, _author(author), reason, force)
-            document = dict(commit.to_dict(), branch=onto, edits=[e for e, _ in registry.changes(commit.commit_id)])
-    emit(as_json, document, lambda: click.echo(f"cherry-picked {len(document['edits'])} edit(s) onto {onto}: commit {document['commit'][:12]}"))
+            picked = [e for e, _ in registry.changes(commit.commit_id)]
+            document = dict(commit.to_dict(), branch=onto, edits=picked, neighbours=neighbours_at(registry, commit, picked))
+
+    def human() -> None:
+        click.echo(f"cherry-picked {len(document['edits'])} edit(s) onto {onto}: commit {document['commit'][:12]}")
+        for near in document["neighbours"]:
+            click.echo(f"warning: {near['edit'][:12]} lies within the routing radius of {near['neighbour'][:12]} "
+                       f"(distance {near['distance']:.4f})", err=True)
+
+    emit(as_json, document, human)
 
 
 @main.command()
@@ -94,8 +102,9 @@ def revert(ctx: click.Context, commit: str, branch: str, reason: str, author: st
 
     with failures():
         with open_registry(ctx, writable=True, wait=wait) as registry:
-            made = undo(registry, commit, branch, _author(author), reason)
-            document = dict(made.to_dict(), branch=branch, reverted=registry.resolve(commit).commit_id)
+            reverted = registry.resolve(commit).commit_id  # before the revert moves the branch COMMIT may name
+            made = undo(registry, reverted, branch, _author(author), reason)
+            document = dict(made.to_dict(), branch=branch, reverted=reverted)
     emit(as_json, document, lambda: click.echo(f"reverted {document['reverted'][:12]} on {branch}: commit {document['commit'][:12]}"))
 
 
@@ -147,6 +156,8 @@ def merge(ctx: click.Context, source: str, into: str, reason: str, resolutions: 
         click.echo(f"merged {source} into {into} ({how} {document['commit'][:12]}): +{len(document['added'])} -{len(document['removed'])}")
         for warning in document["warnings"]:
             click.echo(f"warning: {warning['message']}: " + ", ".join(e[:12] for e in warning["edits"]), err=True)
+        for duplicate in document["duplicates"]:
+            click.echo(f"note: both sides added the same fact; kept {duplicate['kept'][:12]}, left out {duplicate['dropped'][:12]}", err=True)
 
     emit(as_json, document, human)
 
@@ -172,7 +183,14 @@ def snapshot(ctx: click.Context, name: str, from_rev: str, include: tuple[str, .
     with failures():
         with open_registry(ctx, writable=True, wait=wait) as registry:
             document = make_snapshot(registry, name, from_rev, _author(author), list(include), list(exclude), where, force)
-    emit(as_json, document, lambda: click.echo(f"branch {name} at {document['commit'][:12]}: {len(document['edits'])} edit(s)"))
+    def human() -> None:
+        click.echo(f"branch {name} at {document['commit'][:12]}: {len(document['edits'])} edit(s)")
+        for taken in document["answered_by_others"]:
+            click.echo(f"warning: {taken['input']!r} of left-out edit {taken['left'][:12]} is answered by {taken['edit'][:12]} "
+                       f"({taken['prompt']!r} -> {taken['target']!r}, distance {taken['distance']:.4f} < radius {taken['radius']:.4f})",
+                       err=True)
+
+    emit(as_json, document, human)
 
 
 @main.command()
@@ -207,8 +225,9 @@ def _record_review(ctx: click.Context, verdict: str, source: str, into: str, aut
         with open_registry(ctx, writable=True, wait=wait) as registry:
             made = registry.review(source, into, author, verdict, reason, commit)
             document = dict(made.to_dict(), approvals=len(registry.approvals(source, into)), required=registry.protection(into))
+    done = {"approve": "approved", "reject": "rejected"}[verdict]
     emit(as_json, document, lambda: click.echo(
-        f"{verdict}d {source} at {document['source_commit'][:12]} for {into} ({document['approvals']}/{document['required']} approvals)"))
+        f"{done} {source} at {document['source_commit'][:12]} for {into} ({document['approvals']}/{document['required']} approvals)"))
 
 
 for _verdict in ("approve", "reject"):
@@ -259,8 +278,10 @@ def blame(ctx: click.Context, prompt: str, branch_name: str, with_text: bool, ma
             raise RegistryError("empty prompt")
         with open_workspace(ctx, writable=False) as workspace:
             head = workspace.registry.resolve(branch_name)
+            workspace.release()  # no lock held while the model loads
             key = routing_key(workspace.model(), prompt).numpy()
             document = find_blame(workspace.registry, key, head)
+            workspace.release()
             if with_text:
                 for entry in document:
                     entry["text"] = workspace.generate([prompt], entry["commit"], None, max_new_tokens)[0].text

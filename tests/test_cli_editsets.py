@@ -73,7 +73,8 @@ def test_cherry_pick_revert_and_log_across_branches(sola):
     picked = sola.json("cherry-pick", made["edit"][:12], "--onto", "customer", "--reason", "customer asked")
     assert picked["edits"] == [made["edit"]]
     assert sola.json("generate", PROMPT, "--rev", "customer")["edit"] == made["edit"]
-    reverted = sola.json("revert", picked["commit"][:12], "--branch", "customer", "--reason", "customer withdrew")
+    reverted = sola.json("revert", "customer", "--branch", "customer", "--reason", "customer withdrew")
+    assert reverted["reverted"] == picked["commit"] != reverted["commit"]
     assert sola.json("generate", PROMPT, "--rev", "customer")["edit"] is None
     assert [c["op"] for c in sola.json("log", "--rev", "customer")] == ["revert", "cherry-pick", "init"]
     assert sola.json("show", reverted["commit"])["parents"] == [picked["commit"]]

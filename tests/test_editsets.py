@@ -417,3 +417,82 @@ def test_show_of_an_edit_names_the_branches_where_it_is_live(registry):
     registry.set_active(a, False, "tester", "not here", branch="feature")
     shown = describe_edit(registry, a)
     assert shown["branches"] == ["main"] and [h["op"] for h in shown["history"]] == ["add", "revoke"]
+
+
+# --- review findings: each of these was a wrong or missing answer --------------------------------
+def test_a_current_rejection_blocks_a_merge_until_the_reviewer_approves(registry):
+    add_edit(registry, "a", seed=1)
+    registry.protect("main", 1, "admin")
+    branch_from_main(registry, "proposal")
+    add_edit(registry, "b", seed=2, branch="proposal", author="alice")
+    registry.review("proposal", "main", "carol", "approve")
+    registry.review("proposal", "main", "dave", "reject", "no source")
+    with pytest.raises(RegistryError, match="dave rejected"):
+        merge(registry, "proposal", "main", "alice", "ship")
+    registry.review("proposal", "main", "dave", "approve", "source added")
+    assert merge(registry, "proposal", "main", "alice", "ship")["commit"]
+
+
+def test_the_same_fact_added_on_both_sides_is_kept_once_and_still_answers(registry):
+    key = unit_key(11)
+    branch_from_main(registry, "b")
+    ours = add_edit(registry, "capital", "Rome", seed=1, key=key, author="alice")
+    theirs = add_edit(registry, "capital", "Rome", seed=2, key=key, branch="b", author="bob")
+    report = merge(registry, "b", "main", "lead", "both had it")
+    assert report["duplicates"] == [{"kind": "duplicate-adds", "kept": ours, "dropped": theirs, "distance": 0.0}]
+    head = registry.head()
+    assert registry.active_edit_ids(head) == [ours]
+    search, key_edit = registry.key_search(head, tombstones=True)
+    from registry.routing import decide
+
+    assert decide(search, key_edit, set(), key, registry.rule).edits == [ours]
+
+
+def test_revoked_facts_report_the_live_window_of_the_branch_line_and_the_merged_revoke(registry):
+    a = add_edit(registry, "a", seed=1)
+    branch_from_main(registry, "fix")
+    revoke = registry.set_active(a, False, "bob", "wrong", branch="fix")
+    time.sleep(0.01)
+    add_edit(registry, "c", seed=3)
+    merged = merge(registry, "fix", "main", "carol", "take the fix")
+    [entry] = revoked_report(registry)
+    assert entry["commit"] == merged["commit"] and entry["revoked_by"] == "carol" and entry["op"] == "merge"
+    assert entry["via"]["commit"] == revoke.commit_id and entry["via"]["author"] == "bob"
+    assert entry["live"][0]["until"] == registry.commit(merged["commit"]).to_dict()["time"]
+
+
+def test_audit_lists_ref_moves_that_make_no_commit_and_filters_reviews_by_revision(registry):
+    branch_from_main(registry, "feature")
+    add_edit(registry, "b", seed=2, branch="feature", author="alice")
+    registry.review("feature", "main", "carol", "approve")
+    merge(registry, "feature", "main", "lead", "ship")  # a fast-forward: no new commit
+    registry.tag("v1", registry.head(), "lead")
+    ops = [(e["kind"], e["op"]) for e in audit(registry)]
+    assert ("ref", "branch") in ops and ("ref", "fast-forward") in ops and ("ref", "tag") in ops and ("review", "approve") in ops
+    init_only = audit(registry, revision=registry.resolve("main~1"))
+    assert [e["kind"] for e in init_only if e["kind"] == "review"] == []
+
+
+def test_a_snapshot_warns_when_a_left_out_edit_s_input_is_answered_by_another(registry):
+    key = unit_key(12)
+    a = add_edit(registry, "capital", "Paris", seed=1, key=key)
+    b = add_edit(registry, "capital?", "Lyon", seed=2, key=near(key, 0.03))
+    made = snapshot(registry, "eu", "main", "tester", exclude=[a])
+    assert [(t["left"], t["edit"]) for t in made["answered_by_others"]] == [(a, b)]
+
+
+def test_revert_of_a_commit_outside_the_branch_is_refused(registry):
+    add_edit(registry, "a", seed=1)
+    branch_from_main(registry, "other")
+    add_edit(registry, "b", seed=2, branch="other")
+    with pytest.raises(RegistryError, match="not in the history of main"):
+        revert(registry, "other", "main", "tester", "x")
+
+
+def test_a_deleted_branch_can_still_be_read_at_a_time_it_existed(registry):
+    branch_from_main(registry, "gone")
+    b = add_edit(registry, "b", seed=2, branch="gone")
+    moment = registry.catalog.reflog("gone")[-1].time.isoformat()
+    time.sleep(0.01)
+    registry.delete_branch("gone", "tester", force=True)
+    assert registry.active_edit_ids(registry.resolve(f"gone@{moment}")) == [b]
