@@ -24,6 +24,7 @@ timeline page on a 100k-commit branch is a filter and a slice of an in-memory li
 from __future__ import annotations
 
 import asyncio
+import copy
 import csv
 import hashlib
 import hmac
@@ -252,6 +253,48 @@ class TreeCache:
         return TreeStore(registry.config_digest(), fetch)
 
 
+class _IndexedCatalog:
+    """The catalog with its commit reads answered from the console's commit index (commits are
+    immutable, so a cached one is the stored one): the registry's own views (revoked facts,
+    merge plans) then run unchanged without re-reading 100k commits in chunks of ids."""
+
+    def __init__(self, catalog: Any, index: CommitIndex) -> None:
+        self._catalog = catalog
+        self._index = index
+        self._complete: bool | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._catalog, name)
+
+    def complete(self) -> bool:
+        if self._complete is None:
+            self._complete = len(self._index.by_id) == self._catalog.count("commits")
+        return self._complete
+
+    def commit(self, commit_id: str) -> Commit | None:
+        found = self._index.by_id.get(commit_id)
+        return found if found is not None else self._catalog.commit(commit_id)
+
+    def commits(self, commit_ids: Iterable[str]) -> dict[str, Commit]:
+        ids = list(dict.fromkeys(commit_ids))
+        known = self._index.by_id
+        out = {c: known[c] for c in ids if c in known}
+        missing = [c for c in ids if c not in known]
+        if missing:
+            out.update(self._catalog.commits(missing))
+        return out
+
+    def parent_map(self) -> dict[str, tuple[str, ...]]:
+        if not self.complete():
+            return self._catalog.parent_map()
+        return {c.commit_id: c.parents for c in self._index.by_id.values()}
+
+    def all_commits(self) -> list[Commit]:
+        if not self.complete():
+            return self._catalog.all_commits()
+        return sorted(self._index.by_id.values(), key=lambda c: c.seq)
+
+
 class _Lazy:
     """A registry read transaction opened on first use: a page that finds everything in the
     console's memory never opens the catalog at all."""
@@ -270,6 +313,10 @@ class _Lazy:
     @property
     def opened(self) -> bool:
         return self._registry is not None
+
+    def get(self) -> Any:
+        self.__getattr__("root")
+        return self._registry
 
     def close(self) -> None:
         if self._context is not None:
@@ -515,6 +562,15 @@ class Console:
     def states(self, registry: Any, commit: Commit, edit_ids: list[str]) -> dict[str, Any]:
         return self.trees.store(registry).states(commit.tree_id, edit_ids)
 
+    def indexed(self, registry: Any) -> Any:
+        """The registry with commit reads from the index and edit sets from the tree cache."""
+        real = registry.get() if isinstance(registry, _Lazy) else registry
+        self.index.ensure(real, [c for _, _, c in real.catalog.refs()])
+        fast = copy.copy(real)
+        fast.catalog = _IndexedCatalog(real.catalog, self.index)
+        fast._trees = self.trees.store(real)
+        return fast
+
     def facts(self, registry: Any, edit_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
         return registry.catalog.edit_rows(edit_ids)
 
@@ -640,7 +696,7 @@ class Console:
         from registry.inspect import revoked_report
 
         head = self.resolve(registry, rev)
-        report = self.revoked_reports.get(head.commit_id, lambda: revoked_report(registry, None, head))
+        report = self.revoked_reports.get(head.commit_id, lambda: revoked_report(self.indexed(registry), None, head))
         since, until = _time_bound(filters["since"], False), _time_bound(filters["until"], True)
         by = filters["by"].strip().lower()
         text = filters["q"].strip().lower()
@@ -700,7 +756,7 @@ class Console:
             raise ConsoleError(404, f"no proposal of {source!r} into {target!r} (it is merged, or {target!r} is not protected)")
         proposal = found[0]
         try:
-            plan = plan_merge(registry, source, target).report(None)
+            plan = plan_merge(self.indexed(registry), source, target).report(None)
         except RegistryError as error:
             plan = {"error": str(error), "added": [], "removed": [], "conflicts": [], "warnings": [], "fast_forward": False}
         shown = plan["added"][:LIST_SIZE] + plan["removed"][:LIST_SIZE]
@@ -758,7 +814,7 @@ class Console:
         entries: list[dict[str, Any]] = []
         if recording.queries is not None:
             query = recording.queries[0]
-            entries = await asyncio.to_thread(self.read, lambda registry: blame(registry, query, head))
+            entries = await asyncio.to_thread(self.read, lambda registry: blame(self.indexed(registry), query, head))
         nearest = routing.nearest[0] if routing is not None else None
         distance = routing.distances[0] if routing is not None else float("inf")
         radius = routing.radii[0] if routing is not None else None
@@ -875,8 +931,9 @@ def mount_console(app: FastAPI, server: "Server") -> Console:
             refs = await read(console.refs)
             if not (a or a_at) and not (b or b_at):
                 return console.page(request, "compare.html", title="Compare", refs=refs, a=a, b=b, a_at=a_at, b_at=b_at, result=None)
-            left = _revision(a, a_at, server.config.follow + "~1")
-            right = _revision(b, b_at, server.config.follow)
+            follow = server.config.follow
+            left = _revision(a, a_at, follow if a_at.strip() else follow + "~1")
+            right = _revision(b, b_at, follow)
             result = await read(lambda registry: console.compare(registry, left, right))
             if format == "json":
                 return JSONResponse({"a": result["old"].commit_id, "b": result["new"].commit_id, "added": result["added"],

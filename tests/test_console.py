@@ -211,15 +211,21 @@ def test_pages_answer_and_exports_carry_the_revoked_fact(console):
     assert console.get("/console/no-such-page").status_code == 404
     rows = console.get("/console/revoked?format=json").json()
     assert [(r["edit"], r["reason"], r["revoked_by"]) for r in rows] == [(console.edits["toko"], "wrong instrument", "alice")]
+    assert rows == cli(console.root, "audit", "--revoked")  # the same report as the CLI's
     text = console.get("/console/revoked?format=csv").text
     assert text.splitlines()[0].startswith("edit,prompt,target") and "wrong instrument" in text
     assert console.get("/console/revoked?format=json&q=nothing-like-this").json() == []
+    assert "No commit matches" in console.get("/console/?since=2999-01-01").text
+    assert "No commit matches" not in console.get("/console/?until=" + time.strftime("%Y-%m-%d", time.gmtime())).text
     only_revokes = console.get("/console/?op=revoke").text
     assert "wrong instrument" in only_revokes and "counterfactual demo" not in only_revokes
     compared = console.get("/console/compare?a=v1&b=main&format=json").json()
     assert compared["added"] == [] and compared["removed"] == []
     compared = console.get("/console/compare?a=main~3&b=main&format=json").json()
     assert compared["added"] == [console.edits["xss"]]
+    v1_time = cli(console.root, "show", "v1")["time"]
+    by_date = console.get("/console/compare", params={"a_at": v1_time, "b": "main", "format": "json"}).json()
+    assert by_date["a"] == cli(console.root, "show", "v1")["commit"] and by_date["added"] == []
     adapter = console.get(f"/console/edits/{console.edits['france']}/adapter.zip")
     import io
     import zipfile
@@ -303,6 +309,9 @@ def test_browser_a_viewer_cannot_approve(browser, console):
             page.click("button.approve")
         assert answer.value.status == 403
         assert "viewer" in page.inner_text("#error-message")
+        page.click("header button:text('sign out')")
+        page.wait_for_url(f"{console.url}/console/login")
+        assert page.goto(f"{console.url}/console/").status == 401 and context.cookies() == []
     finally:
         context.close()
     assert cli(console.root, "review", "list") == before
