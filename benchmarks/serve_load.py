@@ -127,6 +127,7 @@ def main() -> None:
     parser.add_argument("--commits", type=int, default=20)
     parser.add_argument("--max-batch", type=int, default=8)
     parser.add_argument("--name", default="serve_load")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads of the server")
     args = parser.parse_args()
 
     records = json.loads(DATA.read_text())
@@ -147,7 +148,8 @@ def main() -> None:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     load_before = load_average()
-    server = subprocess.Popen([SOLA, "--registry", str(args.root), "serve", "--port", str(port), "--max-batch", str(args.max_batch)],
+    threads = ["--threads", str(args.threads)] if args.threads else []
+    server = subprocess.Popen([SOLA, "--registry", str(args.root), "serve", "--port", str(port), "--max-batch", str(args.max_batch), *threads],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 300
@@ -207,6 +209,7 @@ def main() -> None:
     result = {
         "protocol": {"edits": args.edits, "clients": args.clients, "requests_per_client": args.requests, "max_tokens": args.tokens,
                      "writer_commits": args.commits, "max_batch": args.max_batch, "model": "SmolLM2-135M-Instruct (default)",
+                     "server_threads": args.threads,
                      "edits_are": "real CounterFact prompt keys, random LoRA factors (std 0.02), bulk-loaded",
                      "baseline": "the same server and prompts at the init commit (0 edits)"},
         "baseline_0_edits": baseline,

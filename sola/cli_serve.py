@@ -26,10 +26,11 @@ from sola.cli import failures, main, registry_path
 @click.option("--token-env", default=None, help="Require `Authorization: Bearer <token>` (the value of this environment variable) on every route but /healthz.")
 @click.option("--roles", "roles_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="JSON file {token: {name, role}} with roles viewer, reviewer, admin (tokens are then required).")
+@click.option("--threads", type=click.IntRange(1, 1024), default=None, help="CPU threads for torch (default: torch's choice).")
 @click.option("--console", is_flag=True, help="Also serve the governance console under /console/.")
 @click.pass_context
 def serve(ctx: click.Context, host: str, port: int, follow: str, device: str, dtype: str, max_batch: int, max_tokens_limit: int,
-          max_concurrency: int, token_env: str | None, roles_file: Path | None, console: bool) -> None:
+          max_concurrency: int, token_env: str | None, roles_file: Path | None, threads: int | None, console: bool) -> None:
     """Serve the routed model over the OpenAI HTTP API at any revision, following a branch."""
     with failures():
         import torch
@@ -37,6 +38,8 @@ def serve(ctx: click.Context, host: str, port: int, follow: str, device: str, dt
 
         from sola.server import Identity, ServeConfig, Server, create_app, load_roles, token_from_env
 
+        if threads is not None:
+            torch.set_num_threads(threads)
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         if device == "cuda" and not torch.cuda.is_available():
