@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-from registry.graph import is_ancestor, merge_base
+from registry.graph import ancestors, is_ancestor
 from registry.model import ABSENT, ACTIVE, TOMBSTONE, Commit, RegistryError, State, utcnow
 from registry.revisions import check_ref_name
 from registry.routing import collisions, decide, nearest_active, same_answer
@@ -25,6 +25,21 @@ class MergeConflict(RegistryError):
         self.report = report
 
 
+def _keys(registry: Registry, edit_ids: Iterable[str]) -> dict[str, Any]:
+    """Routing keys of many edits: a few are read and checked against their provenance one by
+    one; many come from the registry's key matrix (the cache routing itself uses, which `sola
+    verify` checks against the objects), in one pass."""
+    wanted = list(dict.fromkeys(edit_ids))
+    if len(wanted) <= 16:
+        return {e: registry.edit_keys(e) for e in wanted}
+    key_ids, owners, matrix = registry.all_keys()
+    rows: dict[str, list[int]] = {e: [] for e in wanted}
+    for key_id, owner in zip(key_ids.tolist(), owners):
+        if owner in rows:
+            rows[owner].append(key_id)
+    return {e: matrix[r] for e, r in rows.items()}
+
+
 def _facts(registry: Registry, edit_ids: Iterable[str]) -> dict[str, tuple[str, str]]:
     rows = registry.catalog.edit_rows(edit_ids)
     return {e: (r["prompt"], r["target"]) for e, r in rows.items()}
@@ -37,7 +52,7 @@ def _check_against_head(registry: Registry, head: Commit, edit_ids: list[str], w
     rule = registry.rule
     search, key_edit = registry.key_search(head, tombstones=True)
     tombstones = registry.tombstoned_edit_ids(head) | set(leaving)
-    keys = {e: registry.edit_keys(e) for e in edit_ids}
+    keys = _keys(registry, edit_ids)
     facts = _facts(registry, edit_ids)
     for edit_id, rows in keys.items():
         for key in rows:
@@ -129,18 +144,12 @@ def _state_conflict(edit_id: str, base: State, ours: State, theirs: State) -> di
     return {"kind": kind, "edits": [edit_id], "base": base or "absent", "ours": ours or "absent", "theirs": theirs or "absent"}
 
 
-def _touched_on_both_sides(registry: Registry, parents: dict, base: str | None, ours: Commit, theirs: Commit,
-                           edit_ids: list[str]) -> set[str]:
+def _touched_on_both_sides(registry: Registry, ours_only: set[str], theirs_only: set[str], edit_ids: list[str]) -> set[str]:
     """Edits that commits on both sides since the merge base changed (so each side decided
     about them: a revoke on one and a restore on the other conflict even when one side ends
     where it started)."""
     if not edit_ids:
         return set()
-    from registry.graph import ancestors
-
-    shared = ancestors(parents, base) if base else set()
-    ours_only = ancestors(parents, ours.commit_id) - shared
-    theirs_only = ancestors(parents, theirs.commit_id) - shared
     sides: dict[str, set[str]] = {}
     for commit_id, edit_id, _ in registry.catalog.changes_of_edits(edit_ids):
         if commit_id in ours_only:
@@ -164,18 +173,22 @@ def plan_merge(registry: Registry, source: str, target: str, resolutions: dict[s
     plan = MergePlan(source, target, source_head, target_head, None)
     ours = registry.members(target_head)
     plan.ours = ours
-    if is_ancestor(parents, source_head.commit_id, target_head.commit_id):
+    reach_source, reach_target = ancestors(parents, source_head.commit_id), ancestors(parents, target_head.commit_id)
+    if source_head.commit_id in reach_target:
         plan.up_to_date, plan.merged, plan.base = True, dict(ours), source_head.commit_id
         return plan
     theirs = registry.members(source_head)
-    if is_ancestor(parents, target_head.commit_id, source_head.commit_id):
+    if target_head.commit_id in reach_source:
         plan.fast_forward, plan.merged, plan.base = True, dict(theirs), target_head.commit_id
         return plan
-    order = {c.commit_id: c.seq for c in registry.all_commits()}
-    plan.base = merge_base(parents, source_head.commit_id, target_head.commit_id, order)
+    common = reach_source & reach_target
+    bases = common - {parent for commit in common for parent in parents.get(commit, ())}
+    order = {c.commit_id: c.seq for c in registry.catalog.commits(bases).values()}
+    plan.base = max(bases, key=lambda c: order.get(c, -1)) if bases else None
     base = registry.members(registry.commit(plan.base)) if plan.base else {}
     differing = [e for e in set(ours) | set(theirs) if ours.get(e) != theirs.get(e)]
-    decided_on_both = _touched_on_both_sides(registry, parents, plan.base, target_head, source_head, differing)
+    shared = ancestors(parents, plan.base) if plan.base else set()
+    decided_on_both = _touched_on_both_sides(registry, reach_target - shared, reach_source - shared, differing)
     merged: dict[str, str] = {}
     used: set[str] = set()
     for edit_id in sorted(set(base) | set(ours) | set(theirs)):
@@ -198,8 +211,9 @@ def plan_merge(registry: Registry, source: str, target: str, resolutions: dict[s
     theirs_new = [e for e, s in theirs.items() if s == ACTIVE and base.get(e) != ACTIVE and e not in ours_new]
     if ours_new and theirs_new:
         rule = registry.rule
-        keys_ours = {e: registry.edit_keys(e) for e in ours_new}
-        keys_theirs = {e: registry.edit_keys(e) for e in theirs_new}
+        both = _keys(registry, ours_new + theirs_new)
+        keys_ours = {e: both[e] for e in ours_new}
+        keys_theirs = {e: both[e] for e in theirs_new}
         facts = _facts(registry, ours_new + theirs_new)
         for pair in collisions(keys_ours, keys_theirs, lambda e: facts[e], rule.threshold):
             if pair.distance < rule.duplicate_distance and not pair.contradicts:

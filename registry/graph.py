@@ -39,15 +39,18 @@ def is_ancestor(parents: ParentMap, older: str, newer: str) -> bool:
     return older in ancestors(parents, newer)
 
 
-def merge_base(parents: ParentMap, a: str, b: str, order: Mapping[str, int]) -> str | None:
-    """The best common ancestor of `a` and `b`: a common ancestor that no other common ancestor
-    descends from; when there are several (criss-cross merges) the newest by write order."""
+def merge_bases(parents: ParentMap, a: str, b: str) -> set[str]:
+    """The best common ancestors of `a` and `b`: common ancestors that no other common ancestor
+    descends from (one, except after criss-cross merges)."""
     common = ancestors(parents, a) & ancestors(parents, b)
-    if not common:
-        return None
     # the common set is closed under "parent of", so its heads are its members no member has as a parent
     has_child = {parent for commit in common for parent in parents.get(commit, ())}
-    best = common - has_child
-    return max(best, key=lambda c: order.get(c, -1))
+    return common - has_child
 
-__all__ = ["ancestors", "ancestors_of_all", "first_parents", "is_ancestor", "merge_base"]
+
+def merge_base(parents: ParentMap, a: str, b: str, order: Mapping[str, int]) -> str | None:
+    """One best common ancestor: when there are several, the newest by write order (`order`)."""
+    best = merge_bases(parents, a, b)
+    return max(best, key=lambda c: order.get(c, -1)) if best else None
+
+__all__ = ["ancestors", "ancestors_of_all", "first_parents", "is_ancestor", "merge_base", "merge_bases"]

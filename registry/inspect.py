@@ -26,6 +26,12 @@ def describe_object(registry: Registry, ident: str) -> dict[str, Any]:
     return describe_commit(registry, registry.resolve(ident))
 
 
+def edit_summaries(registry: Registry, edit_ids: list[str]) -> list[dict[str, Any]]:
+    """`edit_summary` of many edits in one catalog read (diff of two revisions far apart)."""
+    rows = registry.catalog.edit_rows(edit_ids)
+    return [{"edit": e, "prompt": rows[e]["prompt"], "target": rows[e]["target"]} for e in edit_ids]
+
+
 def edit_summary(registry: Registry, edit_id: str) -> dict[str, Any]:
     """The short form of an edit used in listings: id, prompt, target."""
     row = registry.edit_row(edit_id)

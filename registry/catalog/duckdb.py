@@ -239,6 +239,40 @@ class DuckDBCatalog:
         self._parents_cache.update(parents)
         return parents
 
+    def first_parent_ancestor(self, commit_id: str, steps: int) -> str | None:
+        """The commit `steps` first parents back (None past the root): one recursive query for a
+        short walk, one scan of the parent table for a long one."""
+        if steps > 256:
+            parents = self.parent_map()
+            for _ in range(steps):
+                found = parents.get(commit_id)
+                if not found:
+                    return None
+                commit_id = found[0]
+            return commit_id
+        row = self.db.execute(
+            """WITH RECURSIVE chain(commit_id, depth) AS (
+                   SELECT ?::VARCHAR, 0
+                   UNION ALL
+                   SELECT p.parent_id, c.depth + 1 FROM chain c JOIN commit_parents p ON p.commit_id = c.commit_id AND p.position = 0
+                   WHERE c.depth < ?)
+               SELECT commit_id FROM chain WHERE depth = ?""", [commit_id, steps, steps]).fetchone()
+        return None if row is None else row[0]
+
+    def recent_ancestors(self, commit_id: str, limit: int) -> list[Commit]:
+        """The `limit` newest (by write order) commits reachable from `commit_id`. Each of them is
+        within `limit` parent steps of it (every commit on the way is newer and also reachable),
+        so one bounded recursive query finds them all."""
+        rows = self.db.execute(
+            f"""WITH RECURSIVE reach(commit_id, depth) AS (
+                    SELECT ?::VARCHAR, 1
+                    UNION
+                    SELECT p.parent_id, r.depth + 1 FROM reach r JOIN commit_parents p ON p.commit_id = r.commit_id
+                    WHERE r.depth < ?)
+                SELECT DISTINCT {', '.join('c.' + c for c in _COMMIT_COLUMNS.split(', '))}
+                FROM commits c JOIN reach USING (commit_id) ORDER BY c.seq DESC LIMIT ?""", [commit_id, limit, limit]).fetchall()
+        return self._commits_from_rows(rows)
+
     def changes(self, commit_id: str) -> Changes:
         return [(e, _state_out(s)) for e, s in self.db.execute(
             "SELECT edit_id, state FROM commit_changes WHERE commit_id = ? ORDER BY rowid", [commit_id]).fetchall()]
