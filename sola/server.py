@@ -242,6 +242,7 @@ class Generator:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="sola-batcher", daemon=True)
         self.eos = {routed.tokenizer.eos_token_id} - {None}
+        self._model_lock = threading.Lock()
 
     def start(self) -> None:
         self._thread.start()
@@ -296,7 +297,13 @@ class Generator:
                        [r.radii[0] for r in found])
 
     def run(self, jobs: list[Job], streamer: Any = None) -> list[Completion]:
-        """One generation call for jobs of one snapshot; each keeps its own token limit."""
+        """One generation call for jobs of one snapshot; each keeps its own token limit. Calls
+        from the batcher and from streams take turns on the model: the routing capture for chat
+        turns hooks the shared model, and two forwards at once would only share the same cores."""
+        with self._model_lock:
+            return self._run(jobs, streamer)
+
+    def _run(self, jobs: list[Job], streamer: Any = None) -> list[Completion]:
         pinned = self.decisions(jobs)
         rows = [job.token_ids for job in jobs]
         width = max(len(r) for r in rows)
