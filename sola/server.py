@@ -301,9 +301,9 @@ class Generator:
         from the batcher and from streams take turns on the model: the routing capture for chat
         turns hooks the shared model, and two forwards at once would only share the same cores."""
         with self._model_lock:
-            return self._run(jobs, streamer)
+            return self._generate(jobs, streamer)
 
-    def _run(self, jobs: list[Job], streamer: Any = None) -> list[Completion]:
+    def _generate(self, jobs: list[Job], streamer: Any = None) -> list[Completion]:
         pinned = self.decisions(jobs)
         rows = [job.token_ids for job in jobs]
         width = max(len(r) for r in rows)
