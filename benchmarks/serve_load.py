@@ -128,6 +128,10 @@ def main() -> None:
     parser.add_argument("--max-batch", type=int, default=8)
     parser.add_argument("--name", default="serve_load")
     parser.add_argument("--threads", type=int, default=None, help="torch threads of the server")
+    parser.add_argument("--writer-source", choices=["prompt", "rephrase_prompt", "locality_prompt"], default="prompt",
+                        help="which prompt of the records the writer edits: `prompt` takes the records after the bulk-loaded "
+                             "ones; a rerun on the same --root needs prompts not edited yet (the first records' paraphrases, then "
+                             "their locality prompts)")
     args = parser.parse_args()
 
     records = json.loads(DATA.read_text())
@@ -141,9 +145,12 @@ def main() -> None:
     edited = [r["prompt"] for r in records[:200]]
     unrelated = [r["locality_prompt"] for r in records[:200]]
     prompts = [p for pair in zip(edited, unrelated) for p in pair]
-    fresh = records[args.edits : args.edits + args.commits]  # facts the bulk load left out
+    if args.writer_source != "prompt":
+        fresh = [{"prompt": r[args.writer_source], "target_new": r["target_new"]} for r in records[:args.commits]]
+    else:  # facts the bulk load left out
+        fresh = [{"prompt": r["prompt"], "target_new": r["target_new"]} for r in records[args.edits : args.edits + args.commits]]
     edits_file = args.root.parent / f"{args.root.name}-writer.jsonl"
-    edits_file.write_text("".join(json.dumps({"prompt": r["prompt"], "target_new": r["target_new"]}) + "\n" for r in fresh))
+    edits_file.write_text("".join(json.dumps(r) + "\n" for r in fresh))
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -168,6 +175,7 @@ def main() -> None:
         baseline = run_load(url, init_commit, prompts, args.clients, args.requests, args.tokens)
 
         probes: list[tuple[float, str]] = []
+        seen: list[tuple[float, str]] = []
         stop = threading.Event()
 
         def probe() -> None:
@@ -180,9 +188,20 @@ def main() -> None:
                         pass
                     stop.wait(0.05)
 
+        def watch() -> None:  # when the server has the commit (no generation queue in the way)
+            with httpx.Client(timeout=60) as http:
+                while not stop.is_set():
+                    try:
+                        seen.append((time.time(), http.get(f"{url}/healthz").json()["commit"]))
+                    except (httpx.HTTPError, KeyError, ValueError):
+                        pass
+                    stop.wait(0.02)
+
         print("edited phase with a writer", file=sys.stderr, flush=True)
-        prober = threading.Thread(target=probe)
+        phase_started = time.time()
+        prober, watcher = threading.Thread(target=probe), threading.Thread(target=watch)
         prober.start()
+        watcher.start()
         writer = subprocess.Popen([SOLA, "--registry", str(args.root), "edit", "--file", str(edits_file), "--author", "writer"],
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         loaded = run_load(url, "main", prompts, args.clients, args.requests, args.tokens)
@@ -190,6 +209,7 @@ def main() -> None:
         time.sleep(2)
         stop.set()
         prober.join()
+        watcher.join()
         metrics = httpx.get(f"{url}/metrics").text
     finally:
         server.terminate()
@@ -197,15 +217,19 @@ def main() -> None:
     load_after = load_average()
 
     with Registry.open(args.root) as registry:
-        entries = [e for e in registry.catalog.reflog("main") if e.actor == "writer"]
+        entries = [e for e in registry.catalog.reflog("main") if e.actor == "writer" and e.time.timestamp() >= phase_started]
         end_edits = len(registry.active_edit_ids(registry.head()))
-    lags = []
-    for entry in entries:
-        committed = entry.time.timestamp()
-        reflecting = [t for t, commit in probes if t >= committed and (commit == entry.new_commit or
-                                                                         commit in {e.new_commit for e in entries if e.time > entry.time})]
-        if reflecting:
-            lags.append(round(min(reflecting) - committed, 3))
+    def lag(observations: list[tuple[float, str]]) -> list[float]:
+        found = []
+        for entry in entries:
+            committed = entry.time.timestamp()
+            later = {e.new_commit for e in entries if e.time >= entry.time}
+            reflecting = [t for t, commit in observations if t >= committed and commit in later]
+            if reflecting:
+                found.append(round(min(reflecting) - committed, 3))
+        return found
+
+    lags, served = lag(probes), lag(seen)
     result = {
         "protocol": {"edits": args.edits, "clients": args.clients, "requests_per_client": args.requests, "max_tokens": args.tokens,
                      "writer_commits": args.commits, "max_batch": args.max_batch, "model": "SmolLM2-135M-Instruct (default)",
@@ -217,14 +241,19 @@ def main() -> None:
         "throughput_ratio": round(loaded["tokens_per_s"] / baseline["tokens_per_s"], 3) if baseline["tokens_per_s"] else None,
         "writer": {"exit_code": writer_code, "commits_seen": len(entries), "active_edits_before": start_edits, "active_edits_after": end_edits},
         "commit_to_response_s": {"values": lags, "max": max(lags) if lags else None,
-                                 "median": statistics.median(lags) if lags else None},
+                                 "median": statistics.median(lags) if lags else None,
+                                 "note": "a 1-token probe request: includes its wait behind the running batch of 16-token requests"},
+        "commit_to_server_s": {"values": served, "max": max(served) if served else None,
+                               "median": statistics.median(served) if served else None,
+                               "note": "first /healthz naming the commit as the followed head: when new requests get it"},
         "server_metrics_tail": [line for line in metrics.splitlines() if line.startswith(("sola_forward", "sola_sequences", "sola_snapshot"))],
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "load_average_before": load_before,
                     "load_average_after": load_after, "when": datetime.now().isoformat(timespec="seconds")},
     }
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{args.name}.json").write_text(json.dumps(result, indent=2))
-    print(json.dumps({k: result[k] for k in ("baseline_0_edits", "edited_with_writer", "throughput_ratio", "commit_to_response_s")}, indent=2))
+    print(json.dumps({k: result[k] for k in ("baseline_0_edits", "edited_with_writer", "throughput_ratio", "commit_to_response_s",
+                                             "commit_to_server_s")}, indent=2))
 
 
 if __name__ == "__main__":

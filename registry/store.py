@@ -8,7 +8,6 @@ leaves its commits and its ref log. All SQL is in the catalog (registry/catalog/
 
 from __future__ import annotations
 
-import heapq
 import json
 from contextlib import contextmanager
 from dataclasses import replace
@@ -38,13 +37,13 @@ from registry.model import (
 )
 from registry.objects import CorruptObject, ObjectStore, canonical_json, sha256_hex
 from registry.revisions import check_ref_name, hex_prefix, parse_revision
-from registry.routing import RoutingRule
 from registry.trees import TreeStore
 
 if TYPE_CHECKING:  # numpy, safetensors and FAISS are imported where used: `sola log` needs none of them
     import numpy as np
 
     from registry.keyindex import FaissKeySearch, KeyMatrix
+    from registry.routing import RoutingRule
 
 KEY_VECTORS_VERSION = 3  # the migration that added `key_vectors`
 EDIT_SETS_VERSION = 4  # the migration that made history a graph over trees
@@ -171,7 +170,9 @@ class Registry:
         return self.config("routing")
 
     @property
-    def rule(self) -> RoutingRule:
+    def rule(self) -> "RoutingRule":
+        from registry.routing import RoutingRule  # numpy: imported only by commands that route
+
         return RoutingRule.from_record(self.routing)
 
     @property
@@ -344,16 +345,19 @@ class Registry:
                     raise RegistryError(f"revision {revision!r}: commit {commit.commit_id[:12]} has {len(commit.parents)} parent(s)")
                 commit = self.commit(commit.parents[count - 1])
                 continue
-            for _ in range(count):
-                if commit.parent_id is None:
-                    raise RegistryError(f"revision {revision!r} goes back past the first commit")
-                commit = self.commit(commit.parent_id)
+            back = self.catalog.first_parent_ancestor(commit.commit_id, count)
+            if back is None:
+                raise RegistryError(f"revision {revision!r} goes back past the first commit")
+            commit = self.commit(back)
         return commit
 
     def resolve_time(self, moment: datetime, ref: str = MAIN) -> Commit:
         """What `ref` pointed to at `moment`, from the ref log."""
         found = self.catalog.ref_at(ref, moment)
         if found is None:
+            entries = self.catalog.reflog(ref)
+            if entries and entries[0].time <= moment:
+                raise RegistryError(f"{ref} did not exist at {iso(moment)} (it was deleted before then)")
             raise RegistryError(f"{ref} did not exist at {iso(moment)} (before the first commit on it)")
         return self.commit(found)
 
@@ -638,17 +642,7 @@ class Registry:
             reachable = self.catalog.commits(ancestors(parents, start.commit_id))
             ordered = sorted(reachable.values(), key=lambda c: -c.seq)
             return ordered if limit is None else ordered[:limit]
-        out: list[Commit] = []
-        queue = [(-start.seq, start.commit_id, start)]
-        seen = {start.commit_id}
-        while queue and len(out) < limit:
-            _, _, commit = heapq.heappop(queue)
-            out.append(commit)
-            fresh = [p for p in commit.parents if p not in seen]
-            seen.update(fresh)
-            for parent in self.catalog.commits(fresh).values():
-                heapq.heappush(queue, (-parent.seq, parent.commit_id, parent))
-        return out
+        return self.catalog.recent_ancestors(start.commit_id, limit) if limit else []
 
     def diff(self, old: Commit, new: Commit) -> dict[str, list[str]]:
         """Edits active in `new` but not `old` (added) and the reverse (removed)."""

@@ -386,14 +386,14 @@ def tag(ctx: click.Context, name: str, rev: str | None, author: str | None, wait
 @click.pass_context
 def diff(ctx: click.Context, rev_a: str, rev_b: str, as_json: bool) -> None:
     """Edits active in REV_B but not REV_A (added) and the reverse (removed)."""
-    from registry.inspect import edit_summary
+    from registry.inspect import edit_summaries
 
     with failures():
         with open_registry(ctx) as registry:
             a, b = registry.resolve(rev_a), registry.resolve(rev_b)
             changes = registry.diff(a, b)
             document = {"from": a.commit_id, "to": b.commit_id,
-                        **{kind: [edit_summary(registry, e) for e in changes[kind]] for kind in ("added", "removed")}}
+                        **{kind: edit_summaries(registry, changes[kind]) for kind in ("added", "removed")}}
     def human() -> None:
         for kind, sign in (("added", "+"), ("removed", "-")):
             for item in document[kind]:
@@ -434,7 +434,7 @@ def audit(ctx: click.Context, revoked: bool, since: str | None, rev: str | None,
         for item in document:
             if revoked:
                 spans = ", ".join(f"{s['from']} .. {s['until']}" for s in item["live"])
-                click.echo(f"{item['edit'][:12]}  {item['prompt']!r} -> {item['target']!r}  revoked {item['revoked_at']} by {item['revoked_by']}: {item['reason']}  (live {spans})"
+                click.echo(f"{item['edit'][:12]}  {item['prompt']!r} -> {item['target']!r}  revoked {item['revoked_at']} by {item['revoked_by']}: {item['reason'] or '(no reason)'}  (live {spans})"
                            + ("  [tombstone]" if item["tombstone"] else ""))
             else:
                 click.echo(f"{item['time']}  {item['author']:<12} {item['op']:<9} {item['message']}" + (f"  ({item['reason']})" if item["reason"] else ""))
