@@ -30,7 +30,7 @@ from typing import Any, BinaryIO, Callable
 import faiss
 import numpy as np
 
-from registry.objects import write_atomically
+from registry.objects import CorruptObject, write_atomically
 
 RowLoader = Callable[[int, int], np.ndarray]  # (first key id, end key id) -> (end-first, dim) float32
 
@@ -57,10 +57,36 @@ class KeyMatrix:
         self.meta_path = root / "keys.json"
 
     def _meta(self) -> dict[str, Any]:
+        """The committed row count, width and owner; an absent or unreadable `keys.json` reads as
+        an empty matrix (so the next sync rebuilds it: it is a cache)."""
+        empty = {"rows": 0, "dim": 0, "owner": None}
         try:
-            return json.loads(self.meta_path.read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
-            return {"rows": 0, "dim": 0, "owner": None}
+            meta = json.loads(self.meta_path.read_text())
+        except (OSError, UnicodeDecodeError, ValueError):
+            return empty
+        if (not isinstance(meta, dict) or not all(isinstance(meta.get(k), int) and not isinstance(meta.get(k), bool) and meta[k] >= 0
+                                                  for k in ("rows", "dim"))):
+            return empty
+        return meta
+
+    def damage(self) -> str | None:
+        """Why `keys.f32` cannot hold the rows `keys.json` commits to (truncated, replaced by a
+        directory, ...), or None when it can."""
+        meta = self._meta()
+        if meta["rows"] == 0:
+            return None
+        if meta["dim"] == 0:
+            return f"{self.meta_path.name} records {meta['rows']} rows of width 0"
+        try:
+            size = os.stat(self.data_path).st_size if self.data_path.is_file() else None
+        except OSError as error:
+            return f"{self.data_path.name} cannot be read ({error.strerror})"
+        if size is None:
+            return f"{self.data_path.name} is missing"
+        needed = meta["rows"] * meta["dim"] * 4
+        if size < needed:
+            return f"{self.data_path.name} holds {size} bytes, fewer than the {needed} its {meta['rows']} rows need"
+        return None
 
     def sync(self, total_rows: int, dim: int, load_rows: RowLoader, owner: str, batch: int = 65_536) -> None:
         """Extend the matrix to `total_rows`, loading only the rows it lacks.
@@ -72,7 +98,8 @@ class KeyMatrix:
         `owner` identifies the registry (its first commit): a matrix left by another registry
         in the same directory is rebuilt, never reused."""
         meta = self._meta()
-        rebuild = meta.get("owner") != owner or meta["dim"] not in (0, dim) or meta["rows"] > total_rows
+        rebuild = (meta.get("owner") != owner or meta["dim"] not in (0, dim) or meta["rows"] > total_rows
+                   or self.damage() is not None)  # a damaged cache is rebuilt, never read
         rows = 0 if rebuild else meta["rows"]
         if rows == total_rows and self.data_path.exists():
             return
@@ -106,6 +133,9 @@ class KeyMatrix:
         meta = self._meta()
         if meta["rows"] == 0:
             return np.zeros((0, dim), np.float32)
+        damage = self.damage()
+        if damage is not None:
+            raise CorruptObject(f"cache is damaged: {damage} (delete {self.root} to rebuild it)")
         matrix = np.memmap(self.data_path, dtype=np.float32, mode="r", shape=(meta["rows"], meta["dim"]))
         return np.asarray(matrix[key_ids])
 
@@ -145,9 +175,13 @@ class CoarseLists:
         """(meta, centroids, groups by key id), or None when absent or unreadable."""
         try:
             with np.load(self.path, allow_pickle=False) as data:
-                return json.loads(str(data["meta"])), data["centroids"], data["groups"]
-        except (FileNotFoundError, OSError, ValueError, KeyError):
+                meta, centroids, groups = json.loads(str(data["meta"])), data["centroids"], data["groups"]
+        except Exception:  # noqa: BLE001 - absent, truncated, not a zip (BadZipFile), wrong arrays: a cache miss
             return None
+        if (not isinstance(meta, dict) or centroids.ndim != 2 or groups.ndim != 1
+                or (len(groups) and not 0 <= int(groups.min()) <= int(groups.max()) < len(centroids))):
+            return None  # damaged: retrained on next use (a group past the centroids would crash FAISS)
+        return meta, centroids, groups
 
     def _save(self, meta: dict[str, Any], centroids: np.ndarray, groups: np.ndarray) -> None:
         buffer = io.BytesIO()

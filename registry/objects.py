@@ -18,9 +18,14 @@ class CorruptObject(Exception):
     """An object's bytes no longer hash to its name, or it is missing."""
 
 
+TEMPORARY_PREFIX = ".tmp-"  # what `write_atomically` names a file until it is renamed into place
+_HEX = frozenset("0123456789abcdef")
+
+
 def canonical_json(document: Any) -> bytes:
-    """The one byte form of a JSON document: sorted keys, no spaces, UTF-8."""
-    return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    """The one byte form of a JSON document: sorted keys, no spaces, UTF-8. NaN and infinities
+    are refused: they are not JSON, and a document holding one would not read back elsewhere."""
+    return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
 
 
 def sha256_hex(data: bytes) -> str:
@@ -38,7 +43,7 @@ def fsync_directory(path: Path) -> None:
 def write_atomically(path: Path, data: bytes) -> None:
     """Write `data` to `path` via a fsynced temporary file in the same directory and a rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+    fd, temporary = tempfile.mkstemp(prefix=TEMPORARY_PREFIX, dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
@@ -72,9 +77,10 @@ class ObjectStore:
         try:
             data = target.read_bytes()
         except FileNotFoundError:
-            raise CorruptObject(f"object {digest[:12]} is missing") from None
+            raise CorruptObject(f"object {digest[:12]} is missing from {self.root} (restore it from a backup; "
+                                f"`sola verify` lists every damaged edit)") from None
         if sha256_hex(data) != digest:
-            raise CorruptObject(f"object {digest[:12]} is corrupted (content hash mismatch)")
+            raise CorruptObject(f"object {digest[:12]} is corrupted (content hash mismatch; restore it from a backup)")
         return data
 
     def get_json(self, digest: str) -> Any:
@@ -84,10 +90,28 @@ class ObjectStore:
         return self.path(digest).is_file()
 
     def __iter__(self) -> Iterator[str]:
+        for kind, name, _ in self.files():
+            if kind == "object":
+                yield name
+
+    def files(self) -> Iterator[tuple[str, str, Path]]:
+        """Every file under the store as (kind, name, path): "object" (a regular file named by a
+        sha256, name = the digest), "temporary" (a `.tmp-*` file an interrupted write left in a
+        prefix directory, name = its path under the store) or "other" (anything else, which sola
+        did not write and never removes). Symbolic links are "other", never followed."""
         if not self.root.is_dir():
             return
         for prefix in sorted(self.root.iterdir()):
-            if prefix.is_dir() and len(prefix.name) == 2:
-                for item in sorted(prefix.iterdir()):
-                    if not item.name.startswith("."):
-                        yield prefix.name + item.name
+            relative = prefix.name
+            if not (len(relative) == 2 and set(relative) <= _HEX and prefix.is_dir() and not prefix.is_symlink()):
+                yield "other", relative, prefix
+                continue
+            for item in sorted(prefix.iterdir()):
+                name = f"{relative}/{item.name}"
+                regular = item.is_file() and not item.is_symlink()
+                if regular and len(item.name) == 62 and set(item.name) <= _HEX:
+                    yield "object", relative + item.name, item
+                elif regular and item.name.startswith(TEMPORARY_PREFIX):
+                    yield "temporary", name, item
+                else:
+                    yield "other", name, item

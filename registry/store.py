@@ -123,7 +123,15 @@ class Registry:
         root = Path(root)
         if not (root / DATABASE).is_file():
             raise RegistryError(f"no registry at {root} (run `sola init` first)")
-        return cls(root, DuckDBCatalog.open(root / DATABASE, writable, wait_seconds, lambda: backfills(root)), writable)
+        import duckdb
+
+        try:
+            catalog = DuckDBCatalog.open(root / DATABASE, writable, wait_seconds, lambda: backfills(root))
+        except (duckdb.Error, UnicodeError) as error:  # not a catalog sola can read: never a traceback
+            first = (str(error).splitlines() or [type(error).__name__])[0][:160]
+            raise RegistryError(f"{root / DATABASE} is damaged or not a sola catalog ({first}); "
+                                f"restore it from a backup (`sola verify` checks a restored copy)") from None
+        return cls(root, catalog, writable)
 
     def close(self) -> None:
         self.catalog.close()
@@ -442,6 +450,9 @@ class Registry:
 
         if tensors["keys"].shape[0] != len(key_prompts):
             raise ValueError("one key prompt per key row")
+        for name, value in tensors.items():
+            if not np.isfinite(np.asarray(value, dtype=np.float32)).all():
+                raise RegistryError(f"edit tensor {name} holds NaN or infinite values (training diverged); nothing was written")
         lora = {name: np.ascontiguousarray(value, dtype=np.float32) for name, value in tensors.items() if name != "keys"}
         key_blobs = key_vector_blobs(tensors)
         tensors_sha = self.objects.put(save_safetensors(lora))
@@ -485,6 +496,10 @@ class Registry:
             raise RegistryError("a reason is required")
         row = self.edit_row(edit_id)
         head = self.check_direct_write(branch)
+        # the edit's objects must be readable before a commit names it (restoring or revoking an
+        # edit whose objects are missing would record a change nothing can serve or verify)
+        self.edit_keys(edit_id, self.provenance(edit_id))
+        self.objects.get(row["tensors_sha256"])
         state = self.edit_state(edit_id, head)
         if active and state == ACTIVE:
             raise RegistryError(f"edit {edit_id[:12]} is already active on {branch}")
@@ -497,6 +512,34 @@ class Registry:
         with self.transaction():
             return self.commit_on(branch, {edit_id: ACTIVE if active else self.revoked_state}, author, op,
                                   f"{op} {edit_id[:12]}: {row['prompt']} -> {row['target']}", reason, head=head)
+
+    def reroutes(self, edit_id: str, head: Commit, revoking: bool = False) -> list[dict[str, Any]]:
+        """The edit's inputs (prompt, rephrases) that another active edit answers at `head` (with
+        `revoking`: as `head` will route once this edit is revoked). The stored keys are the
+        queries those inputs make, so the routing rule applies to them directly: no model."""
+        from registry.routing import decide
+
+        provenance = self.provenance(edit_id)
+        inputs = [provenance["prompt"], *provenance.get("rephrases", [])]
+        search, key_edit = self.key_search(head, tombstones=True)
+        revoked = set(self.tombstoned_edit_ids(head))
+        if revoking and self.tombstones:
+            revoked.add(edit_id)
+        elif revoking:
+            import numpy as np
+
+            gone = [k for k, e in key_edit.items() if e == edit_id]
+            if gone:
+                search.remove(np.array(gone, dtype=np.int64))
+                key_edit = {k: e for k, e in key_edit.items() if e != edit_id}
+        routing = decide(search, key_edit, frozenset(revoked), self.edit_keys(edit_id, provenance), self.rule)
+        found = []
+        for text, other, distance, radius in zip(inputs, routing.edits, routing.distances, routing.radii):
+            if other is not None and other != edit_id:
+                row = self.edit_row(other)
+                found.append({"input": text, "edit": other, "distance": distance, "radius": radius,
+                              "prompt": row["prompt"], "target": row["target"]})
+        return found
 
     def _was_on(self, edit_id: str, head: Commit) -> bool:
         """Whether any commit in `head`'s history changed this edit."""

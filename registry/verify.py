@@ -2,13 +2,16 @@
 
 DuckDB has no triggers, so append-only is a convention of the code; this check is what makes
 it trustworthy. It reads everything (objects, rows, chain, refs, caches) and names each
-problem. Unreferenced objects are reported as notes: they are what an interrupted `edit`
-leaves behind and are harmless.
+problem. Unreferenced objects and the temporary files of an interrupted object write are
+reported as notes: they are what an interrupted `edit` leaves behind, are harmless, and
+`sola gc` (`collect_garbage`) removes them.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,11 +67,74 @@ def verify(registry: Registry, checkpoints: list[tuple[str, Any]] = (), public_k
     if witness is not None:
         _check_witness(registry, report, chain, witness)
     _check_caches(registry, report, keys_by_id)
-    orphans = [d for d in registry.objects if d not in referenced]
-    if orphans:
-        report.notes.append(f"{len(orphans)} unreferenced object(s) (left by interrupted edits; harmless)")
+    found = garbage(registry, referenced)
+    if found["objects"]:
+        report.notes.append(f"{len(found['objects'])} unreferenced object(s) (left by interrupted edits; harmless; `sola gc` removes them)")
+    if found["temporary"]:
+        report.notes.append(f"{len(found['temporary'])} temporary file(s) in objects/ (left by an interrupted write; harmless; "
+                            f"`sola gc` removes them), first: {found['temporary'][0]['path']}")
+    if found["other"]:
+        report.notes.append(f"{len(found['other'])} file(s) in objects/ that sola did not write (left alone), first: {found['other'][0]}")
     report.checked["objects"] = len(referenced)
     return report
+
+
+def referenced_objects(registry: Registry) -> set[str]:
+    """Every object a row points at: each edit's provenance object (its id) and tensors object."""
+    columns, rows = registry.catalog.scan("edits")
+    at = columns.index("tensors_sha256")
+    return {row[0] for row in rows} | {row[at] for row in rows}
+
+
+def garbage(registry: Registry, referenced: set[str] | None = None) -> dict[str, Any]:
+    """What `sola gc` would remove: objects no row points at and `.tmp-*` files in objects/
+    (each with its size), plus the names of other files there (never removed)."""
+    referenced = referenced_objects(registry) if referenced is None else referenced
+    found: dict[str, Any] = {"objects": [], "temporary": [], "other": []}
+    for kind, name, path in registry.objects.files():
+        if kind == "other":
+            found["other"].append(f"objects/{name}")
+            continue
+        if kind == "object" and name in referenced:
+            continue
+        try:
+            size = os.lstat(path).st_size
+        except FileNotFoundError:
+            continue
+        if kind == "object":
+            found["objects"].append({"object": name, "bytes": size})
+        else:
+            found["temporary"].append({"path": f"objects/{name}", "bytes": size})
+    return found
+
+
+def collect_garbage(registry: Registry, remove: bool = True) -> dict[str, Any]:
+    """List (and with `remove`, delete) unreferenced objects and temporary files in objects/.
+
+    The caller holds the write lock (a writable registry): every object write happens under it,
+    between writing an edit's objects and committing its row, so nothing found here can belong
+    to a write in progress. Only regular files sola names (a sha256, or `.tmp-*` in a prefix
+    directory) are touched; symbolic links and anything else are left alone."""
+    if not registry.writable:
+        raise RegistryError("gc needs the registry opened for writing (the write lock)")
+    found = garbage(registry)
+    removed = 0
+    if remove:
+        root = registry.objects.root.resolve()
+        for item in found["objects"] + found["temporary"]:
+            relative = item["path"].removeprefix("objects/") if "path" in item else f"{item['object'][:2]}/{item['object'][2:]}"
+            path = registry.objects.root / relative
+            try:
+                info = os.lstat(path)
+            except FileNotFoundError:
+                continue
+            if not stat.S_ISREG(info.st_mode) or path.resolve().parent.parent != root:
+                continue
+            os.unlink(path)
+            removed += 1
+    total = sum(item["bytes"] for item in found["objects"] + found["temporary"])
+    return {"removed": remove, "files_removed": removed, "bytes": total, "objects": found["objects"],
+            "temporary": found["temporary"], "other": found["other"]}
 
 
 def _check_edits(registry: Registry, report: Report, keys_by_id: dict[int, np.ndarray], stored_keys: dict[int, bytes]) -> set[str]:
@@ -435,7 +501,10 @@ def _check_caches(registry: Registry, report: Report, keys_by_id: dict[int, np.n
     is compared without reading any object a second time."""
     dim = registry.key_dim()
     meta = registry.key_matrix._meta()
-    if meta["rows"]:
+    damage = registry.key_matrix.damage()
+    if damage is not None:
+        report.problems.append(f"cache: {damage} (delete {registry.root / 'cache'} to rebuild it; nothing else is lost)")
+    elif meta["rows"]:
         total = registry.catalog.count("edit_keys")
         rows = min(meta["rows"], total)
         if meta["rows"] > total:
@@ -454,11 +523,17 @@ def _check_caches(registry: Registry, report: Report, keys_by_id: dict[int, np.n
 def _check_coarse_lists(registry: Registry, report: Report, keys_by_id: dict[int, np.ndarray]) -> None:
     """Each cached IVF group must be its key's nearest centroid (up to float rounding): a wrong
     group would make the index miss that key, i.e. an edit that silently stops firing."""
-    found = CoarseLists(registry.root / "cache").load()
+    lists = CoarseLists(registry.root / "cache")
+    found = lists.load()
     report.checked["ivf_groups"] = 0 if found is None else len(found[2])
     if found is None:
+        if lists.path.exists():
+            report.problems.append(f"cache: {lists.path.name} is damaged or unreadable (delete {registry.root / 'cache'} to rebuild it)")
         return
     _, centroids, groups = found
+    if centroids.shape[1] != registry.key_dim():
+        report.problems.append("cache: ivf.npz centroids do not have the registry's key width (delete cache/ to rebuild)")
+        return
     ids = [k for k in range(len(groups)) if k in keys_by_id]
     if len(ids) != len(groups):
         report.problems.append("cache: ivf.npz covers keys the registry does not have (delete cache/ to rebuild)")

@@ -7,6 +7,7 @@ failure is one `error:` line on stderr and a non-zero exit; set SOLA_DEBUG=1 for
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 from contextlib import contextmanager
@@ -15,11 +16,16 @@ from typing import Any, Callable, Iterator
 
 import click
 
+# OpenMP threads that spin while they wait make a short forward pass 3-5x slower whenever other
+# processes share the cores (docs/results.md, "Start-up"); set before torch loads, and a
+# user's own OMP_WAIT_POLICY wins
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 from registry.db import RegistryLocked
 from registry.objects import CorruptObject
 from registry.store import Registry, RegistryError
-from sola.config import TrainConfig
-from sola.data import EditRequest, RequestError, read_jsonl
+from sola.config import MAX_LAYER, MAX_LR, MAX_RADIUS_RATIO, MAX_RANK, MAX_STEPS, MAX_STOP_LOSS, TrainConfig, default_author
+from sola.data import MAX_AUTHOR_CHARS, MAX_NOTE_CHARS, MAX_TEXT_CHARS, EditRequest, RequestError, check_notes, check_text, read_jsonl
 from sola.modelio import ModelError
 
 
@@ -48,15 +54,64 @@ def failures() -> Iterator[None]:
         raise Failure(f"internal error ({type(error).__name__}): {str(error).splitlines()[0] if str(error) else ''}") from None
 
 
+def finite_json(document: Any) -> Any:
+    """The document with every NaN or infinite float as null: JSON has no such numbers (an edit
+    stored by an older release may hold a NaN loss in its provenance)."""
+    if isinstance(document, float):
+        return document if math.isfinite(document) else None
+    if isinstance(document, dict):
+        return {key: finite_json(value) for key, value in document.items()}
+    if isinstance(document, (list, tuple)):
+        return [finite_json(value) for value in document]
+    return document
+
+
+def dumps(document: Any) -> str:
+    return json.dumps(finite_json(document), indent=2, default=str, allow_nan=False)
+
+
 def emit(as_json: bool, document: Any, human: Callable[[], None]) -> None:
     if as_json:
-        click.echo(json.dumps(document, indent=2, default=str))
+        click.echo(dumps(document))
     else:
         human()
 
 
+class FiniteFloat(click.ParamType):
+    """A float option that refuses nan, inf and anything outside [low, high] (or (low, high]
+    with `low_open`) while parsing, i.e. before any work."""
+
+    name = "number"
+
+    def __init__(self, low: float, high: float, low_open: bool = False) -> None:
+        self.low, self.high, self.low_open = low, high, low_open
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{str(value)[:80]!r} is not a number", param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value} is not a finite number", param, ctx)
+        if number < self.low or (self.low_open and number == self.low) or number > self.high:
+            low = f"{self.low:g}<x" if self.low_open else f"{self.low:g}<=x"
+            self.fail(f"{number:g} is not in the range {low}<={self.high:g}", param, ctx)
+        return number
+
+    def __repr__(self) -> str:
+        return f"FiniteFloat({self.low}, {self.high})"
+
+
+INT64_MAX = 2**63 - 1
+MAX_WAIT = 86_400.0  # --wait: a day at most (and never nan, which waited forever)
+MAX_NEW_TOKENS = 32_768  # also bounded by the model's context once it is loaded
+# per option, the longest text argument taken (others: MAX_TEXT_CHARS); names are bounded by
+# registry.revisions (200), prompts and targets further by the model's context
+ARGUMENT_LIMITS = {"author": MAX_AUTHOR_CHARS, "reason": MAX_NOTE_CHARS, "source": MAX_NOTE_CHARS}
+ECHO_CHARS = 80  # an over-long argument is cut to this many characters in an error line
+
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
-wait_option = click.option("--wait", "wait", type=float, default=30.0, show_default=True,
+wait_option = click.option("--wait", "wait", type=FiniteFloat(0.0, MAX_WAIT), default=30.0, show_default=True,
                            help="Seconds to wait while another sola process commits (writers hold the lock only to commit).")
 READ_WAIT = 10.0  # a reading command retries this long while another process commits
 branch_option = click.option("--branch", default="main", show_default=True, help="Branch to write to (protected branches change only by merge).")
@@ -68,9 +123,11 @@ def training_options(command: Callable[..., Any]) -> Callable[..., Any]:
     measured with. Unset flags fall back to the registry's default, then TrainConfig's."""
     defaults = TrainConfig()
     options = [
-        click.option("--steps", type=int, default=None, help=f"Maximum training steps (default: the registry's, else {defaults.max_steps})."),
-        click.option("--lr", type=float, default=None, help=f"Learning rate (default: the registry's, else {defaults.lr})."),
-        click.option("--stop-loss", type=float, default=None,
+        click.option("--steps", type=click.IntRange(0, MAX_STEPS), default=None,
+                     help=f"Maximum training steps, 0 to {MAX_STEPS} (default: the registry's, else {defaults.max_steps})."),
+        click.option("--lr", type=FiniteFloat(0.0, MAX_LR, low_open=True), default=None,
+                     help=f"Learning rate, in (0, {MAX_LR:g}] (default: the registry's, else {defaults.lr})."),
+        click.option("--stop-loss", type=FiniteFloat(0.0, MAX_STOP_LOSS, low_open=True), default=None,
                      help="Stop once the target loss is under this and every target token is the argmax "
                           f"(default: the registry's, else {defaults.stop_loss})."),
     ]
@@ -93,11 +150,56 @@ def open_registry(ctx: click.Context, writable: bool = False, wait: float = READ
     return Registry.open(registry_path(ctx), writable=writable, wait_seconds=wait)
 
 
+def check_arguments(command: click.Command, ctx: click.Context) -> None:
+    """Every text argument is valid Unicode (undecodable UTF-8 bytes arrive as lone surrogates;
+    file paths may hold them) and not longer than its option's limit, before any work."""
+    for param in command.params:
+        value = ctx.params.get(param.name or "")
+        values = value if isinstance(value, (tuple, list)) else (value,)
+        label = param.opts[0] if isinstance(param, click.Option) else param.human_readable_name
+        limit = ARGUMENT_LIMITS.get(param.name or "", MAX_TEXT_CHARS)
+        for item in values:
+            if not isinstance(item, str):
+                continue
+            if len(item) > limit:
+                raise click.UsageError(f"{label} is {len(item)} characters long; the limit is {limit}")
+            if not isinstance(param.type, click.Path):
+                try:
+                    item.encode("utf-8")
+                except UnicodeEncodeError:
+                    raise click.UsageError(f"{label} is not valid UTF-8 text") from None
+
+
+def cut_arguments(message: str, arguments: list[str]) -> str:
+    """The error line with each over-long argument it echoes cut to ECHO_CHARS characters."""
+    for argument in sorted({a for a in arguments if isinstance(a, str) and len(a) > ECHO_CHARS}, key=len, reverse=True):
+        short = argument[:ECHO_CHARS] + "..."
+        message = message.replace(repr(argument), repr(short)).replace(argument, short)
+    return message if len(message) <= 2000 else message[:2000] + "..."
+
+
+class SolaCommand(click.Command):
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        rest = super().parse_args(ctx, args)
+        check_arguments(self, ctx)
+        return rest
+
+
 class SolaGroup(click.Group):
     """A click group whose usage errors also follow the contract: one `error:` line, non-zero exit."""
 
+    command_class = SolaCommand
+    group_class = type  # subgroups (`sola review`) are SolaGroups too
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        rest = super().parse_args(ctx, args)
+        check_arguments(self, ctx)
+        return rest
+
     def main(self, *args: Any, **kwargs: Any) -> Any:
         kwargs["standalone_mode"] = False
+        given = args[0] if args else kwargs.get("args")
+        arguments = [str(a) for a in (sys.argv[1:] if given is None else given)]
         try:
             code = super().main(*args, **kwargs)
         except click.exceptions.Abort:
@@ -105,7 +207,7 @@ class SolaGroup(click.Group):
             sys.exit(1)
         except click.ClickException as error:
             message = error.format_message().splitlines()[0] if error.format_message() else type(error).__name__
-            click.echo(f"error: {message}", err=True)
+            click.echo(f"error: {cut_arguments(message, arguments)}", err=True)
             sys.exit(error.exit_code)
         sys.exit(code if isinstance(code, int) else 0)
 
@@ -134,11 +236,11 @@ def main(ctx: click.Context, registry: str, witness: Path | None = None) -> None
 
 @main.command()
 @click.option("--model", default=None, help="Base model: a .gguf file, a Hugging Face directory, or the bundled default.")
-@click.option("--layer", type=int, default=None, help="Block whose MLP projection is edited.")
+@click.option("--layer", type=click.IntRange(0, MAX_LAYER), default=None, help="Block whose MLP projection is edited.")
 @click.option("--module", default=None, help="Projection inside the block (default mlp.up_proj, GPT-2 mlp.c_fc).")
-@click.option("--rank", type=int, default=None, help="LoRA rank per edit.")
-@click.option("--threshold", type=float, default=None, help="Routing radius (cosine distance).")
-@click.option("--radius-ratio", type=float, default=None,
+@click.option("--rank", type=click.IntRange(1, MAX_RANK), default=None, help="LoRA rank per edit.")
+@click.option("--threshold", type=FiniteFloat(0.0, 2.0, low_open=True), default=None, help="Routing radius (cosine distance, in (0, 2]).")
+@click.option("--radius-ratio", type=FiniteFloat(0.0, MAX_RADIUS_RATIO), default=None,
               help="Shrink a key's radius to this times its distance to the nearest other edit's key (0 = off; default 0.5).")
 @click.option("--key-function", type=click.Choice(["mean", "last"]), default=None, help="How the prompt becomes a key.")
 @click.option("--revoke-mode", type=click.Choice(["tombstone", "delete"]), default=None,
@@ -152,9 +254,10 @@ def init(ctx: click.Context, model: str | None, layer: int | None, module: str |
          threshold: float | None, radius_ratio: float | None, key_function: str | None, revoke_mode: str | None,
          steps: int | None, lr: float | None, stop_loss: float | None, author: str | None, as_json: bool) -> None:
     """Create a registry on a base model (the bundled SmolLM2-135M-Instruct by default)."""
-    from sola.workspace import Workspace, default_author
+    from sola.workspace import Workspace
 
     with failures():
+        check_notes(author, None)
         routing = {k: v for k, v in {"layer": layer, "module": module, "rank": rank, "threshold": threshold,
                                       "radius_ratio": radius_ratio, "key_function": key_function,
                                       "revoke_mode": revoke_mode}.items() if v is not None}
@@ -212,6 +315,7 @@ def edit(ctx: click.Context, prompt: str | None, target: str | None, rephrase: t
             raise RequestError("--prompt and --target are required (or --file)")
         else:
             requests = [EditRequest(prompt, target, tuple(rephrase), subject).validated()]
+        check_notes(author, reason, source or (str(file) if file else None))
         outcomes: list[dict[str, Any]] = []
         with open_workspace(ctx, writable=True, wait=wait) as workspace:
             train = TrainConfig.resolve(workspace.registry.training, max_steps=steps, lr=lr, stop_loss=stop_loss)
@@ -263,7 +367,8 @@ def _plain(items: list[Any]) -> Iterator[list[Any]]:
 @click.option("--rev", default=None, help="Revision: branch, tag, commit id or prefix, REV~N, REV^2, BRANCH@TIME (default main).")
 @click.option("--at", "at", default=None, help="ISO time: the model as the branch given by --rev (default main) was then.")
 @click.option("--snapshot", type=click.Path(file_okay=False, path_type=Path), default=None, help="An exported snapshot directory (no registry needed).")
-@click.option("--max-new-tokens", type=int, default=16, show_default=True)
+@click.option("--max-new-tokens", type=click.IntRange(1, MAX_NEW_TOKENS), default=16, show_default=True,
+              help="Tokens to generate (at most the model's context less the prompt's tokens).")
 @click.option("--explain", is_flag=True, help="Say which edit fired and at what distance.")
 @wait_option
 @json_option
@@ -272,14 +377,14 @@ def generate(ctx: click.Context, prompt: str, rev: str | None, at: str | None, s
              max_new_tokens: int, explain: bool, wait: float, as_json: bool) -> None:
     """Greedy completion of PROMPT by the model at a revision (default: main)."""
     with failures():
-        if not prompt.strip():
-            raise RegistryError("empty prompt")
-        if max_new_tokens < 1:
-            raise RegistryError("--max-new-tokens must be at least 1")
+        check_text("prompt", prompt)
         if snapshot is not None:
             from sola.snapshot import load_snapshot
+            from sola.workspace import check_tokens
 
-            generation = load_snapshot(snapshot).generate([prompt], max_new_tokens=max_new_tokens)[0]
+            loaded = load_snapshot(snapshot)
+            check_tokens(loaded.routed, prompt, "prompt", extra=max_new_tokens)
+            generation = loaded.generate([prompt], max_new_tokens=max_new_tokens)[0]
         else:
             with open_workspace(ctx, writable=False, wait=wait) as workspace:
                 generation = workspace.generate([prompt], rev, at, max_new_tokens)[0]
@@ -301,12 +406,18 @@ def generate(ctx: click.Context, prompt: str, rev: str | None, at: str | None, s
 
 def _set_active(ctx: click.Context, edit: str, active: bool, reason: str, author: str | None, branch: str, wait: float,
                 as_json: bool) -> None:
+    # no model: the reroute report applies the routing rule to the edit's stored keys
     with failures():
-        with open_workspace(ctx, writable=True, wait=wait) as workspace:
-            commit = workspace.set_active(edit, active, reason, author, branch)
-            document = dict(commit.to_dict(), edit=workspace.registry.resolve_edit(edit), branch=branch)
+        check_notes(author, reason)
+        with open_registry(ctx, writable=True, wait=wait) as registry:
+            edit_id = registry.resolve_edit(edit)
+            head = registry.check_direct_write(branch)
+            # computed before the commit (as the branch will route after it), so a failure leaves nothing committed
+            still = registry.reroutes(edit_id, head, revoking=True) if not active and registry.is_active(edit_id, head) else []
+            commit = registry.set_active(edit_id, active, author or default_author(), reason, branch)
+            document = dict(commit.to_dict(), edit=edit_id, branch=branch)
             if not active:
-                document["still_answered_by"] = [r.to_dict() for r in workspace.reroutes(document["edit"], branch)]
+                document["still_answered_by"] = [dict(r, distance=round(r["distance"], 6), radius=round(r["radius"], 6)) for r in still]
 
     def human() -> None:
         click.echo(f"{document['op']} {document['edit'][:12]}  commit {document['commit'][:12]}")
@@ -346,17 +457,15 @@ def restore(ctx: click.Context, edit: str, reason: str, author: str | None, bran
 
 
 @main.command()
-@click.option("--limit", type=int, default=None, help="Newest N commits.")
+@click.option("--limit", type=click.IntRange(0, INT64_MAX), default=None, help="Newest N commits.")
 @click.option("--rev", default=None, help="List what this revision (any branch, tag or commit) reaches instead of main.")
 @json_option
 @click.pass_context
 def log(ctx: click.Context, limit: int | None, rev: str | None, as_json: bool) -> None:
     """Commits, newest first."""
     with failures():
-        if limit is not None and limit < 0:
-            raise RegistryError("--limit must be >= 0")
         with open_registry(ctx) as registry:
-            commits = [c.to_dict() for c in registry.log(limit, registry.resolve(rev) if rev else None)]
+            commits = [c.to_dict() for c in registry.log(limit, registry.resolve(rev) if rev is not None else None)]
     emit(as_json, commits, lambda: [click.echo(f"{c['commit'][:12]}  {c['time']}  {c['author']:<12} {c['op']:<9} {c['message']}") for c in commits])
 
 
@@ -369,9 +478,8 @@ def log(ctx: click.Context, limit: int | None, rev: str | None, as_json: bool) -
 @click.pass_context
 def tag(ctx: click.Context, name: str, rev: str | None, author: str | None, wait: float, as_json: bool) -> None:
     """Name a revision (default main). Tags are immutable."""
-    from sola.workspace import default_author
-
     with failures():
+        check_notes(author, None)
         with open_registry(ctx, writable=True, wait=wait) as registry:
             commit = registry.resolve(rev)
             registry.tag(name, commit, author or default_author())
@@ -412,7 +520,7 @@ def show(ctx: click.Context, ident: str, as_json: bool) -> None:
     with failures():
         with open_registry(ctx) as registry:
             document = describe_object(registry, ident)
-    emit(as_json, document, lambda: click.echo(json.dumps(document, indent=2, default=str)))
+    emit(as_json, document, lambda: click.echo(dumps(document)))
 
 
 @main.command()
@@ -428,7 +536,7 @@ def audit(ctx: click.Context, revoked: bool, since: str | None, rev: str | None,
 
     with failures():
         with open_registry(ctx) as registry:
-            revision = registry.resolve(rev) if rev else None
+            revision = registry.resolve(rev) if rev is not None else None
             document = revoked_report(registry, since, revision) if revoked else audit_log(registry, since, revision)
     def human() -> None:
         for item in document:
@@ -490,6 +598,36 @@ def verify(ctx: click.Context, checkpoint_files: tuple[Path, ...], public_key: P
     if not report["ok"]:
         click.echo(f"error: verify found {len(report['problems'])} problem(s): {report['problems'][0]}", err=True)
         ctx.exit(1)
+
+
+@main.command()
+@click.option("--dry-run", is_flag=True, help="List what would be removed; remove nothing.")
+@wait_option
+@json_option
+@click.pass_context
+def gc(ctx: click.Context, dry_run: bool, wait: float, as_json: bool) -> None:
+    """Remove what interrupted writes left in objects/: unreferenced objects and .tmp-* files.
+
+    Holds the write lock, so nothing it removes can belong to a write in progress; touches only
+    files sola names (other files in objects/ are listed and left alone). History is unchanged."""
+    from registry.verify import collect_garbage
+
+    with failures():
+        with open_registry(ctx, writable=True, wait=wait) as registry:
+            document = collect_garbage(registry, remove=not dry_run)
+
+    def human() -> None:
+        verb = "would remove" if dry_run else "removed"
+        for item in document["objects"]:
+            click.echo(f"{verb} unreferenced object {item['object'][:12]} ({item['bytes']} bytes)")
+        for item in document["temporary"]:
+            click.echo(f"{verb} temporary file {item['path']} ({item['bytes']} bytes)")
+        for name in document["other"]:
+            click.echo(f"left alone: {name} (not a file sola wrote)", err=True)
+        count = len(document["objects"]) + len(document["temporary"])
+        click.echo(f"{verb} {count} file(s), {document['bytes']} bytes" if count else "nothing to remove")
+
+    emit(as_json, document, human)
 
 
 @main.command()
@@ -560,13 +698,13 @@ def export_edit(ctx: click.Context, edit: str, directory: Path, as_json: bool) -
 
 @main.command("eval")
 @click.option("--data", "data", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path), help="CounterFact or zsRE file.")
-@click.option("--limit", type=int, default=100, show_default=True, help="Edit the first N records.")
-@click.option("--threshold", type=float, default=None, help="Routing threshold (default: the registry's).")
-@click.option("--radius-ratio", type=float, default=None, help="Per-key radius ratio, 0 = off (default: the registry's).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed for the rollback half.")
-@click.option("--every", type=int, default=0, help="Measure retention of all past edits every K edits.")
+@click.option("--limit", type=click.IntRange(1, 10_000_000), default=100, show_default=True, help="Edit the first N records.")
+@click.option("--threshold", type=FiniteFloat(0.0, 2.0, low_open=True), default=None, help="Routing threshold (default: the registry's).")
+@click.option("--radius-ratio", type=FiniteFloat(0.0, MAX_RADIUS_RATIO), default=None, help="Per-key radius ratio, 0 = off (default: the registry's).")
+@click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True, help="Seed for the rollback half.")
+@click.option("--every", type=click.IntRange(0, 10_000_000), default=0, help="Measure retention of all past edits every K edits.")
 @click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write a PNG of the run.")
-@click.option("--layer", type=int, default=None, help="Edited block (default: the registry's).")
+@click.option("--layer", type=click.IntRange(0, MAX_LAYER), default=None, help="Edited block (default: the registry's).")
 @click.option("--key-function", type=click.Choice(["mean", "last"]), default=None, help="Key function (default: the registry's).")
 @click.option("--revoke-mode", type=click.Choice(["tombstone", "delete"]), default=None,
               help="What the rollback's revokes do to keys (default: the registry's).")

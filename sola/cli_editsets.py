@@ -18,8 +18,10 @@ author_option = click.option("--author", default=None, help="Who does this (defa
 
 
 def _author(author: str | None) -> str:
-    from sola.workspace import default_author
+    from sola.config import default_author  # not sola.workspace: these commands load no model (no torch)
+    from sola.data import check_notes
 
+    check_notes(author, None)
     return author or default_author()
 
 
@@ -52,7 +54,7 @@ def branch(ctx: click.Context, name: str | None, rev: str | None, delete: bool, 
                 head = registry.delete_branch(name, _author(author), force)
                 document = {"deleted": name, "commit": head.commit_id}
             else:
-                commit = registry.resolve(rev or MAIN)
+                commit = registry.resolve(MAIN if rev is None else rev)
                 registry.create_branch(name, commit, _author(author))
                 document = {"name": name, "commit": commit.commit_id, "protected": False}
     emit(as_json, document, lambda: click.echo(
@@ -272,6 +274,7 @@ def blame(ctx: click.Context, prompt: str, branch_name: str, with_text: bool, ma
     """The answer history of PROMPT along a branch: every commit at which the edit answering it changed."""
     from registry.blame import blame as find_blame
     from sola.train import routing_key
+    from sola.workspace import check_tokens
 
     with failures():
         if not prompt.strip():
@@ -279,6 +282,7 @@ def blame(ctx: click.Context, prompt: str, branch_name: str, with_text: bool, ma
         with open_workspace(ctx, writable=False) as workspace:
             head = workspace.registry.resolve(branch_name)
             workspace.release()  # no lock held while the model loads
+            check_tokens(workspace.model(), prompt, "prompt", extra=max_new_tokens if with_text else 0)
             key = routing_key(workspace.model(), prompt).numpy()
             document = find_blame(workspace.registry, key, head)
             workspace.release()

@@ -6,11 +6,39 @@ every edit) so that any stored edit can be reproduced and any snapshot re-routed
 
 from __future__ import annotations
 
+import getpass
+import math
+import numbers
+import os
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 KEY_FUNCTIONS = ("mean", "last")
 REVOKE_MODES = ("tombstone", "delete")
+
+# Upper bounds the CLI and these records share: a typo (`--steps 4000000`, `--lr 1e9`) is refused
+# before the model loads instead of training for hours or to a NaN loss.
+MAX_STEPS = 10_000
+MAX_LR = 10.0
+MAX_STOP_LOSS = 100.0
+MAX_RANK = 1024
+MAX_LAYER = 1024
+MAX_RADIUS_RATIO = 100.0
+
+
+def default_author() -> str:
+    """Who a command acts as when `--author` is not given: $SOLA_AUTHOR, else the login name
+    (here, not in the workspace, so that commands that load no model never import torch)."""
+    return os.environ.get("SOLA_AUTHOR") or getpass.getuser()
+
+
+def _number(name: str, value: Any, integer: bool = False) -> float:
+    """`value` as a finite number (an int when `integer`), or ValueError naming the setting."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or (integer and not isinstance(value, numbers.Integral)):
+        raise ValueError(f"{name} must be {'an integer' if integer else 'a number'}, got {str(value)[:80]!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -49,17 +77,27 @@ class RoutingConfig:
 
     def __post_init__(self) -> None:
         if self.revoke_mode not in REVOKE_MODES:
-            raise ValueError(f"revoke_mode must be one of {REVOKE_MODES}, got {self.revoke_mode!r}")
-        if self.radius_ratio < 0.0:
-            raise ValueError(f"radius_ratio must be >= 0 (0 = off), got {self.radius_ratio}")
-        if self.rank < 1:
-            raise ValueError(f"rank must be >= 1, got {self.rank}")
+            raise ValueError(f"revoke_mode must be one of {REVOKE_MODES}, got {str(self.revoke_mode)[:80]!r}")
+        for name in ("alpha", "threshold", "duplicate_distance", "radius_ratio"):
+            _number(name, getattr(self, name))
+        for name in ("layer", "rank"):
+            _number(name, getattr(self, name), integer=True)
+        if not 0.0 <= self.radius_ratio <= MAX_RADIUS_RATIO:
+            raise ValueError(f"radius_ratio must be from 0 (off) to {MAX_RADIUS_RATIO:g}, got {self.radius_ratio}")
+        if not 1 <= self.rank <= MAX_RANK:
+            raise ValueError(f"rank must be from 1 to {MAX_RANK}, got {self.rank}")
         if not 0.0 < self.threshold <= 2.0:
             raise ValueError(f"threshold must be in (0, 2], got {self.threshold}")
+        if not 0.0 <= self.duplicate_distance <= 2.0:
+            raise ValueError(f"duplicate_distance must be in [0, 2], got {self.duplicate_distance}")
+        if not self.alpha > 0:
+            raise ValueError(f"alpha must be > 0, got {self.alpha}")
         if self.key_function not in KEY_FUNCTIONS:
-            raise ValueError(f"key_function must be one of {KEY_FUNCTIONS}, got {self.key_function!r}")
-        if self.layer < 0:
-            raise ValueError(f"layer must be >= 0, got {self.layer}")
+            raise ValueError(f"key_function must be one of {KEY_FUNCTIONS}, got {str(self.key_function)[:80]!r}")
+        if not isinstance(self.module, str) or not self.module or len(self.module) > 200:
+            raise ValueError(f"module must be a dotted module path such as mlp.up_proj, got {str(self.module)[:80]!r}")
+        if not 0 <= self.layer <= MAX_LAYER:
+            raise ValueError(f"layer must be from 0 to {MAX_LAYER}, got {self.layer}")
 
     @property
     def scale(self) -> float:
@@ -96,15 +134,23 @@ class TrainConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        # refused before the model loads, so a typo never costs a training run
-        if self.max_steps < 0:
-            raise ValueError(f"max_steps must be >= 0, got {self.max_steps}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
-        if not self.stop_loss > 0:
-            raise ValueError(f"stop_loss must be > 0, got {self.stop_loss}")
+        # refused before the model loads, so a typo never costs a training run (or a NaN edit)
+        for name in ("lr", "stop_loss", "init_std"):
+            _number(name, getattr(self, name))
+        for name in ("max_steps", "seed"):
+            _number(name, getattr(self, name), integer=True)
+        if not 0 <= self.max_steps <= MAX_STEPS:
+            raise ValueError(f"max_steps must be from 0 to {MAX_STEPS}, got {self.max_steps}")
+        if not 0 < self.lr <= MAX_LR:
+            raise ValueError(f"lr must be > 0 and at most {MAX_LR:g}, got {self.lr}")
+        if not 0 < self.stop_loss <= MAX_STOP_LOSS:
+            raise ValueError(f"stop_loss must be > 0 and at most {MAX_STOP_LOSS:g}, got {self.stop_loss}")
+        if not 0 <= self.init_std <= 1:
+            raise ValueError(f"init_std must be from 0 to 1, got {self.init_std}")
+        if not 0 <= self.seed < 2**63:
+            raise ValueError(f"seed must be from 0 to 2**63-1, got {self.seed}")
         if self.optimizer not in ("adam", "sgd"):
-            raise ValueError(f"optimizer must be adam or sgd, got {self.optimizer!r}")
+            raise ValueError(f"optimizer must be adam or sgd, got {str(self.optimizer)[:80]!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

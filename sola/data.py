@@ -16,6 +16,39 @@ class RequestError(ValueError):
     """An edit request or edit file is malformed."""
 
 
+# Longest text sola takes for one field of an edit (the server's limit for a prompt too); the
+# model's context bounds prompt + target tokens further once it is loaded (sola.workspace).
+MAX_TEXT_CHARS = 32_000
+MAX_REPHRASES = 64
+MAX_NOTE_CHARS = 4_000  # a reason or a source
+MAX_AUTHOR_CHARS = 200
+
+
+def check_text(name: str, value: object, optional: bool = False, limit: int = MAX_TEXT_CHARS) -> str | None:
+    """`value` as a field of an edit: a non-empty string (or None when `optional`) of valid
+    Unicode (no lone surrogates, which is what undecodable UTF-8 bytes in an argument become)
+    and at most `limit` characters; anything else is a RequestError naming the field."""
+    if value is None and optional:
+        return None
+    if not isinstance(value, str):
+        kind = {bool: "a boolean", int: "a number", float: "a number", list: "a list", dict: "an object", type(None): "null"}.get(
+            type(value), type(value).__name__)
+        raise RequestError(f"{name} must be a string{' or null' if optional else ''}, not {kind}")
+    if not value.strip():
+        if optional:
+            return value
+        raise RequestError(f"empty {name}")
+    if len(value) > limit:
+        raise RequestError(f"{name} is {len(value)} characters long; the limit is {limit}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise RequestError(f"{name} is not valid UTF-8 text") from None
+    if "\x00" in value:
+        raise RequestError(f"{name} contains a NUL character")
+    return value
+
+
 @dataclass(frozen=True)
 class EditRequest:
     prompt: str
@@ -27,24 +60,36 @@ class EditRequest:
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def validated(self) -> "EditRequest":
-        if not isinstance(self.prompt, str) or not self.prompt.strip():
-            raise RequestError("empty prompt")
-        if not isinstance(self.target, str) or not self.target.strip():
-            raise RequestError("empty target")
+        """The request, once every field has the type and size sola stores (RequestError if not)."""
+        check_text("prompt", self.prompt)
+        check_text("target", self.target)
+        if not isinstance(self.rephrases, (tuple, list)):
+            raise RequestError("rephrases must be a list of strings")
+        if len(self.rephrases) > MAX_REPHRASES:
+            raise RequestError(f"{len(self.rephrases)} rephrases; the limit is {MAX_REPHRASES}")
         for text in self.rephrases:
-            if not isinstance(text, str) or not text.strip():
-                raise RequestError("empty rephrase prompt")
+            check_text("rephrase prompt", text)
+        check_text("subject", self.subject, optional=True)
+        check_text("locality prompt", self.locality_prompt, optional=True)
+        check_text("locality answer", self.locality_answer, optional=True)
         return self
 
 
-def _as_list(value: Any) -> tuple[str, ...]:
+def check_notes(author: str | None, reason: str | None, source: str | None = None) -> None:
+    """Refuse an author, reason or source sola would not store as given (before any work)."""
+    check_text("author", author, optional=True, limit=MAX_AUTHOR_CHARS)
+    check_text("reason", reason, optional=True, limit=MAX_NOTE_CHARS)
+    check_text("source", source, optional=True, limit=MAX_NOTE_CHARS)
+
+
+def _as_list(value: Any, name: str = "rephrase_prompt") -> tuple[str, ...]:
     if value is None or value == "":
         return ()
     if isinstance(value, str):
         return (value,)
     if isinstance(value, list) and all(isinstance(v, str) for v in value):
         return tuple(value)
-    raise RequestError("rephrase_prompt must be a string or a list of strings")
+    raise RequestError(f"{name} must be a string or a list of strings")
 
 
 def request_from_record(record: dict[str, Any]) -> EditRequest:
@@ -56,10 +101,10 @@ def request_from_record(record: dict[str, Any]) -> EditRequest:
         return EditRequest(
             prompt=record["src"],
             target=record["alt"],
-            rephrases=_as_list(record.get("rephrase")),
+            rephrases=_as_list(record.get("rephrase"), "rephrase"),
             subject=record.get("subject"),
             locality_prompt=record.get("loc"),
-            locality_answer=loc_answer[0] if isinstance(loc_answer, list) else loc_answer,
+            locality_answer=loc_answer[0] if isinstance(loc_answer, list) and loc_answer else loc_answer,
         ).validated()
     if "prompt" not in record or "target_new" not in record:
         missing = [f for f in ("prompt", "target_new") if f not in record]
@@ -88,6 +133,8 @@ def read_jsonl(path: Path) -> list[EditRequest]:
             requests.append(request_from_record(json.loads(line)))
         except json.JSONDecodeError as error:
             raise RequestError(f"{path}:{number}: not valid JSON ({error.msg})") from None
+        except RecursionError:
+            raise RequestError(f"{path}:{number}: JSON nested too deeply") from None
         except (RequestError, TypeError) as error:
             raise RequestError(f"{path}:{number}: {error}") from None
     if not requests:

