@@ -144,10 +144,15 @@ def read_jsonl(path: Path) -> list[EditRequest]:
 
 def read_benchmark(path: Path, limit: int | None = None) -> tuple[str, list[EditRequest]]:
     """A CounterFact or zsRE file (JSON list or JSONL); returns (format name, requests)."""
-    text = Path(path).read_text(encoding="utf-8")
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise RequestError(f"cannot read {path}: {error}") from None
     try:
         records = json.loads(text)
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):
+        return "jsonl", read_jsonl(path)[:limit]
+    if isinstance(records, dict):  # a JSONL file of one record
         return "jsonl", read_jsonl(path)[:limit]
     if not isinstance(records, list) or not records:
         raise RequestError(f"{path}: expected a non-empty JSON list of records")

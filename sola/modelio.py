@@ -92,14 +92,19 @@ def _sha256_file(path: Path) -> str:
     digests.pop(key, None)
     digests[key] = {"stamp": _stamp(info), "sha256": digest}
     kept = dict(list(digests.items())[-_DIGEST_ENTRIES:])
+    temporary = None
     try:
         store.parent.mkdir(parents=True, exist_ok=True)
         fd, temporary = tempfile.mkstemp(prefix=".digests-", dir=store.parent)
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             json.dump(kept, handle)
         os.replace(temporary, store)
+        temporary = None
     except OSError:
-        pass
+        pass  # a read-only cache only costs the hash next time
+    finally:
+        if temporary is not None:
+            Path(temporary).unlink(missing_ok=True)
     return digest
 
 
