@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-from registry.graph import ancestors, is_ancestor
+from registry.graph import ancestors, best_common, is_ancestor
 from registry.model import ABSENT, ACTIVE, TOMBSTONE, Commit, RegistryError, State, utcnow
 from registry.revisions import check_ref_name
 from registry.routing import collisions, decide, nearest_active, same_answer
@@ -181,8 +181,7 @@ def plan_merge(registry: Registry, source: str, target: str, resolutions: dict[s
     if target_head.commit_id in reach_source:
         plan.fast_forward, plan.merged, plan.base = True, dict(theirs), target_head.commit_id
         return plan
-    common = reach_source & reach_target
-    bases = common - {parent for commit in common for parent in parents.get(commit, ())}
+    bases = best_common(parents, reach_source, reach_target)
     order = {c.commit_id: c.seq for c in registry.catalog.commits(bases).values()}
     plan.base = max(bases, key=lambda c: order.get(c, -1)) if bases else None
     base = registry.members(registry.commit(plan.base)) if plan.base else {}

@@ -39,18 +39,16 @@ def is_ancestor(parents: ParentMap, older: str, newer: str) -> bool:
     return older in ancestors(parents, newer)
 
 
-def merge_bases(parents: ParentMap, a: str, b: str) -> set[str]:
-    """The best common ancestors of `a` and `b`: common ancestors that no other common ancestor
-    descends from (one, except after criss-cross merges)."""
-    common = ancestors(parents, a) & ancestors(parents, b)
+def best_common(parents: ParentMap, reach_a: set[str], reach_b: set[str]) -> set[str]:
+    """The best common ancestors, given the ancestor sets of two commits: common ancestors that
+    no other common ancestor descends from (one, except after criss-cross merges)."""
+    common = reach_a & reach_b
     # the common set is closed under "parent of", so its heads are its members no member has as a parent
-    has_child = {parent for commit in common for parent in parents.get(commit, ())}
-    return common - has_child
+    return common - {parent for commit in common for parent in parents.get(commit, ())}
 
 
-def merge_base(parents: ParentMap, a: str, b: str, order: Mapping[str, int]) -> str | None:
-    """One best common ancestor: when there are several, the newest by write order (`order`)."""
-    best = merge_bases(parents, a, b)
-    return max(best, key=lambda c: order.get(c, -1)) if best else None
+def merge_bases(parents: ParentMap, a: str, b: str) -> set[str]:
+    """The best common ancestors of commits `a` and `b`."""
+    return best_common(parents, ancestors(parents, a), ancestors(parents, b))
 
-__all__ = ["ancestors", "ancestors_of_all", "first_parents", "is_ancestor", "merge_base", "merge_bases"]
+__all__ = ["ancestors", "ancestors_of_all", "first_parents", "is_ancestor", "best_common", "merge_bases"]

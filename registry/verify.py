@@ -21,9 +21,9 @@ from safetensors.numpy import load as load_safetensors
 
 from registry.db import latest_version
 from registry.keyindex import CoarseLists, nearest_lists
-from registry.objects import CorruptObject, canonical_json, sha256_hex
+from registry.objects import CorruptObject
 from registry import checkpoint as checkpoints_module
-from registry.model import (ABSENT, ACTIVE, MAIN, MODULUS, TOMBSTONE, Commit, RefEntry, RegistryError, commit_record, iso, member_term,
+from registry.model import (ABSENT, ACTIVE, MAIN, MODULUS, TOMBSTONE, Commit, RefEntry, RegistryError, commit_id_of, iso, member_term,
                             parse_time, reflog_entry_hash, tree_id_for)
 from registry.store import Registry, key_vector_blobs, keys_digest
 
@@ -305,7 +305,7 @@ def _check_commits(registry: Registry, report: Report, known_edits: set[str], tr
     for commit in commits:
         short = commit.commit_id[:12]
         changes = changes_by_commit.get(commit.commit_id, [])
-        if sha256_hex(canonical_json(commit_record(commit, changes))) != commit.commit_id:
+        if commit_id_of(commit, changes) != commit.commit_id:
             report.problems.append(f"commit {short}: content does not hash to its id (edited row?)")
         missing = [p for p in commit.parents if p not in by_id]
         if missing:
