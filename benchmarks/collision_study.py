@@ -30,7 +30,7 @@ Metrics per threshold:
 Precision and recall are also broken down by neighbourhood size (how many bank records share the
 query's subject / template).
 
-Reproduce:  OMP_NUM_THREADS=1 .venv/bin/python benchmarks/collision_study.py
+Reproduce:  OMP_NUM_THREADS=1 .venv/bin/python benchmarks/collision_study.py [--model gemma3 [--layer L]]
 Writes benchmarks/results/collision_study.json and collision_study.png. Never reads ../shared/holdout.
 """
 
@@ -51,18 +51,20 @@ DATA = ROOT.parent / "shared" / "data"
 RESULTS = ROOT / "benchmarks" / "results"
 
 
-def product_keys(prompts: list[str], cache: Path) -> np.ndarray:
-    """Routing keys (n, d) of `prompts` at the default routing config, cached by prompt list and model."""
+def product_keys(prompts: list[str], cache: Path, model_spec: str | None = None, layer: int | None = None) -> np.ndarray:
+    """Routing keys (n, d) of `prompts` at the model family's default routing config (`sola init`'s;
+    `layer` overrides its layer), cached by prompt list and model."""
     import torch
 
+    from sola.arch import routing_defaults
     from sola.config import RoutingConfig
     from sola.modelio import load_base
     from sola.routed import RoutedModel
     from sola.train import routing_key
 
     torch.set_num_threads(1)
-    model, tokenizer, identity = load_base(None)
-    config = RoutingConfig()
+    model, tokenizer, identity = load_base(model_spec)
+    config = RoutingConfig.from_dict({**routing_defaults(model), **({} if layer is None else {"layer": layer})})
     tag = f"{identity.sha256[:12]}-L{config.layer}-{config.key_function}-{len(prompts)}"
     path = cache / f"keys-{tag}.npz"
     if path.is_file():
@@ -181,7 +183,7 @@ def plot(results: dict, path: Path, marks: list[float]) -> None:
     plt.close(figure)
 
 
-def study_keys(cache_dir: Path) -> tuple[list[dict], list[dict], dict[str, np.ndarray]]:
+def study_keys(cache_dir: Path, model_spec: str | None = None, layer: int | None = None) -> tuple[list[dict], list[dict], dict[str, np.ndarray]]:
     """The zsRE and CounterFact records and the keys of every prompt group the routing studies
     use (zsRE questions, paraphrases and locality questions; CounterFact prompts and locality
     prompts; known-1000 prompts), float64 for exact distances, cached in `cache_dir`."""
@@ -194,7 +196,7 @@ def study_keys(cache_dir: Path) -> tuple[list[dict], list[dict], dict[str, np.nd
         "known_prompt": [r["prompt"] for r in known], "zsre_loc": [r["loc"] for r in zsre],
     }
     flat = [p for prompts in groups.values() for p in prompts]
-    every_key = product_keys(flat, cache_dir)
+    every_key = product_keys(flat, cache_dir, model_spec, layer)
     keys, offset = {}, 0
     for name, prompts in groups.items():
         keys[name] = every_key[offset: offset + len(prompts)].astype(np.float64)
@@ -207,7 +209,16 @@ def study_arguments(doc: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=doc.split("\n")[0])
     parser.add_argument("--cache-dir", type=Path, default=Path("/tmp/sola_collision_study"))
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--model", default=None, help="base model spec as for `sola init --model` (default: the bundled SmolLM2); "
+                                                       "results are written as <study>-<model>.json")
+    parser.add_argument("--layer", type=int, default=None, help="edited block (default: the model family's)")
     return parser.parse_args()
+
+
+def result_name(study: str, args: argparse.Namespace) -> str:
+    """`study` for the default model at its default layer, else `study-<model>[-L<layer>]`."""
+    suffix = "" if args.model is None else f"-{args.model}"
+    return study + suffix + ("" if args.layer is None else f"-L{args.layer}")
 
 
 def main() -> None:
@@ -215,7 +226,8 @@ def main() -> None:
 
     from sola.config import RoutingConfig
 
-    zsre, counterfact, keys = study_keys(args.cache_dir)
+    zsre, counterfact, keys = study_keys(args.cache_dir, args.model, args.layer)
+    name = result_name("collision_study", args)
 
     grid = np.round(np.arange(0.005, 0.2001, 0.005), 4)
     default = RoutingConfig().threshold
@@ -223,8 +235,8 @@ def main() -> None:
                "plain": study(zsre, counterfact, keys, False, grid),
                "crowded": study(zsre, counterfact, keys, True, grid)}
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "collision_study.json").write_text(json.dumps(results, indent=1))
-    plot(results, args.out / "collision_study.png", [default, 0.12])
+    (args.out / f"{name}.json").write_text(json.dumps(results, indent=1))
+    plot(results, args.out / f"{name}.png", [default, 0.12])
     for name in ("plain", "crowded"):
         r = results[name]
         print(f"{name}: {r['bank_keys']} keys, self-query precision {r['self_query_precision']:.4f}, "

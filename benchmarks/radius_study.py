@@ -24,7 +24,7 @@ Banks and queries:
 Headline: the best positive recall (generalisation) among settings whose negative false-fire
 rate is <= 0.01 (locality >= 0.99 at routing level), per rule.
 
-Reproduce:  OMP_NUM_THREADS=1 .venv/bin/python benchmarks/radius_study.py   (keys cached with collision_study)
+Reproduce:  OMP_NUM_THREADS=1 .venv/bin/python benchmarks/radius_study.py [--model gemma3 [--layer L]]   (keys cached with collision_study)
 Writes benchmarks/results/radius_study.json and radius_study.png. Never reads ../shared/holdout.
 """
 
@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from collision_study import product_keys, study_arguments, study_keys  # noqa: E402
+from collision_study import product_keys, result_name, study_arguments, study_keys  # noqa: E402
 
 THRESHOLDS = np.round(np.arange(0.005, 0.2001, 0.005), 4)
 ALPHAS = [0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 1.0, 1.5]
@@ -119,8 +119,9 @@ def plot(results: dict, path: Path) -> None:
 def main() -> None:
     args = study_arguments(__doc__)
 
-    zsre, counterfact, keys = study_keys(args.cache_dir)
-    keys["cf_rephrase"] = product_keys([r["rephrase_prompt"] for r in counterfact], args.cache_dir).astype(np.float64)
+    zsre, counterfact, keys = study_keys(args.cache_dir, args.model, args.layer)
+    keys["cf_rephrase"] = product_keys([r["rephrase_prompt"] for r in counterfact], args.cache_dir, args.model, args.layer).astype(np.float64)
+    name = result_name("radius_study", args)
 
     results: dict = {"protocol": __doc__, "max_false_fire": MAX_FALSE_FIRE}
     for n in (100, 300, 1000):
@@ -140,8 +141,8 @@ def main() -> None:
         for name, res in results.items() if name.startswith("counterfact-")}
 
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "radius_study.json").write_text(json.dumps(results, indent=1))
-    plot(results, args.out / "radius_study.png")
+    (args.out / f"{name}.json").write_text(json.dumps(results, indent=1))
+    plot(results, args.out / f"{name}.png")
     for name in ("counterfact-100", "counterfact-300", "counterfact-1000", "mixed", "zsre"):
         print(name, {rule: results[name][f"best_{rule}"] for rule in ("global", "ratio", "margin")})
     print(json.dumps(results["counterfact_growth"], indent=1))

@@ -44,7 +44,11 @@ Activations come from one forward per prompt with pre-hooks on every studied lay
 forward stops after the highest one); the raw (un-normalised) pools are cached in
 `--cache-dir` so re-running the analysis takes seconds.
 
-Reproduce:  .venv/bin/python benchmarks/routing_study.py
+`--model` studies another base model (a `sola init --model` spec, e.g. `gemma3`): prompts are
+tokenised as the product does for that family (Gemma's <bos> first), the module is the family's
+default (`sola.arch`), and results go to routing_study-<model>.json/png.
+
+Reproduce:  .venv/bin/python benchmarks/routing_study.py [--model gemma3 --layers 2,4,6,8,10,12,14]
 """
 
 from __future__ import annotations
@@ -70,7 +74,6 @@ ROLES = ("edit", "para", "loc")
 RAW_POOLS = ("last", "mean", "mean_skip1", "mean_of_normalised")  # cached, un-normalised
 KEY_FNS = ("last", "mean", "mean_skip1", "mean_of_normalised", "mean_centred")
 IMPLEMENTED = ("mean", "last")  # key functions sola.keys.pool_prompt had when this study was written
-MODULE = "mlp.up_proj"
 SENSITIVITY_TARGETS = (0.95, 0.98, 0.99, 0.995)
 
 
@@ -99,15 +102,16 @@ def pool_raw(x: np.ndarray) -> np.ndarray:
     return np.stack([x[-1], x.mean(0), skip1.mean(0), normed.mean(0)]).astype(np.float32)
 
 
-def extract(prompts: list[str], layers: list[int]) -> tuple[np.ndarray, np.ndarray, str]:
+def extract(prompts: list[str], layers: list[int], loaded: tuple, module: str) -> tuple[np.ndarray, np.ndarray, str]:
     """Raw pools (n_prompts, n_layers, len(RAW_POOLS), d), token counts, and the model sha256."""
     import torch
 
-    from sola.modelio import load_base
+    from sola.arch import decoder_blocks, prompt_prefix
 
     torch.set_num_threads(1)
-    model, tok, ident = load_base(None)
-    blocks = model.model.layers
+    model, tok, ident = loaded
+    blocks = decoder_blocks(model)
+    prefix = prompt_prefix(model, tok)  # as sola.routed.RoutedModel.prompt_ids tokenises
     captured: dict[int, np.ndarray] = {}
 
     def make_hook(layer: int):
@@ -118,13 +122,13 @@ def extract(prompts: list[str], layers: list[int]) -> tuple[np.ndarray, np.ndarr
 
         return hook
 
-    handles = [blocks[L].get_submodule(MODULE).register_forward_pre_hook(make_hook(L)) for L in layers]
+    handles = [blocks[L].get_submodule(module).register_forward_pre_hook(make_hook(L)) for L in layers]
     pools, lengths = [], []
     start = time.time()
     try:
         with torch.no_grad():
             for i, prompt in enumerate(prompts):
-                ids = tok(prompt, add_special_tokens=False)["input_ids"]
+                ids = prefix + tok(prompt, add_special_tokens=False)["input_ids"]
                 captured.clear()
                 try:
                     model(input_ids=torch.tensor([ids]), use_cache=False)
@@ -137,11 +141,11 @@ def extract(prompts: list[str], layers: list[int]) -> tuple[np.ndarray, np.ndarr
     finally:
         for h in handles:
             h.remove()
-    check_against_product(model, tok, prompts[:3], layers[len(layers) // 2], np.stack(pools[:3]), layers)
+    check_against_product(model, tok, prompts[:3], layers[len(layers) // 2], np.stack(pools[:3]), layers, module)
     return np.stack(pools), np.array(lengths), ident.sha256
 
 
-def check_against_product(model, tok, prompts, layer, pools, layers) -> None:
+def check_against_product(model, tok, prompts, layer, pools, layers, module) -> None:
     """The hook's mean/last keys must equal what the product's RoutedLoRA computes."""
     import torch
 
@@ -149,7 +153,7 @@ def check_against_product(model, tok, prompts, layer, pools, layers) -> None:
     from sola.keys import pool_prompt
     from sola.routed import RoutedModel
 
-    routed = RoutedModel(model, tok, RoutingConfig(layer=layer, module=MODULE))
+    routed = RoutedModel(model, tok, RoutingConfig(layer=layer, module=module))
     li = layers.index(layer)
     for p, prompt in enumerate(prompts):
         with torch.no_grad():
@@ -162,11 +166,12 @@ def check_against_product(model, tok, prompts, layer, pools, layers) -> None:
     print(f"  keys match sola.keys.pool_prompt at layer {layer} (mean, last)")
 
 
-def cached_pools(prompts: dict, layers: list[int], cache_dir: Path) -> dict:
+def cached_pools(prompts: dict, layers: list[int], cache_dir: Path, loaded: tuple, spec: str | None, module: str) -> dict:
     """{dataset: {role: (n, n_layers, len(RAW_POOLS), d)}}, extracting only on a cache miss."""
     flat = [p for ds in prompts.values() for role in ROLES for p in ds[role]]
     n = len(next(iter(prompts.values()))["edit"])
-    path = cache_dir / f"pools_n{n}_L{'-'.join(map(str, layers))}.npz"
+    model_tag = "" if spec is None else f"{spec}_"  # the default model's caches keep their old names
+    path = cache_dir / f"pools_{model_tag}n{n}_L{'-'.join(map(str, layers))}.npz"
     if path.is_file():
         data = np.load(path, allow_pickle=False)
         if list(data["prompts"]) == flat and list(data["raw_pools"]) == list(RAW_POOLS):
@@ -174,10 +179,10 @@ def cached_pools(prompts: dict, layers: list[int], cache_dir: Path) -> dict:
             arr, sha = data["pools"], str(data["model_sha256"])
         else:
             path.unlink()
-            return cached_pools(prompts, layers, cache_dir)
+            return cached_pools(prompts, layers, cache_dir, loaded, spec, module)
     else:
         print(f"extracting {len(flat)} prompts at layers {layers} (1 thread)")
-        arr, lengths, sha = extract(flat, layers)
+        arr, lengths, sha = extract(flat, layers, loaded, module)
         cache_dir.mkdir(parents=True, exist_ok=True)
         np.savez(path, pools=arr, lengths=lengths, prompts=np.array(flat), raw_pools=np.array(RAW_POOLS), model_sha256=sha)
     out, i = {"model_sha256": sha}, 0
@@ -361,7 +366,7 @@ def plot(results: dict, layers: list[int], names: list[str], grid: np.ndarray, p
            ylabel="mean paraphrase generalisation", title=f"key '{fn}', one bank: trade-off as the threshold grows", ylim=(0, 1))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.suptitle(f"SoLA routing keys at mlp.up_proj input, SmolLM2-135M, {results['limit']} records/dataset; "
+    fig.suptitle(f"SoLA routing keys at {results['module']} input, {results['model']}, {results['limit']} records/dataset; "
                  f"recommended: {fn} @ L{rec['layer']}, threshold {rec['threshold']}", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -397,14 +402,23 @@ def main() -> None:
     ap.add_argument("--bootstrap", type=int, default=1000, help="bootstrap replicates (0 = skip)")
     ap.add_argument("--cache-dir", type=Path, default=Path("/tmp/sola_routing_study"))
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    ap.add_argument("--model", default=None, help="base model spec as for `sola init --model` (default: the bundled SmolLM2)")
     args = ap.parse_args()
 
+    from sola.arch import architecture_of
     from sola.config import RoutingConfig
+    from sola.modelio import load_base
+
+    loaded = load_base(args.model)  # a few seconds once converted; its family sets the module and default
+    family = architecture_of(loaded[0])
+    module = family.default_module
+    model_name = loaded[2].name
+    stem = "routing_study" if args.model is None else f"routing_study-{model_name}"
 
     started = time.time()
     n, total = args.limit, args.limit + args.validation
     names = list(DATASETS)
-    pools = cached_pools(load_prompts(total), args.layers, args.cache_dir)
+    pools = cached_pools(load_prompts(total), args.layers, args.cache_dir, loaded, args.model, module)
     grid = np.geomspace(0.001, 0.5, args.grid_points)
 
     configs: dict = {fn: {} for fn in KEY_FNS}
@@ -442,7 +456,7 @@ def main() -> None:
 
     chosen_t = best["combined"]["threshold"]
     product_t = floor_sig(chosen_t) if chosen_t else None
-    default = RoutingConfig()
+    default = RoutingConfig.from_dict(dict(family.routing_defaults))  # this family's current default
     reference = {}
     if product_t:
         li = args.layers.index(best_L)
@@ -455,8 +469,9 @@ def main() -> None:
 
     results = {
         "protocol": __doc__,
+        "model": model_name,
         "model_sha256": pools["model_sha256"],
-        "module": MODULE,
+        "module": module,
         "limit": n,
         "validation_records": [n, total],
         "layers": args.layers,
@@ -477,9 +492,9 @@ def main() -> None:
         "configs": configs,
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    plot(results, args.layers, names, grid, args.out / "routing_study.png")
+    plot(results, args.layers, names, grid, args.out / f"{stem}.png")
     results["runtime_seconds"] = round(time.time() - started, 1)
-    (args.out / "routing_study.json").write_text(json.dumps(results, indent=1))
+    (args.out / f"{stem}.json").write_text(json.dumps(results, indent=1))
 
     print(table(results, args.layers, names))
     if boot is not None:
@@ -494,7 +509,7 @@ def main() -> None:
         print(f"  validation (records {n}..{total - 1}, bank of {total}/dataset):", json.dumps(rec["validation"]))
     for name, r in reference.items():
         print(f"  {name}:", json.dumps(r))
-    print(f"wrote {args.out / 'routing_study.json'} and routing_study.png in {time.time() - started:.0f}s")
+    print(f"wrote {args.out / (stem + '.json')} and {stem}.png in {time.time() - started:.0f}s")
 
 
 if __name__ == "__main__":

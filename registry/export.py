@@ -108,7 +108,7 @@ def export_snapshot(registry: Registry, commit: Commit, directory: Path) -> dict
 def export_peft(registry: Registry, edit_id: str, directory: Path) -> dict[str, Any]:
     """One edit as a stock PEFT LoRA adapter; the routing key and provenance ride along as sidecars."""
     directory = _prepare_target(directory)
-    from sola.arch import by_block_path  # the one table of model-family facts (no torch)
+    from sola.arch import of_routing  # the one table of model-family facts (no torch)
 
     routing = registry.routing
     module_name = f"{routing['block_path']}.{routing['layer']}.{routing['module']}"
@@ -123,7 +123,7 @@ def export_peft(registry: Registry, edit_id: str, directory: Path) -> dict[str, 
             "lora_dropout": 0.0,
             "bias": "none",
             "target_modules": [module_name],
-            "fan_in_fan_out": by_block_path(routing["block_path"]).fan_in_fan_out,
+            "fan_in_fan_out": of_routing(routing).fan_in_fan_out,
             "base_model_name_or_path": registry.base_model["spec"],
             "inference_mode": True,
             "use_rslora": False,

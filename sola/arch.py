@@ -1,24 +1,36 @@
 """The one table of model-family facts sola needs: where the blocks are, which projection a
-family edits by default, and how that projection stores its weight.
+family edits by default and how that projection stores its weight, whether its prompts begin
+with a BOS token, how long a context it has, and the routing defaults chosen for it.
 
-Everything that must know a family (attaching the routed layer, running the upper stack,
-recording a registry's routing, exporting a PEFT adapter) asks this module; nothing sniffs the
-model elsewhere. Importing it loads no torch.
+Everything that must know a family (attaching the routed layer, tokenising prompts, running
+the upper stack, choosing `init`'s defaults, recording a registry's routing, exporting a PEFT
+adapter) asks this module; nothing sniffs the model elsewhere. Importing it loads no torch.
+
+A family is recognised by its `config.model_type`; a model of another type is matched by where
+its blocks live (a Qwen or Mistral model is a Llama for sola), with the structural family's
+facts and no routing defaults of its own beyond the module.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 
 @dataclass(frozen=True)
 class Architecture:
     name: str
+    model_types: tuple[str, ...]  # config.model_type values that are this family
     container: str  # attribute path from the causal LM to the module holding the block list
     blocks: str  # attribute of the container that is the nn.ModuleList of blocks
     default_module: str  # the MLP input projection (the key lives at its input)
     fan_in_fan_out: bool  # weight stored (in, out): GPT-2's Conv1D; PEFT needs to know
+    starts_with_bos: bool = False  # trained with <bos> first: without it the output degenerates
+    context_attribute: str = "max_position_embeddings"  # the config field holding the position limit
+    # routing settings chosen by a routing study on this family's model (docs/results.md); what
+    # is not named here takes RoutingConfig's default. Read-only.
+    routing_defaults: dict[str, Any] = field(default_factory=dict)
+    studied_on: str | None = None  # the model the routing defaults were measured on
 
     @property
     def block_path(self) -> str:
@@ -26,8 +38,16 @@ class Architecture:
 
 
 ARCHITECTURES = (
-    Architecture("llama", "model", "layers", "mlp.up_proj", False),  # Llama, SmolLM2, Qwen, Mistral, Gemma 3 (text)
-    Architecture("gpt2", "transformer", "h", "mlp.c_fc", True),
+    # Gemma 3 text (gemma-3-270m): same block layout as Llama, but prompts need <bos>
+    # ("The capital of France is" -> " France. The The The ..." without it) and each block's
+    # attention kind (sliding or full, with its own RoPE base) is looked up by block position.
+    # Defaults: the routing study on gemma-3-270m (docs/results.md, section 7).
+    Architecture("gemma3", ("gemma3_text", "gemma3"), "model", "layers", "mlp.up_proj", False, starts_with_bos=True,
+                 routing_defaults={"layer": 12, "threshold": 0.035, "radius_ratio": 0.5}, studied_on="gemma-3-270m"),
+    # Llama, SmolLM2, Qwen, Mistral. Defaults: the routing study on SmolLM2-135M (results.md, section 3).
+    Architecture("llama", ("llama",), "model", "layers", "mlp.up_proj", False,
+                 routing_defaults={"layer": 8, "threshold": 0.04, "radius_ratio": 0.5}, studied_on="SmolLM2-135M-Instruct"),
+    Architecture("gpt2", ("gpt2",), "transformer", "h", "mlp.c_fc", True, context_attribute="n_positions"),
 )
 
 
@@ -39,10 +59,21 @@ def _attribute(root: Any, path: str) -> Any:
     return root
 
 
+def by_name(name: str) -> Architecture:
+    for arch in ARCHITECTURES:
+        if arch.name == name:
+            return arch
+    raise ValueError(f"unknown model family {name!r}")
+
+
 def architecture_of(model: Any) -> Architecture:
-    """The family of a loaded causal LM, by where its blocks live."""
+    """The family of a loaded causal LM: by its config's model type, else by where its blocks live."""
     from torch import nn
 
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    for arch in ARCHITECTURES:
+        if model_type in arch.model_types:
+            return arch
     for arch in ARCHITECTURES:
         container = _attribute(model, arch.container)
         if container is not None and isinstance(getattr(container, arch.blocks, None), nn.ModuleList):
@@ -51,12 +82,15 @@ def architecture_of(model: Any) -> Architecture:
                     f"no {' or '.join(a.block_path for a in ARCHITECTURES)}")
 
 
-def by_block_path(block_path: str) -> Architecture:
-    """The family a registry recorded (its routing record's `block_path`)."""
+def of_routing(routing: dict[str, Any]) -> Architecture:
+    """The family a registry recorded: its routing record's `family` (registries made before it
+    was recorded name only the `block_path`, which gives the structural family)."""
+    if routing.get("family"):
+        return by_name(routing["family"])
     for arch in ARCHITECTURES:
-        if arch.block_path == block_path:
+        if arch.block_path == routing.get("block_path"):
             return arch
-    raise ValueError(f"unknown block path {block_path!r}")
+    raise ValueError(f"unknown block path {routing.get('block_path')!r}")
 
 
 def decoder_blocks(model: Any) -> Any:
@@ -69,4 +103,42 @@ def replace_blocks(model: Any, blocks: Any) -> None:
     setattr(_attribute(model, arch.container), arch.blocks, blocks)
 
 
-__all__ = ["Architecture", "ARCHITECTURES", "architecture_of", "by_block_path", "decoder_blocks", "replace_blocks"]
+def context_length(model: Any) -> int:
+    """Tokens the model attends over (its position limit)."""
+    return int(getattr(model.config, architecture_of(model).context_attribute, None) or 2048)
+
+
+def prompt_prefix(model: Any, tokenizer: Any) -> list[int]:
+    """Token ids every prompt starts with: the BOS token for families trained with it, else none."""
+    if architecture_of(model).starts_with_bos and tokenizer.bos_token_id is not None:
+        return [int(tokenizer.bos_token_id)]
+    return []
+
+
+def routing_defaults(model: Any) -> dict[str, Any]:
+    """`init`'s defaults for this model: the family's module and studied settings; a default layer
+    the model does not have (a small model of the family) becomes its middle block."""
+    arch = architecture_of(model)
+    defaults = {"module": arch.default_module, **arch.routing_defaults}
+    blocks = len(decoder_blocks(model))
+    from sola.config import RoutingConfig
+
+    layer = defaults.get("layer", RoutingConfig.layer)
+    defaults["layer"] = layer if layer < blocks else blocks // 2
+    return defaults
+
+
+def projection_dims(module: Any) -> tuple[int, int]:
+    """(in_features, out_features) of an editable projection: nn.Linear (weight (out, in)) or
+    GPT-2's Conv1D (weight stored (in, out), the families with `fan_in_fan_out`)."""
+    from torch import nn
+
+    if isinstance(module, nn.Linear):
+        return module.in_features, module.out_features
+    if type(module).__name__ == "Conv1D":
+        return int(module.weight.shape[0]), int(module.weight.shape[1])
+    raise TypeError(f"cannot edit a {type(module).__name__}; supported: nn.Linear, Conv1D")
+
+
+__all__ = ["Architecture", "ARCHITECTURES", "architecture_of", "by_name", "of_routing", "decoder_blocks", "replace_blocks",
+           "context_length", "prompt_prefix", "routing_defaults", "projection_dims"]

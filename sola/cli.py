@@ -235,11 +235,11 @@ def main(ctx: click.Context, registry: str, witness: Path | None = None) -> None
 
 
 @main.command()
-@click.option("--model", default=None, help="Base model: a .gguf file, a Hugging Face directory, or the bundled default.")
-@click.option("--layer", type=click.IntRange(0, MAX_LAYER), default=None, help="Block whose MLP projection is edited.")
+@click.option("--model", default=None, help="Base model: default (SmolLM2), gemma3 (Gemma 3 270M), a .gguf file or a Hugging Face directory.")
+@click.option("--layer", type=click.IntRange(0, MAX_LAYER), default=None, help="Block whose MLP projection is edited (default: the model family's).")
 @click.option("--module", default=None, help="Projection inside the block (default mlp.up_proj, GPT-2 mlp.c_fc).")
 @click.option("--rank", type=click.IntRange(1, MAX_RANK), default=None, help="LoRA rank per edit.")
-@click.option("--threshold", type=FiniteFloat(0.0, 2.0, low_open=True), default=None, help="Routing radius (cosine distance, in (0, 2]).")
+@click.option("--threshold", type=FiniteFloat(0.0, 2.0, low_open=True), default=None, help="Routing radius (cosine distance, in (0, 2]; default: the model family's).")
 @click.option("--radius-ratio", type=FiniteFloat(0.0, MAX_RADIUS_RATIO), default=None,
               help="Shrink a key's radius to this times its distance to the nearest other edit's key (0 = off; default 0.5).")
 @click.option("--key-function", type=click.Choice(["mean", "last"]), default=None, help="How the prompt becomes a key.")

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from registry.routing import ExactKeySearch, KeySearch, Routing, RoutingRule, decide, isolation
+from sola.arch import projection_dims
 from sola.keys import pool_prompt
 
 
@@ -93,15 +94,6 @@ class RoutingScope:
     decision: Routing | None = None
 
 
-def module_dims(module: nn.Module) -> tuple[int, int]:
-    """(in_features, out_features) for nn.Linear and GPT-2's Conv1D (weight stored (in, out))."""
-    if isinstance(module, nn.Linear):
-        return module.in_features, module.out_features
-    if type(module).__name__ == "Conv1D":
-        return int(module.weight.shape[0]), int(module.weight.shape[1])
-    raise TypeError(f"cannot edit a {type(module).__name__}; supported: nn.Linear, Conv1D")
-
-
 @dataclass
 class LayerCall:
     """What one forward call of the routed layer routes by: the snapshot's bank and the call's
@@ -123,7 +115,7 @@ class RoutedLoRA(nn.Module):
     def __init__(self, base: nn.Module, key_function: str, threshold: float, scale: float, radius_ratio: float = 0.0) -> None:
         super().__init__()
         self.base = base
-        self.in_features, self.out_features = module_dims(base)
+        self.in_features, self.out_features = projection_dims(base)
         self.key_function = key_function
         self.threshold = threshold
         self.radius_ratio = radius_ratio

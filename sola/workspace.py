@@ -20,12 +20,12 @@ from registry.keyindex import FaissKeySearch
 from registry.model import MAIN
 from registry.routing import nearest_active, same_answer
 from registry.store import DATABASE, Commit, Registry, RegistryError, iso, utcnow
-from sola.arch import architecture_of, decoder_blocks
+from sola.arch import architecture_of, context_length as model_context, decoder_blocks, routing_defaults
 from sola.config import RoutingConfig, TrainConfig, default_author
 from sola.data import EditRequest, RequestError, check_notes, check_text
 from sola.layer import EditBank, Routing
 from sola.modelio import ModelError, load_base
-from sola.routed import RoutedModel, default_module_for
+from sola.routed import RoutedModel
 from sola.snapshots import snapshot_bank
 from sola.train import routing_key, train_edit
 
@@ -36,8 +36,7 @@ class EditConflict(RegistryError):
 
 def context_length(routed: RoutedModel) -> int:
     """Tokens the base model attends over (its position limit), as the server bounds requests."""
-    config = routed.model.config
-    return int(getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None) or 2048)
+    return model_context(routed.model)
 
 
 def check_tokens(routed: RoutedModel, text: str, what: str, extra: int = 0, target: str | None = None) -> None:
@@ -185,16 +184,16 @@ class Workspace:
         settings.setdefault("alpha", float(settings.get("rank", RoutingConfig.rank)))  # scale alpha/rank = 1
         RoutingConfig.from_dict(settings)  # ranges and types, before the model loads
         base, tokenizer, identity = load_base(model)
-        settings.setdefault("module", default_module_for(base))
-        blocks = base.config.num_hidden_layers
-        settings.setdefault("layer", RoutingConfig.layer if blocks > RoutingConfig.layer else blocks // 2)
+        for name, value in routing_defaults(base).items():  # the family's studied defaults (sola.arch)
+            settings.setdefault(name, value)
         config = RoutingConfig.from_dict(settings)
         _check_module(base, config)
         try:
             routed = RoutedModel(base, tokenizer, config)  # validates layer/module against the real model
         except TypeError as error:  # a module sola cannot edit (an activation, a norm)
             raise ModelError(f"--module {config.module}: {error}") from None
-        routing_record = dict(config.to_dict(), key_dim=routed.layer.in_features, block_path=architecture_of(base).block_path)
+        family = architecture_of(base)
+        routing_record = dict(config.to_dict(), key_dim=routed.layer.in_features, block_path=family.block_path, family=family.name)
         registry = Registry.create(root, identity.to_dict(), routing_record, author, training.to_dict() if training is not None else None)
         workspace = cls(root, registry, writable=True)
         workspace._routed = routed

@@ -1,4 +1,5 @@
-"""Tiny random models (GPT-2 with Conv1D, Llama with Linear) with a real byte-level BPE tokenizer.
+"""Tiny random models (GPT-2 with Conv1D, Llama with Linear, and Gemma 3 for the family facts
+only it has: a BOS prefix, per-position attention kinds) with a real byte-level BPE tokenizer.
 
 Built from configs in well under a second and saved as ordinary Hugging Face directories, so
 the same fixtures drive unit tests of the method and end-to-end CLI tests (`--model DIR`).
@@ -21,13 +22,29 @@ CORPUS = [
 ]
 
 
-def build_tokenizer():
+def build_tokenizer(bos: bool = False):
     from tokenizers import ByteLevelBPETokenizer
     from transformers import PreTrainedTokenizerFast
 
     bpe = ByteLevelBPETokenizer()
-    bpe.train_from_iterator(CORPUS * 20, vocab_size=400, min_frequency=1, special_tokens=["<|endoftext|>"])
-    return PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
+    bpe.train_from_iterator(CORPUS * 20, vocab_size=400, min_frequency=1, special_tokens=["<|endoftext|>"] + (["<bos>"] if bos else []))
+    extra = {"bos_token": "<bos>"} if bos else {}
+    return PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>", pad_token="<|endoftext|>", **extra)
+
+
+def build_gemma3(vocab: int, bos_id: int):
+    """Gemma 3 in miniature: alternating sliding (window 3, RoPE base 10k) and full attention
+    (RoPE base 1M) blocks, tied embeddings scaled by sqrt(hidden) as in gemma-3-270m."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    torch.manual_seed(0)
+    config = Gemma3TextConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4,
+                              num_key_value_heads=1, head_dim=8, query_pre_attn_scalar=8, max_position_embeddings=128,
+                              sliding_window=3, layer_types=["sliding_attention", "full_attention"] * 2,
+                              rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                                               "full_attention": {"rope_type": "default", "rope_theta": 1000000.0}},
+                              initializer_range=0.2, eos_token_id=0, bos_token_id=bos_id, pad_token_id=0)
+    return Gemma3ForCausalLM(config).eval()
 
 
 def build_model(kind: str, vocab: int):
@@ -53,6 +70,16 @@ def tiny_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         tokenizer.save_pretrained(directory)
         dirs[kind] = directory
     return dirs
+
+
+@pytest.fixture(scope="session")
+def tiny_gemma_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A saved tiny Gemma 3 (family `gemma3`, tokenizer with a <bos> token), for `--model DIR`."""
+    tokenizer = build_tokenizer(bos=True)
+    directory = tmp_path_factory.mktemp("tiny-gemma3")
+    build_gemma3(len(tokenizer), tokenizer.bos_token_id).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
 
 
 @pytest.fixture(params=["gpt2", "llama"])
