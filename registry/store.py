@@ -471,8 +471,13 @@ class Registry:
         message: str,
         supersede: Iterable[str] = (),
         branch: str = MAIN,
+        committer: str | None = None,
+        op: str | None = None,
     ) -> tuple[str, Commit]:
-        """Write the edit's objects, then record it and its `add` commit on `branch` in one transaction."""
+        """Write the edit's objects, then record it and its `add` commit on `branch` in one transaction.
+
+        `author` is the edit's author (its row and provenance); `committer` makes the commit when
+        someone else records it (a rebase keeps the original author), `op` names such a commit."""
         self.check_direct_write(branch)
         edit_id, row, document, key_blobs = self.write_edit_objects(tensors, provenance, key_prompts, author)
         if self.catalog.existing_edit([edit_id]):
@@ -486,8 +491,8 @@ class Registry:
             self.catalog.insert_edits([row], [(edit_id, list(key_prompts), key_blobs)])
             changes: dict[str, State] = {old: ABSENT for old in superseded}
             changes[edit_id] = ACTIVE
-            op = "supersede" if superseded else "add"
-            commit = self.commit_on(branch, changes, author, op, message, document.get("reason"), head=head)
+            op = op or ("supersede" if superseded else "add")
+            commit = self.commit_on(branch, changes, committer or author, op, message, document.get("reason"), head=head)
         return edit_id, commit
 
     def set_active(self, edit_id: str, active: bool, author: str, reason: str, branch: str = MAIN) -> Commit:

@@ -24,7 +24,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from registry.db import RegistryLocked
 from registry.objects import CorruptObject
 from registry.store import Registry, RegistryError
-from sola.config import MAX_LAYER, MAX_LR, MAX_RADIUS_RATIO, MAX_RANK, MAX_STEPS, MAX_STOP_LOSS, TrainConfig, default_author
+from sola.config import (DEFAULT_BATCH, DEVICES, MAX_BATCH, MAX_LAYER, MAX_LR, MAX_RADIUS_RATIO, MAX_RANK, MAX_STEPS, MAX_STOP_LOSS,
+                         TrainConfig, default_author, resolve_device)
 from sola.data import MAX_AUTHOR_CHARS, MAX_NOTE_CHARS, MAX_TEXT_CHARS, EditRequest, RequestError, check_notes, check_text, read_jsonl
 from sola.modelio import ModelError
 
@@ -114,6 +115,11 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print one JS
 wait_option = click.option("--wait", "wait", type=FiniteFloat(0.0, MAX_WAIT), default=30.0, show_default=True,
                            help="Seconds to wait while another sola process commits (writers hold the lock only to commit).")
 READ_WAIT = 10.0  # a reading command retries this long while another process commits
+batch_option = click.option("--batch", "batch", type=click.IntRange(1, MAX_BATCH), default=DEFAULT_BATCH, show_default=True,
+                            help="Train up to N edits at once (each its own LoRA and early stop; 1 = one after another). "
+                                 "Commits stay one per edit, in order.")
+device_option = click.option("--device", type=click.Choice(DEVICES), default="cpu", show_default=True,
+                             help="Where the model trains: cpu, cuda, or auto (cuda when available).")
 branch_option = click.option("--branch", default="main", show_default=True, help="Branch to write to (protected branches change only by merge).")
 
 
@@ -140,10 +146,10 @@ def registry_path(ctx: click.Context) -> Path:
     return Path(ctx.obj["registry"])
 
 
-def open_workspace(ctx: click.Context, writable: bool, wait: float = READ_WAIT):  # -> Workspace
+def open_workspace(ctx: click.Context, writable: bool, wait: float = READ_WAIT, device: str = "cpu"):  # -> Workspace
     from sola.workspace import Workspace
 
-    return Workspace.open(registry_path(ctx), writable=writable, wait_seconds=wait)
+    return Workspace.open(registry_path(ctx), writable=writable, wait_seconds=wait, device=device)
 
 
 def open_registry(ctx: click.Context, writable: bool = False, wait: float = READ_WAIT) -> Registry:
@@ -296,14 +302,19 @@ def _print_outcome(outcome: dict[str, Any]) -> None:
 @click.option("--supersede", multiple=True, help="Revoke this edit in the same commit (contradiction).")
 @click.option("--force", is_flag=True, help="Keep a contradicting edit beside the existing one.")
 @training_options
+@batch_option
+@device_option
 @branch_option
 @wait_option
 @json_option
 @click.pass_context
 def edit(ctx: click.Context, prompt: str | None, target: str | None, rephrase: tuple[str, ...], subject: str | None,
          file: Path | None, author: str | None, reason: str | None, source: str | None, supersede: tuple[str, ...],
-         force: bool, steps: int | None, lr: float | None, stop_loss: float | None, branch: str, wait: float, as_json: bool) -> None:
-    """Teach the model one fact (or every line of a JSONL file, one commit per edit)."""
+         force: bool, steps: int | None, lr: float | None, stop_loss: float | None, batch: int, device: str, branch: str,
+         wait: float, as_json: bool) -> None:
+    """Teach the model one fact (or every line of a JSONL file, one commit per edit, in file order)."""
+    from sola.workspace import PlannedEdit
+
     with failures():
         if file is not None and (prompt is not None or target is not None):
             raise RequestError("give either --file or --prompt/--target, not both")
@@ -316,18 +327,45 @@ def edit(ctx: click.Context, prompt: str | None, target: str | None, rephrase: t
         else:
             requests = [EditRequest(prompt, target, tuple(rephrase), subject).validated()]
         check_notes(author, reason, source or (str(file) if file else None))
-        outcomes: list[dict[str, Any]] = []
-        with open_workspace(ctx, writable=True, wait=wait) as workspace:
+        with open_workspace(ctx, writable=True, wait=wait, device=resolve_device(device)) as workspace:
             train = TrainConfig.resolve(workspace.registry.training, max_steps=steps, lr=lr, stop_loss=stop_loss)
             workspace.preflight(requests, list(supersede), force, branch)
-            show_progress = len(requests) > 1
-            with click.progressbar(requests, label="editing", file=sys.stderr, show_pos=True) if show_progress else _plain(requests) as items:
-                for request in items:
-                    outcome = workspace.edit(request, author, reason, source or (str(file) if file else None),
-                                             list(supersede), force, train, branch)
-                    outcomes.append(outcome.to_dict())
+            planned = [PlannedEdit(request, author or default_author(), reason, source or (str(file) if file else None),
+                                   list(supersede)) for request in requests]
+            with BatchProgress(len(requests)) as progress:
+                results = workspace.edit_many(planned, force, train, branch, batch=batch,
+                                              on_commit=progress.committed, on_trained=progress.trained)
+            outcomes = [outcome.to_dict() for outcome in results]
     document: Any = outcomes[0] if file is None else {"edits": outcomes, "count": len(outcomes)}
     emit(as_json, document, lambda: [_print_outcome(o) for o in outcomes])
+
+
+class BatchProgress:
+    """The bar of a batched `edit --file`: edits committed of the total, and how many are trained
+    (training runs ahead of the commits, which go in file order). Silent for a single edit."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.done_training, self.bar = total, 0, None
+
+    def trained(self, position: int) -> None:
+        self.done_training += 1
+        if self.bar is not None:
+            self.bar.set_postfix_str(f"trained {self.done_training}", refresh=True)
+
+    def committed(self, position: int, outcome: Any) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def __enter__(self) -> "BatchProgress":
+        if self.total > 1:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=self.total, desc="editing", unit="edit", file=sys.stderr, leave=True)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 class StageProgress:
@@ -355,11 +393,6 @@ class StageProgress:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-@contextmanager
-def _plain(items: list[Any]) -> Iterator[list[Any]]:
-    yield items
 
 
 @main.command()
@@ -710,11 +743,13 @@ def export_edit(ctx: click.Context, edit: str, directory: Path, as_json: bool) -
               help="What the rollback's revokes do to keys (default: the registry's).")
 @click.option("--model", default=None, help="Base model when there is no registry (default: the registry's).")
 @training_options
+@batch_option
+@device_option
 @json_option
 @click.pass_context
 def eval_command(ctx: click.Context, data: Path, limit: int, threshold: float | None, radius_ratio: float | None, seed: int, every: int,
                  plot: Path | None, layer: int | None, key_function: str | None, revoke_mode: str | None, model: str | None,
-                 steps: int | None, lr: float | None, stop_loss: float | None, as_json: bool) -> None:
+                 steps: int | None, lr: float | None, stop_loss: float | None, batch: int, device: str, as_json: bool) -> None:
     """Edit the first N records into a scratch registry and report the field's metrics."""
     from sola.config import RoutingConfig
     from sola.evaluate import run_eval
@@ -736,7 +771,8 @@ def eval_command(ctx: click.Context, data: Path, limit: int, threshold: float | 
         RoutingConfig.from_dict(routing)  # validate the overrides before loading anything
         train = TrainConfig.resolve(training, max_steps=steps, lr=lr, stop_loss=stop_loss)
         with StageProgress() as progress:
-            result = run_eval(data, spec, routing, limit=limit, seed=seed, every=every, train=train, progress=progress)
+            result = run_eval(data, spec, routing, limit=limit, seed=seed, every=every, train=train, progress=progress,
+                              batch=batch, device=resolve_device(device))
         document = result.summary()
         if plot is not None:
             from sola.plots import plot_eval

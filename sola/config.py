@@ -24,6 +24,24 @@ MAX_STOP_LOSS = 100.0
 MAX_RANK = 1024
 MAX_LAYER = 1024
 MAX_RADIUS_RATIO = 100.0
+MAX_BATCH = 1024  # edits trained at once (`--batch`)
+DEFAULT_BATCH = 16  # docs/results.md, batched training: the throughput knee on 2 CPU cores
+DEVICES = ("cpu", "cuda", "auto")
+
+
+def resolve_device(device: str) -> str:
+    """"cpu" or "cuda" for a `--device` choice ("auto": cuda when one is available); a cuda
+    request without a CUDA device is refused before anything loads."""
+    if device not in DEVICES:
+        raise ValueError(f"device must be one of {DEVICES}, got {str(device)[:80]!r}")
+    if device == "cpu":
+        return device
+    import torch
+
+    available = torch.cuda.is_available()
+    if device == "cuda" and not available:
+        raise ValueError("--device cuda: no CUDA device is available")
+    return "cuda" if available else "cpu"
 
 
 def default_author() -> str:

@@ -140,7 +140,9 @@ class RoutedLoRA(nn.Module):
 
     @contextmanager
     def training_adapter(self, lora_a: torch.Tensor, lora_b: torch.Tensor) -> Iterator[None]:
-        """Apply one trainable LoRA to every sequence, bypassing routing (edit training)."""
+        """Apply trainable LoRA factors, bypassing routing (edit training): one LoRA to every
+        sequence (A (r, in), B (out, r)), or one per sequence of the batch (A (n, r, in),
+        B (n, out, r): sequence i gets LoRA i only, so edits trained together never mix)."""
         token = self._call.set(LayerCall(EditBank.empty(), RoutingScope(), (lora_a, lora_b)))
         try:
             yield
@@ -161,6 +163,8 @@ class RoutedLoRA(nn.Module):
             return output
         if call.trainable is not None:
             lora_a, lora_b = call.trainable
+            if lora_a.dim() == 3:  # per sequence
+                return output + torch.bmm(torch.bmm(inputs, lora_a.transpose(1, 2)), lora_b.transpose(1, 2)) * self.scale
             return output + (inputs @ lora_a.T) @ lora_b.T * self.scale
         if call.bank.size == 0:
             return output

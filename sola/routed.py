@@ -104,8 +104,9 @@ class RoutedModel:
             target_ids = self.tokenizer(join_target(prompt, target), add_special_tokens=False)["input_ids"]
             if not target_ids:
                 raise ValueError("target encodes to no tokens")
-        ids = torch.tensor([prompt_ids + target_ids], dtype=torch.long)
-        return Encoded(ids, len(prompt_ids), torch.tensor(target_ids, dtype=torch.long))
+        device = self.device  # every forward pass of sola runs where the model is
+        ids = torch.tensor([prompt_ids + target_ids], dtype=torch.long, device=device)
+        return Encoded(ids, len(prompt_ids), torch.tensor(target_ids, dtype=torch.long, device=device))
 
     # --- bank ------------------------------------------------------------------------------
     def set_bank(self, bank: EditBank) -> None:

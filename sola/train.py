@@ -9,18 +9,19 @@ from __future__ import annotations
 import math
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from sola.config import TrainConfig
 from sola.keys import pool_prompt
-from sola.layer import EditBank
-from sola.routed import RoutedModel
+from sola.routed import Encoded, RoutedModel
 
 
 @dataclass
 class TrainedEdit:
+    """A fitted edit, its tensors on the CPU (as the registry stores them)."""
+
     lora_a: torch.Tensor  # (rank, in_features)
     lora_b: torch.Tensor  # (out_features, rank)
     keys: torch.Tensor  # (1 + paraphrases, in_features), L2-normalised; row 0 is the prompt's
@@ -28,6 +29,7 @@ class TrainedEdit:
     loss: float
     converged: bool
     seconds: float
+    losses: list[float] = field(default_factory=list)  # the loss at every forward pass, in order
 
 
 def routing_key(routed: RoutedModel, prompt: str) -> torch.Tensor:
@@ -35,6 +37,44 @@ def routing_key(routed: RoutedModel, prompt: str) -> torch.Tensor:
     encoded = routed.encode(prompt)
     _, module_input = routed.capture(encoded.input_ids)
     return pool_prompt(module_input, None, routed.config.key_function)[0]
+
+
+def edit_inputs(routed: RoutedModel, prompt: str, target: str,
+                rephrases: list[str] | None = None) -> tuple[Encoded, torch.Tensor, torch.Tensor]:
+    """(the prompt + target sequence, the edited block's input for it, the edit's keys).
+
+    None of these depend on the LoRA being fitted, so they are computed once per edit, before
+    training, and a batched trainer computes them exactly as the one-at-a-time one does."""
+    encoded = routed.encode(prompt, target)  # on the model's device
+    block_input, module_input = routed.capture(encoded.input_ids)
+    prompt_mask = torch.zeros_like(encoded.input_ids)
+    prompt_mask[:, : encoded.prompt_len] = 1
+    keys = [pool_prompt(module_input, prompt_mask, routed.config.key_function)[0]]
+    keys += [routing_key(routed, text) for text in rephrases or []]
+    return encoded, block_input, torch.stack(keys)
+
+
+def fresh_adapter(routed: RoutedModel, config: TrainConfig) -> tuple[torch.Tensor, torch.Tensor, torch.optim.Optimizer]:
+    """A new LoRA (A seeded from `config.seed`, B zero, so the edit starts as the base model)
+    and its optimizer: every edit starts from the same point whatever was trained before."""
+    generator = torch.Generator().manual_seed(config.seed)
+    rank, layer = routed.config.rank, routed.layer
+    device = routed.device  # drawn on the CPU generator, then moved: the same start on any device
+    lora_a = (torch.randn(rank, layer.in_features, generator=generator) * config.init_std).to(device).requires_grad_(True)
+    lora_b = torch.zeros(layer.out_features, rank, device=device).requires_grad_(True)
+    if config.optimizer == "sgd":
+        return lora_a, lora_b, torch.optim.SGD([lora_a, lora_b], lr=config.lr)
+    return lora_a, lora_b, torch.optim.Adam([lora_a, lora_b], lr=config.lr)
+
+
+def target_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """The loss one edit minimises: cross-entropy of its target tokens (logits at their positions)."""
+    return torch.nn.functional.cross_entropy(logits, targets)
+
+
+def reached_target(loss_value: float, logits: torch.Tensor, targets: torch.Tensor, config: TrainConfig) -> bool:
+    """The early stop: the loss is under `stop_loss` and every target token is the argmax."""
+    return loss_value < config.stop_loss and bool((logits.argmax(dim=-1) == targets).all())
 
 
 def train_edit(
@@ -47,32 +87,19 @@ def train_edit(
 ) -> TrainedEdit:
     """Fit the LoRA until every target token is the argmax and the loss is under `stop_loss`."""
     started = time.perf_counter()
-    encoded = routed.encode(prompt, target)
-    block_input, module_input = routed.capture(encoded.input_ids)
-    prompt_mask = torch.zeros_like(encoded.input_ids)
-    prompt_mask[:, : encoded.prompt_len] = 1
-    keys = [pool_prompt(module_input, prompt_mask, routed.config.key_function)[0]]
-    keys += [routing_key(routed, text) for text in rephrases or []]
-
-    generator = torch.Generator().manual_seed(config.seed)
-    rank, layer = routed.config.rank, routed.layer
-    lora_a = (torch.randn(rank, layer.in_features, generator=generator) * config.init_std).requires_grad_(True)
-    lora_b = torch.zeros(layer.out_features, rank).requires_grad_(True)
-    if config.optimizer == "sgd":
-        optimizer: torch.optim.Optimizer = torch.optim.SGD([lora_a, lora_b], lr=config.lr)
-    else:
-        optimizer = torch.optim.Adam([lora_a, lora_b], lr=config.lr)
-
+    encoded, block_input, keys = edit_inputs(routed, prompt, target, rephrases)
+    lora_a, lora_b, optimizer = fresh_adapter(routed, config)
     start = encoded.prompt_len - 1
     targets = encoded.target_ids
-    steps, loss_value, converged = 0, float("inf"), False
+    steps, loss_value, converged, losses = 0, float("inf"), False, []
     replay = routed.upper_stack(block_input) if cache_lower_blocks else nullcontext()
-    with replay, layer.training_adapter(lora_a, lora_b):
+    with replay, routed.layer.training_adapter(lora_a, lora_b):
         while True:
             logits = routed.model(input_ids=encoded.input_ids, use_cache=False).logits[0, start : start + len(targets)]
-            loss = torch.nn.functional.cross_entropy(logits, targets)
+            loss = target_loss(logits, targets)
             loss_value = float(loss.detach())
-            if loss_value < config.stop_loss and bool((logits.argmax(dim=-1) == targets).all()):
+            losses.append(loss_value)
+            if reached_target(loss_value, logits, targets, config):
                 converged = True
                 break
             if steps >= config.max_steps or not math.isfinite(loss_value):
@@ -82,11 +109,12 @@ def train_edit(
             optimizer.step()
             steps += 1
     return TrainedEdit(
-        lora_a=lora_a.detach().clone(),
-        lora_b=lora_b.detach().clone(),
-        keys=torch.stack(keys),
+        lora_a=lora_a.detach().cpu().clone(),
+        lora_b=lora_b.detach().cpu().clone(),
+        keys=keys.cpu(),
         steps=steps,
         loss=loss_value,
         converged=converged,
         seconds=time.perf_counter() - started,
+        losses=losses,
     )

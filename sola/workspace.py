@@ -7,11 +7,12 @@ objects and commit the registry records. The CLI is a thin layer over this class
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -27,7 +28,8 @@ from sola.layer import EditBank, Routing
 from sola.modelio import ModelError, load_base
 from sola.routed import RoutedModel
 from sola.snapshots import snapshot_bank
-from sola.train import routing_key, train_edit
+from sola.batch_train import EditJob, train_edits
+from sola.train import TrainedEdit, routing_key, train_edit
 
 
 class EditConflict(RegistryError):
@@ -119,6 +121,27 @@ class EditOutcome:
 
 
 @dataclass
+class PlannedEdit:
+    """One edit to make and what is recorded with it: the request, who asked and why, the edits
+    it replaces, and extra provenance fields (a rebased edit's lineage). `committer` is who
+    makes the commit when it is not the edit's author (a rebase keeps the original author)."""
+
+    request: EditRequest
+    author: str
+    reason: str | None = None
+    source: str | None = None
+    supersede: list[str] = field(default_factory=list)
+    provenance: dict[str, Any] = field(default_factory=dict)
+    committer: str | None = None
+    message: str | None = None
+    op: str | None = None  # the commit's op (default add, or supersede)
+
+
+# called after each edit of a batch is committed (or found a duplicate): (its position, outcome)
+OnCommit = Callable[[int, "EditOutcome"], None]
+
+
+@dataclass
 class Generation:
     prompt: str
     text: str
@@ -160,8 +183,9 @@ class Workspace:
     for writing in `writing()` just for the commit, after checking the branch again under the lock."""
 
     def __init__(self, root: Path, registry: Registry | None = None, writable: bool = False,
-                 wait_seconds: float = 30.0) -> None:
+                 wait_seconds: float = 30.0, device: str = "cpu") -> None:
         self.root = Path(root)
+        self.device = device  # where the model runs once loaded ("cpu" or "cuda")
         self.writable = writable
         self.wait_seconds = wait_seconds
         self._registry = registry
@@ -175,7 +199,7 @@ class Workspace:
     # --- lifecycle ----------------------------------------------------------------------------
     @classmethod
     def init(cls, root: Path, model: str | None, routing: dict[str, Any], author: str,
-             training: TrainConfig | None = None) -> "Workspace":
+             training: TrainConfig | None = None, device: str = "cpu") -> "Workspace":
         """Create a registry for a base model; loading it once also warms the conversion cache.
         The settings and the target directory are checked before the model loads."""
         if (Path(root) / DATABASE).exists():
@@ -184,6 +208,7 @@ class Workspace:
         settings.setdefault("alpha", float(settings.get("rank", RoutingConfig.rank)))  # scale alpha/rank = 1
         RoutingConfig.from_dict(settings)  # ranges and types, before the model loads
         base, tokenizer, identity = load_base(model)
+        base = base.to(device)
         for name, value in routing_defaults(base).items():  # the family's studied defaults (sola.arch)
             settings.setdefault(name, value)
         config = RoutingConfig.from_dict(settings)
@@ -195,13 +220,13 @@ class Workspace:
         family = architecture_of(base)
         routing_record = dict(config.to_dict(), key_dim=routed.layer.in_features, block_path=family.block_path, family=family.name)
         registry = Registry.create(root, identity.to_dict(), routing_record, author, training.to_dict() if training is not None else None)
-        workspace = cls(root, registry, writable=True)
+        workspace = cls(root, registry, writable=True, device=device)
         workspace._routed = routed
         return workspace
 
     @classmethod
-    def open(cls, root: Path, writable: bool = False, wait_seconds: float = 30.0) -> "Workspace":
-        return cls(root, Registry.open(root, writable=False, wait_seconds=wait_seconds), writable, wait_seconds)
+    def open(cls, root: Path, writable: bool = False, wait_seconds: float = 30.0, device: str = "cpu") -> "Workspace":
+        return cls(root, Registry.open(root, writable=False, wait_seconds=wait_seconds), writable, wait_seconds, device)
 
     @property
     def registry(self) -> Registry:
@@ -242,7 +267,7 @@ class Workspace:
         if self._routed is None:
             recorded = self.base_model
             base, tokenizer, _ = load_base(recorded["spec"], expected_sha256=recorded["sha256"])
-            self._routed = RoutedModel(base, tokenizer, self.routing)
+            self._routed = RoutedModel(base.to(self.device), tokenizer, self.routing)
         return self._routed
 
     # --- snapshots -------------------------------------------------------------------------------
@@ -345,33 +370,48 @@ class Workspace:
             return duplicate
         self.release()
         trained = train_edit(routed, request.prompt, request.target, list(request.rephrases), train_config)
+        planned = PlannedEdit(request, author, reason, source, supersede_ids)
+        outcome = self._record(planned, trained, key, close, force, train_config, branch,
+                               recheck_unless=seen_head)
+        return outcome
+
+    def _record(self, planned: "PlannedEdit", trained: TrainedEdit, key: torch.Tensor, close: list[Neighbour],
+                force: bool, train_config: TrainConfig, branch: str, recheck_unless: str | None = None) -> EditOutcome:
+        """Commit one trained edit on `branch`, under the write lock.
+
+        The collision rule is applied again against the head as it is under the lock unless the
+        head is still `recheck_unless` (the one the edit was admitted against): another writer, or
+        an earlier edit of the same batch, may have committed a duplicate or a contradiction."""
         if not _finite(trained):
             raise RegistryError(f"training diverged (loss {trained.loss} at lr {train_config.lr:g}); nothing was committed: "
                                 f"try a smaller --lr")
+        request, supersede_ids = planned.request, planned.supersede
         provenance = {
             "format": "sola.edit/1",
             "prompt": request.prompt,
             "target": request.target,
             "rephrases": list(request.rephrases),
             "subject": request.subject,
-            "author": author,
-            "reason": reason,
-            "source": source,
+            "author": planned.author,
+            "reason": planned.reason,
+            "source": planned.source,
             "created_at": iso(utcnow()),
             "base_model": self.base_model,
             "routing": self.routing.to_dict(),
             "training": train_config.to_dict(),
             "result": {"steps": trained.steps, "loss": trained.loss, "converged": trained.converged, "seconds": round(trained.seconds, 4)},
+            **planned.provenance,
         }
         tensors = {"lora_A": trained.lora_a.numpy(), "lora_B": trained.lora_b.numpy(), "keys": trained.keys.numpy()}
-        message = f"add {request.prompt!r} -> {request.target!r}"
+        message = planned.message or f"add {request.prompt!r} -> {request.target!r}"
         with self.writing() as registry:
-            if registry.check_direct_write(branch).commit_id != seen_head:  # another writer committed meanwhile
+            if registry.check_direct_write(branch).commit_id != recheck_unless:
                 close, duplicate = self._admit(key, request, supersede_ids, force, branch)
                 if duplicate is not None:
                     return duplicate
             edit_id, commit = registry.store_edit(
-                tensors, provenance, [request.prompt, *request.rephrases], author, message, supersede_ids, branch
+                tensors, provenance, [request.prompt, *request.rephrases], planned.author, message,
+                supersede_ids, branch, committer=planned.committer, op=planned.op
             )
             self._advance_head_index(branch, commit, edit_id, supersede_ids)
         neighbours = [n for n in close if n.edit not in supersede_ids]
@@ -385,6 +425,125 @@ class Workspace:
             converged=trained.converged,
             seconds=trained.seconds,
         )
+
+    def edit_many(
+        self,
+        planned: list[PlannedEdit],
+        force: bool = False,
+        train_config: TrainConfig = TrainConfig(),
+        branch: str = MAIN,
+        batch: int = 1,
+        on_commit: OnCommit | None = None,
+        on_trained: Callable[[int], None] | None = None,
+    ) -> list[EditOutcome]:
+        """Make many edits, one commit each and in order, training up to `batch` at once.
+
+        The outcome is the one `edit` gives one after another: every check (validation,
+        supersede, token limits, the collision rule) runs for every edit before anything is
+        trained, so a refusal leaves nothing committed. An edit is checked against the branch
+        head *and the earlier edits of the same list*, as if those were already committed (they
+        will be, before it): a duplicate of an earlier edit is not trained and is reported as a
+        duplicate of it, a contradiction of one is refused unless `force`. Each commit then
+        applies the rule again against the real head, under the lock, so a concurrent writer's
+        commit is seen as `edit` would see it. Training failures (a diverged loss) stop at that
+        edit: the edits before it stay committed, as in a sequential run."""
+        if not self.writable:
+            raise RegistryError("registry opened read-only")
+        head = self.registry.check_direct_write(branch)
+        numbered = len(planned) > 1
+        items: list[PlannedEdit] = []
+        for line, item in enumerate(planned, start=1):
+            try:
+                request = item.request.validated()
+                check_notes(item.author, item.reason, item.source)
+                supersede = self._supersedable(item.supersede, head, branch)
+            except (RequestError, RegistryError) as error:
+                raise type(error)(f"request {line}: {error}" if numbered else str(error)) from None
+            items.append(dataclasses.replace(item, request=request, supersede=supersede))
+        self.release()
+        routed = self.model()
+        for line, item in enumerate(items, start=1):
+            try:
+                self._check_request_tokens(routed, item.request)
+            except RequestError as error:
+                raise RequestError(f"request {line}: {error}; nothing was edited" if numbered else str(error)) from None
+        keys = [routing_key(routed, item.request.prompt) for item in items]
+        duplicates = self._plan_duplicates(routed, items, keys, force, branch)
+        self.release()
+        # made alone at their turn: the planned duplicates (confirmed, or trained after all, against
+        # the real head), and with batch 1 (or a single edit) every edit, exactly as `edit` makes it
+        alone = duplicates if batch > 1 and len(items) > 1 else set(range(len(items)))
+        jobs = [EditJob(item.request.prompt, item.request.target, tuple(item.request.rephrases)) for item in items]
+        to_train = [i for i in range(len(items)) if i not in alone]
+        results: dict[int, TrainedEdit] = {}
+        outcomes: list[EditOutcome] = []
+        trained_stream = train_edits(routed, [jobs[i] for i in to_train], train_config, batch)
+        for position in range(len(items)):
+            item = items[position]
+            if position in alone:
+                outcome = self._edit_planned(item, force, train_config, branch)
+                if on_trained is not None:
+                    on_trained(position)
+            else:
+                while position not in results:
+                    finished, trained = next(trained_stream)
+                    results[to_train[finished]] = trained
+                    if on_trained is not None:
+                        on_trained(to_train[finished])
+                trained = results.pop(position)
+                outcome = self._record(item, trained, keys[position], [], force, train_config, branch)
+            outcomes.append(outcome)
+            if on_commit is not None:
+                on_commit(position, outcome)
+        return outcomes
+
+    def _edit_planned(self, item: PlannedEdit, force: bool, train_config: TrainConfig, branch: str) -> EditOutcome:
+        """One planned edit made alone: admitted against the head, trained, committed."""
+        routed = self.model()
+        key = routing_key(routed, item.request.prompt)
+        close, duplicate = self._admit(key, item.request, item.supersede, force, branch)
+        if duplicate is not None:
+            return duplicate
+        head = self.registry.branch_head(branch).commit_id
+        self.release()
+        request = item.request
+        trained = train_edit(routed, request.prompt, request.target, list(request.rephrases), train_config)
+        return self._record(item, trained, key, close, force, train_config, branch, recheck_unless=head)
+
+    def _plan_duplicates(self, routed: RoutedModel, items: list[PlannedEdit], keys: list[torch.Tensor],
+                         force: bool, branch: str) -> set[int]:
+        """The positions that the collision rule will find duplicates when their turn to commit
+        comes, checked against the head plus the earlier edits of the list that will commit (their
+        prompt and rephrase keys, as stored); a contradiction raises EditConflict before training."""
+        dim = keys[0].shape[-1] if keys else 1
+        earlier = np.zeros((0, dim), np.float32)
+        owner: list[int] = []  # earlier row -> position
+        duplicates: set[int] = set()
+        radius = self.routing.threshold
+        for position, (item, key) in enumerate(zip(items, keys)):
+            candidates = [(n.distance, n.prompt, n.target, n.edit) for n in self.neighbours(key, radius, branch=branch)]
+            if owner:
+                distances = 1.0 - earlier @ key.numpy()
+                nearest: dict[int, float] = {}
+                for row, distance in enumerate(distances.tolist()):
+                    if distance < radius:
+                        nearest[owner[row]] = min(distance, nearest.get(owner[row], 2.0))
+                candidates += [(d, items[p].request.prompt, items[p].request.target, f"request {p + 1}") for p, d in nearest.items()]
+            for distance, prompt, target, edit in sorted(candidates, key=lambda c: c[0]):
+                if distance >= self.routing.duplicate_distance or edit in item.supersede:
+                    continue
+                if same_answer(prompt, target, item.request.prompt, item.request.target):
+                    duplicates.add(position)
+                    break
+                if not force:
+                    raise EditConflict(f"request {position + 1} contradicts {'active edit ' + edit[:12] if not edit.startswith('request') else edit} "
+                                       f"({prompt!r} -> {target!r}) at distance {distance:.4f}; nothing was edited")
+            if position in duplicates:
+                continue
+            stored = [key.numpy()] + [routing_key(routed, text).numpy() for text in item.request.rephrases]
+            earlier = np.concatenate([earlier, np.stack(stored).astype(np.float32)])
+            owner += [position] * len(stored)
+        return duplicates
 
     def _supersedable(self, supersede: list[str], head: Commit, branch: str) -> list[str]:
         """The ids of the edits a new edit replaces; each must be active on the branch (checked
