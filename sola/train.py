@@ -36,7 +36,7 @@ def routing_key(routed: RoutedModel, prompt: str) -> torch.Tensor:
     """The key of a prompt: the edited module's input over the prompt tokens, pooled."""
     encoded = routed.encode(prompt)
     _, module_input = routed.capture(encoded.input_ids)
-    return pool_prompt(module_input, None, routed.config.key_function)[0]
+    return pool_prompt(module_input, None, routed.config.key_function)[0].cpu()  # compared with stored keys on the CPU
 
 
 def edit_inputs(routed: RoutedModel, prompt: str, target: str,
@@ -49,7 +49,7 @@ def edit_inputs(routed: RoutedModel, prompt: str, target: str,
     block_input, module_input = routed.capture(encoded.input_ids)
     prompt_mask = torch.zeros_like(encoded.input_ids)
     prompt_mask[:, : encoded.prompt_len] = 1
-    keys = [pool_prompt(module_input, prompt_mask, routed.config.key_function)[0]]
+    keys = [pool_prompt(module_input, prompt_mask, routed.config.key_function)[0].cpu()]
     keys += [routing_key(routed, text) for text in rephrases or []]
     return encoded, block_input, torch.stack(keys)
 

@@ -142,3 +142,14 @@ def test_a_diverged_edit_in_a_batch_stops_there_keeping_the_edits_before_it(tmp_
     adds = [c for c in json.loads(cli(root, "log", "--json").stdout) if c["op"] == "add"]
     assert [c["message"] for c in reversed(adds)] == [f"add {FILE_LINES[i]['prompt']!r} -> {FILE_LINES[i]['target_new']!r}" for i in (0, 1)]
     assert json.loads(cli(root, "verify", "--json").stdout)["ok"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_device_cuda_without_a_cuda_device_is_refused_before_anything_loads(tmp_path, tiny_dirs):
+    root = tmp_path / "reg"
+    cli(root, "init", "--model", str(tiny_dirs["llama"]), "--threshold", "0.05", "--layer", "2")
+    before = cli(root, "log", "--json").stdout
+    result = cli(root, "edit", "--prompt", "The capital of France is", "--target", "Rome", "--device", "cuda", ok=False)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.exit_code == 1 and lines == ["error: --device cuda: no CUDA device is available"]
+    assert cli(root, "log", "--json").stdout == before
