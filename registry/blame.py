@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from registry.graph import first_parents
+from registry.lineage import follow
 from registry.model import ACTIVE, TOMBSTONE, Commit
 from registry.store import Registry
 
@@ -90,6 +91,14 @@ def blame(registry: Registry, query: np.ndarray, head: Commit) -> list[dict[str,
         if edit is not None:
             entry.update(prompt=facts[edit]["prompt"], target=facts[edit]["target"])
         out.append(entry)
+    lineages: dict[str, dict[str, Any] | None] = {}
+    for entry in out:  # a rebased edit: the origin edit it was re-trained from, as the origin records it
+        edit = entry["edit"] or entry["tombstone"]
+        if edit is not None:
+            if edit not in lineages:
+                lineages[edit] = follow(registry, edit)
+            if lineages[edit] is not None:
+                entry["lineage"] = lineages[edit]
     return out
 
 

@@ -6,6 +6,7 @@ from typing import Any
 
 from registry.graph import ancestors, first_parents
 from registry.model import ACTIVE, Commit, RegistryError, iso, parse_time
+from registry.lineage import derived_from, follow
 from registry.revisions import hex_prefix, parse_revision
 from registry.routing import nearest_active
 from registry.store import Registry
@@ -78,6 +79,7 @@ def describe_edit(registry: Registry, edit_id: str, branch: str = "main") -> dic
         "keys_sha256": provenance.get("keys_sha256"),
         "provenance": provenance,
         "derived_from": provenance.get("derived_from"),
+        "lineage": follow(registry, edit_id) if provenance.get("derived_from") else None,
         "history": registry.edit_history(edit_id),
         "branches": live_branches(registry, edit_id),
         "neighbours": edit_neighbours(registry, edit_id, head) if active else [],
@@ -97,6 +99,9 @@ def audit(registry: Registry, since: str | None = None, revision: Commit | None 
     changes = registry.catalog.all_changes()
     entries = [(c.time, 0, c.seq, dict(c.to_dict(), kind="commit", edits=[e for e, _ in changes.get(c.commit_id, [])]))
                for c in commits if cutoff is None or c.time >= cutoff]
+    for _, _, _, entry in entries:  # a rebased edit names its origin (registry.lineage)
+        if entry["op"] == "rebase":
+            entry["derived_from"] = {e: derived_from(registry, e) for e in entry["edits"]}
     names = {r[0] for r in registry.catalog.refs()} if revision is None else set(registry.refs_at(revision.commit_id))
     for entry in registry.catalog.reflog():
         made = by_id.get(entry.new_commit) if entry.new_commit else None

@@ -798,4 +798,4 @@ def entry() -> None:
     main(obj={})
 
 
-from sola import cli_editsets, cli_serve  # noqa: E402,F401  (registers branch, merge, review, blame, serve, ...)
+from sola import cli_editsets, cli_rebase, cli_serve  # noqa: E402,F401  (registers branch, merge, review, blame, rebase, serve, ...)

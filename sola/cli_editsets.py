@@ -298,5 +298,14 @@ def blame(ctx: click.Context, prompt: str, branch_name: str, with_text: bool, ma
                    else f"base model (tombstone of {entry['tombstone'][:12]})" if entry["tombstone"] else "base model")
             click.echo(f"{entry['commit'][:12]}  {entry['time']}  {entry['author']:<12} {entry['op']:<11} {who}"
                        + (f"  ({entry['reason']})" if entry["reason"] else "") + (f"\n    {prompt}{entry['text']}" if "text" in entry else ""))
+            lineage = entry.get("lineage")
+            while lineage:  # rebased: where the edit came from, back to the registry it was first made in
+                origin = lineage.get("origin_edit") or {}
+                click.echo(f"    derived from edit {lineage['edit'][:12]} of {lineage.get('path')} (base {lineage['base_model'].get('name')})"
+                           + (f", made by {origin.get('author')} at {origin.get('created_at')}" if origin else ", origin not reachable"))
+                for moment in lineage.get("origin_history", []):
+                    click.echo(f"      {moment['commit'][:12]}  {moment['time']}  {moment['author']:<12} {moment['op']:<9} {moment['state']}"
+                               + (f"  ({moment['reason']})" if moment["reason"] else ""))
+                lineage = lineage.get("origin_lineage")
 
     emit(as_json, document, human)
