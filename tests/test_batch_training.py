@@ -41,6 +41,20 @@ def test_an_edit_trained_in_a_batch_follows_its_loss_curve_alone(tiny):
         assert torch.equal(together.keys, single.keys)  # keys are computed before, and apart from, training
 
 
+def test_gemma3_sliding_attention_batches_like_alone(tiny_gemma_dir):
+    """Gemma 3 picks attention kind and RoPE base per block position and masks a sliding window:
+    the right-padded batch must still give each edit its own curve."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_gemma_dir).eval()
+    routed = routed_model(model, AutoTokenizer.from_pretrained(tiny_gemma_dir))
+    alone = [train_edit(routed, j.prompt, j.target, list(j.rephrases), TRAIN) for j in JOBS]
+    batched = dict(train_edits(routed, JOBS, TRAIN, batch_size=4))
+    for index, single in enumerate(alone):
+        assert batched[index].steps == single.steps and batched[index].converged == single.converged
+        assert torch.allclose(torch.tensor(batched[index].losses), torch.tensor(single.losses), rtol=1e-4, atol=1e-5)
+
+
 def test_an_edit_is_not_influenced_by_its_batch_mates(tiny):
     _, model, tokenizer = tiny
     routed = routed_model(model, tokenizer)
