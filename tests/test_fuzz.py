@@ -287,6 +287,18 @@ CASES: list[tuple[str, list[str], str | None]] = [
     ("blame surrogate", ["blame", BAD_UTF8], "not valid UTF-8"),
     ("blame unknown branch", ["blame", P, "--branch", "nope"], "unknown revision"),
     *numeric(["blame", P], "--max-new-tokens", ["0", "-1", "4097", HUGE]),
+    # --- rebase (and --batch, --device of edit and eval) --------------------------------------
+    ("rebase no onto", ["rebase", "--into", "{fresh}"], "--onto"),
+    ("rebase no into", ["rebase", "--onto", "{missing}"], "--into"),
+    ("rebase unknown from", ["rebase", "--onto", "{missing}", "--into", "{fresh}", "--from", "nope"], "unknown revision"),
+    ("rebase onto missing model", ["rebase", "--onto", "{missing}", "--into", "{fresh}"], "model not found"),
+    ("rebase eval data missing", ["rebase", "--onto", "{missing}", "--into", "{fresh}", "--eval-data", "{missing}"], "--eval-data"),
+    ("rebase author too long", ["rebase", "--onto", "{missing}", "--into", "{fresh}", "--author", "a" * 300], "--author"),
+    ("rebase bad device", ["rebase", "--onto", "{missing}", "--into", "{fresh}", "--device", "tpu"], "--device"),
+    *numeric(["rebase", "--onto", "{missing}", "--into", "{fresh}"], "--batch", ["0", "-1", "1025", HUGE]),
+    *numeric(["rebase", "--onto", "{missing}", "--into", "{fresh}"], "--threshold", ["0", "nan", "3"]),
+    *numeric([*EDIT], "--batch", ["0", "1025", "x"]),
+    ("edit bad device", [*EDIT, "--device", "tpu"], "--device"),
     # --- audit / conflicts / verify / checkpoint / gc -----------------------------------------
     ("audit bad since", ["audit", "--since", "yesterday"], None),
     ("audit unknown rev", ["audit", "--rev", "nope"], "unknown revision"),
