@@ -66,3 +66,23 @@ def test_default_model_conversion_is_cached_and_reused(workspace):
     recorded = workspace.registry.base_model
     cached = cache_root() / "models" / recorded["sha256"]
     assert (cached / "config.json").is_file() and list(cached.glob("*.safetensors"))
+
+
+def test_counterfact_edits_trained_in_a_batch_follow_their_curves_alone(workspace):
+    """On the real model (float32, 30 blocks, prompts of different lengths) a batch of edits
+    rounds differently from single sequences: the curves must still agree and every edit stop at
+    the same step."""
+    from sola.batch_train import EditJob, train_edits
+    from sola.config import TrainConfig
+    from sola.train import train_edit
+
+    records = json.loads(DATA.read_text())[:6]
+    jobs = [EditJob(r["prompt"], r["target_new"]) for r in records]
+    routed, config = workspace.model(), TrainConfig()
+    alone = [train_edit(routed, j.prompt, j.target, config=config) for j in jobs]
+    batched = dict(train_edits(routed, jobs, config, batch_size=4))
+    for index, single in enumerate(alone):
+        together = batched[index]
+        assert together.steps == single.steps and together.converged == single.converged
+        assert torch.allclose(torch.tensor(together.losses), torch.tensor(single.losses), rtol=1e-3, atol=1e-4)
+        assert torch.allclose(together.lora_b, single.lora_b, atol=1e-3)
