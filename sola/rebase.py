@@ -107,15 +107,21 @@ def origin_edits(registry: Registry, commit: Commit) -> list[OriginEdit]:
     return sorted(edits, key=lambda e: (e.provenance.get("created_at", ""), e.edit))
 
 
-def derived_edits(registry: Registry, origin_registry: str) -> dict[str, str]:
-    """{origin edit: derived edit} for the edits of `registry` derived from `origin_registry`;
-    a registry holding any other edit is not a rebase target (RegistryError)."""
+def derived_edits(registry: Registry, origin_registry: str, origin_commit: str) -> dict[str, str]:
+    """{origin edit: derived edit} for the edits of `registry` derived from `origin_registry` at
+    `origin_commit`. A registry holding any other edit is not the rebase to resume (RegistryError):
+    one made directly, from another registry, or from another revision (the origin branch moved
+    since the interrupted run: its edits and revocations may differ)."""
     found = {}
     for edit_id in sorted({edit for _, edit in registry.catalog.key_owners(0)}):  # every edit has a key
         lineage = registry.provenance(edit_id).get("derived_from") or {}
         if lineage.get("registry") != origin_registry:
             raise RegistryError(f"{registry.root} holds edit {edit_id[:12]}, which is not derived from this registry: "
                                 f"rebase into a new directory")
+        if lineage.get("commit") != origin_commit:
+            raise RegistryError(f"{registry.root} is a rebase of commit {str(lineage.get('commit'))[:12]}, not of "
+                                f"{origin_commit[:12]}: resume it with --from {str(lineage.get('commit'))[:12]}, "
+                                f"or rebase into a new directory")
         found[lineage["edit"]] = edit_id
     return found
 
@@ -156,7 +162,7 @@ def rebase(origin_root: Path, onto: str | None, into: Path, revision: str | None
     origin.release()
     workspace, resumed = _target(Path(into), onto, dict(routing or {}), author, train, device)
     with workspace:
-        done = derived_edits(workspace.registry, origin_id) if resumed else {}
+        done = derived_edits(workspace.registry, origin_id, commit.commit_id) if resumed else {}
         report = RebaseReport(origin_info, {"path": str(Path(into).resolve()), "base_model": workspace.base_model,
                                             "routing": workspace.registry.routing, "resumed": resumed})
         reports = {e.edit: EditReport(e.edit, e.state) for e in plan}

@@ -61,7 +61,12 @@ def rebase(origin: Sola, into: Path, tiny_dirs, *args: str, ok: bool = True):
 def test_rebase_gpt2_to_llama_keeps_every_fact_with_lineage(origin, tmp_path, tiny_dirs):
     old, edits, log_before = origin
     new = Sola(tmp_path / "new")
-    report = json.loads(rebase(old, new.root, tiny_dirs, "--json").stdout)
+    probes = tmp_path / "probes.jsonl"  # unseen paraphrases and locality prompts, matched by prompt
+    probes.write_text("".join(json.dumps({"prompt": line["prompt"], "target_new": line["target_new"],
+                                          "rephrase_prompt": [f"In short, {line['prompt'].lower()}"],
+                                          "locality_prompt": "The Eiffel Tower is in", "locality_ground_truth": "Paris"}) + "\n"
+                              for line in LINES))
+    report = json.loads(rebase(old, new.root, tiny_dirs, "--eval-data", str(probes), "--json").stdout)
     assert report["count"] == 4 and report["trained"] == 4 and report["resumed"] == 0
     by_origin = {e["origin"]: e for e in report["edits"]}
     assert set(by_origin) == set(edits) and all(e["edit"] for e in by_origin.values())
@@ -71,6 +76,10 @@ def test_rebase_gpt2_to_llama_keeps_every_fact_with_lineage(origin, tmp_path, ti
     evaluation = report["evaluation"]
     assert evaluation["original"]["n_live"] == evaluation["rebased"]["n_live"] == 3
     assert evaluation["rebased"]["revoked_exact"] == 1.0 and evaluation["original"]["revoked_exact"] == 1.0
+    for side in ("original", "rebased"):
+        assert evaluation[side]["n_locality"] == evaluation[side]["n_paraphrase_unseen"] == 3
+        assert evaluation[side]["n_paraphrase_stored"] == 1
+        assert 0.0 <= evaluation[side]["locality"] <= 1.0 and 0.0 <= evaluation[side]["paraphrase_unseen"] <= 1.0
 
     # the new registry: one edit per origin edit, on llama, the revoked one revoked again
     head = new.json("show", "main")
@@ -152,6 +161,12 @@ def test_rebase_refuses_bad_targets_before_any_work(origin, tmp_path, tiny_dirs)
     other = Sola(tmp_path / "other")  # a registry on the origin's own model: not a rebase target of llama
     other("init", "--model", str(tiny_dirs["gpt2"]), "--threshold", "0.05", "--layer", "2")
     assert "rebase into a new directory" in rebase(old, other.root, tiny_dirs, ok=False).stderr
+    moved = Sola(tmp_path / "moved")  # a rebase of main, then main moves: not the same rebase to resume
+    rebase(old, moved.root, tiny_dirs, "--no-eval")
+    old("edit", "--prompt", "The capital of Spain is", "--target", "Lisbon", "--steps", "2", author="alice")
+    log = moved("log", "--json").stdout
+    assert "resume it with --from" in rebase(old, moved.root, tiny_dirs, "--no-eval", ok=False).stderr
+    assert moved("log", "--json").stdout == log
     mixed = Sola(tmp_path / "mixed")  # on llama, but holding an edit made directly
     mixed("init", "--model", str(tiny_dirs["llama"]), "--threshold", "0.05", "--layer", "2")
     mixed("edit", "--prompt", "The capital of Italy is", "--target", "Rome", "--steps", "2")
