@@ -1,4 +1,4 @@
-"""DuckDB access: one writer at a time, numbered migrations applied in order and recorded."""
+"""DuckDB access (and the migration listing both catalogs use): one writer at a time, numbered migrations applied in order and recorded."""
 
 from __future__ import annotations
 
@@ -6,11 +6,10 @@ import time
 from datetime import datetime, timezone
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Callable, Mapping
 
 import duckdb
 
-ROWS_PER_INSERT = 200
 Backfill = Callable[[duckdb.DuckDBPyConnection], None]  # data a migration needs from outside SQL (objects)
 
 
@@ -18,10 +17,11 @@ class RegistryLocked(Exception):
     """Another process holds the registry's write lock."""
 
 
-def migration_files() -> list[tuple[int, str, str]]:
-    """(version, name, sql) for every `NNNN_*.sql` shipped in the `migrations` package, in order."""
+def migration_files(package: str = "migrations") -> list[tuple[int, str, str]]:
+    """(version, name, sql) for every `NNNN_*.sql` shipped in a migrations package, in order
+    (`migrations` for DuckDB, `migrations.postgres` for the Postgres catalog)."""
     found = []
-    for entry in resources.files("migrations").iterdir():
+    for entry in resources.files(package).iterdir():
         name = entry.name
         if name.endswith(".sql") and name[:4].isdigit():
             found.append((int(name[:4]), name, entry.read_text(encoding="utf-8")))
@@ -49,15 +49,6 @@ def schema_version(connection: duckdb.DuckDBPyConnection) -> int:
     if not exists:
         return 0
     return connection.execute("SELECT coalesce(max(version), 0) FROM schema_migrations").fetchone()[0]
-
-
-def insert_rows(db: duckdb.DuckDBPyConnection, table: str, rows: list[list[Any]], columns: str | None = None) -> None:
-    """Multi-row INSERTs (DuckDB's executemany costs about a millisecond per row)."""
-    target = f"{table} ({columns})" if columns else table
-    for start in range(0, len(rows), ROWS_PER_INSERT):
-        chunk = rows[start : start + ROWS_PER_INSERT]
-        row = "(" + ", ".join("?" * len(chunk[0])) + ")"
-        db.execute(f"INSERT INTO {target} VALUES " + ", ".join([row] * len(chunk)), [value for r in chunk for value in r])
 
 
 def migrate(
@@ -91,5 +82,5 @@ def migrate(
     return applied
 
 
-def latest_version() -> int:
-    return max(version for version, _, _ in migration_files())
+def latest_version(package: str = "migrations") -> int:
+    return max(version for version, _, _ in migration_files(package))

@@ -71,8 +71,18 @@ class ObjectStore:
             write_atomically(target, data)
         return digest
 
-    def get(self, digest: str) -> bytes:
-        """The object's bytes, checked against its name (a flipped byte is never returned)."""
+    def describe(self) -> str:
+        return str(self.root)
+
+    def check_reachable(self) -> None:
+        """A local store is always reachable (a shared one checks its bucket here)."""
+
+    def size(self, path: Path) -> int:
+        return os.lstat(path).st_size
+
+    def get(self, digest: str, fresh: bool = False) -> bytes:
+        """The object's bytes, checked against its name (a flipped byte is never returned).
+        `fresh` matters only for a shared store with a local cache (registry/remote_objects.py)."""
         target = self.path(digest)
         try:
             data = target.read_bytes()

@@ -15,8 +15,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
-from registry.catalog import RefMoved
+from registry.catalog import Catalog, RefMoved
 from registry.catalog.duckdb import DuckDBCatalog, backfill_edit_sets, backfill_key_vectors, backfill_reflog_chain, registry_settings
+from registry.catalog.postgres import PostgresCatalog, PostgresLocation
 from registry.checkpoint import open_witness
 from registry.db import Backfill, RegistryLocked
 from registry.graph import ancestors, ancestors_of_all
@@ -37,6 +38,7 @@ from registry.model import (
 )
 from registry.objects import CorruptObject, ObjectStore, canonical_json, sha256_hex
 from registry.revisions import check_ref_name, hex_prefix, parse_revision
+from registry.storage import DATABASE, Storage, open_objects, read_storage, registry_exists, write_storage
 from registry.trees import TreeStore
 
 if TYPE_CHECKING:  # numpy, safetensors and FAISS are imported where used: `sola log` needs none of them
@@ -48,7 +50,6 @@ if TYPE_CHECKING:  # numpy, safetensors and FAISS are imported where used: `sola
 KEY_VECTORS_VERSION = 3  # the migration that added `key_vectors`
 EDIT_SETS_VERSION = 4  # the migration that made history a graph over trees
 REFLOG_CHAIN_VERSION = 5  # the migration that chained the ref log
-DATABASE = "registry.duckdb"
 
 
 def key_vector_blobs(tensors: dict[str, np.ndarray]) -> list[bytes]:
@@ -73,9 +74,8 @@ def load_tensors(data: bytes) -> dict[str, np.ndarray]:
     return load(data)
 
 
-def backfills(root: Path) -> dict[int, Backfill]:
+def backfills(objects: ObjectStore) -> dict[int, Backfill]:
     """Migration steps that need data from outside SQL, for `registry.db.migrate`."""
-    objects = ObjectStore(root / "objects")
     return {
         KEY_VECTORS_VERSION: lambda connection: backfill_key_vectors(connection, objects.get),
         EDIT_SETS_VERSION: lambda connection: backfill_edit_sets(connection, *registry_settings(connection)),
@@ -84,13 +84,14 @@ def backfills(root: Path) -> dict[int, Backfill]:
 
 
 class Registry:
-    """One registry directory: the catalog (`registry.duckdb`), `objects/`, and the derived `cache/`."""
+    """One registry: its catalog and objects (local files or shared backends, registry/storage.py)
+    and the derived `cache/` in its directory."""
 
-    def __init__(self, root: Path, catalog: DuckDBCatalog, writable: bool) -> None:
+    def __init__(self, root: Path, catalog: Catalog, writable: bool, objects: ObjectStore | None = None) -> None:
         self.root = root
         self.catalog = catalog
         self.writable = writable
-        self.objects = ObjectStore(root / "objects")
+        self.objects = objects if objects is not None else ObjectStore(root / "objects")
         self._configs: dict[str, Any] = {}
         self._trees: TreeStore | None = None
         self._key_owners: tuple[list[int], list[str]] = ([], [])
@@ -98,14 +99,24 @@ class Registry:
     # --- lifecycle ---------------------------------------------------------------------------
     @classmethod
     def create(cls, root: Path, base_model: dict[str, Any], routing: dict[str, Any], author: str,
-               training: dict[str, Any] | None = None) -> "Registry":
+               training: dict[str, Any] | None = None, storage: Storage = Storage()) -> "Registry":
         """`training` is the registry's default for fitting new edits; unlike `routing` it is not
-        part of any snapshot's identity (each edit records the training it actually got)."""
+        part of any snapshot's identity (each edit records the training it actually got).
+        `storage` names shared backends; both are checked before anything is written, and the
+        directory's `storage.json` is written last, once the catalog holds the init commit."""
         root = Path(root)
-        if (root / DATABASE).exists():
+        if registry_exists(root):
             raise RegistryError(f"a registry already exists at {root}")
-        root.mkdir(parents=True, exist_ok=True)
-        registry = cls(root, DuckDBCatalog.create(root / DATABASE, backfills(root)), writable=True)
+        storage.check()
+        objects = open_objects(root, storage)
+        objects.check_reachable()
+        if storage.catalog is None:
+            root.mkdir(parents=True, exist_ok=True)
+            catalog: Catalog = DuckDBCatalog.create(root / DATABASE, backfills(objects))
+        else:
+            catalog = PostgresCatalog.create(PostgresLocation.parse(storage.catalog))
+            root.mkdir(parents=True, exist_ok=True)
+        registry = cls(root, catalog, writable=True, objects=objects)
         with registry.transaction():
             registry.catalog.put_config("base_model", canonical_json(base_model).decode())
             registry.catalog.put_config("routing", canonical_json(routing).decode())
@@ -116,22 +127,48 @@ class Registry:
             registry.catalog.insert_trees(registry.trees.take_pending())
             registry.catalog.insert_commits([(commit, [])])
             registry.catalog.move_ref(MAIN, "branch", commit.commit_id, None, author, f"init: {commit.message}", commit.time)
+        if storage.shared:
+            write_storage(root, storage)
+        return registry
+
+    @classmethod
+    def join(cls, root: Path, storage: Storage) -> "Registry":
+        """A new directory (and cache) for a shared registry that already exists: checks that
+        the catalog holds a registry and the objects are reachable, then writes `storage.json`."""
+        root = Path(root)
+        if registry_exists(root):
+            raise RegistryError(f"a registry already exists at {root}")
+        if storage.catalog is None:
+            raise RegistryError("--join needs --catalog postgresql://... (a registry.duckdb is not shared between directories)")
+        storage.check()
+        objects = open_objects(root, storage)
+        objects.check_reachable()
+        catalog = PostgresCatalog.open(PostgresLocation.parse(storage.catalog), writable=False, wait_seconds=0.0)
+        registry = cls(root, catalog, writable=False, objects=objects)
+        registry.head()  # it has a main branch: a registry, not an empty schema
+        root.mkdir(parents=True, exist_ok=True)
+        write_storage(root, storage)
         return registry
 
     @classmethod
     def open(cls, root: Path, writable: bool = False, wait_seconds: float = 0.0) -> "Registry":
         root = Path(root)
-        if not (root / DATABASE).is_file():
+        if not registry_exists(root):
             raise RegistryError(f"no registry at {root} (run `sola init` first)")
+        storage = read_storage(root)
+        objects = open_objects(root, storage)
+        if storage.catalog is not None:
+            catalog: Catalog = PostgresCatalog.open(PostgresLocation.parse(storage.catalog), writable, wait_seconds)
+            return cls(root, catalog, writable, objects)
         import duckdb
 
         try:
-            catalog = DuckDBCatalog.open(root / DATABASE, writable, wait_seconds, lambda: backfills(root))
+            catalog = DuckDBCatalog.open(root / DATABASE, writable, wait_seconds, lambda: backfills(objects))
         except (duckdb.Error, UnicodeError) as error:  # not a catalog sola can read: never a traceback
             first = (str(error).splitlines() or [type(error).__name__])[0][:160]
             raise RegistryError(f"{root / DATABASE} is damaged or not a sola catalog ({first}); "
                                 f"restore it from a backup (`sola verify` checks a restored copy)") from None
-        return cls(root, catalog, writable)
+        return cls(root, catalog, writable, objects)
 
     def close(self) -> None:
         self.catalog.close()

@@ -19,9 +19,8 @@ from typing import Any
 import numpy as np
 from safetensors.numpy import load as load_safetensors
 
-from registry.db import latest_version
 from registry.keyindex import CoarseLists, nearest_lists
-from registry.objects import CorruptObject
+from registry.objects import CorruptObject, ObjectStore
 from registry import checkpoint as checkpoints_module
 from registry.model import (ABSENT, ACTIVE, MAIN, MODULUS, TOMBSTONE, Commit, RefEntry, RegistryError, commit_id_of, iso, member_term,
                             parse_time, reflog_entry_hash, tree_id_for)
@@ -51,8 +50,8 @@ def verify(registry: Registry, checkpoints: list[tuple[str, Any]] = (), public_k
     `public_key` that each is signed by that key, and with `witness` that it extends every
     checkpoint of this registry in that witness file."""
     report = Report()
-    if registry.catalog.schema_version() != latest_version():
-        report.problems.append(f"schema version {registry.catalog.schema_version()} != {latest_version()}")
+    if registry.catalog.schema_version() != registry.catalog.latest_version():
+        report.problems.append(f"schema version {registry.catalog.schema_version()} != {registry.catalog.latest_version()}")
     keys_by_id: dict[int, np.ndarray] = {}
     stored_keys: dict[int, bytes] = dict(registry.catalog.scan("key_vectors")[1])
     referenced = _check_edits(registry, report, keys_by_id, stored_keys)
@@ -98,7 +97,7 @@ def garbage(registry: Registry, referenced: set[str] | None = None) -> dict[str,
         if kind == "object" and name in referenced:
             continue
         try:
-            size = os.lstat(path).st_size
+            size = registry.objects.size(path)
         except FileNotFoundError:
             continue
         if kind == "object":
@@ -117,6 +116,9 @@ def collect_garbage(registry: Registry, remove: bool = True) -> dict[str, Any]:
     directory) are touched; symbolic links and anything else are left alone."""
     if not registry.writable:
         raise RegistryError("gc needs the registry opened for writing (the write lock)")
+    if remove and not isinstance(registry.objects, ObjectStore):
+        raise RegistryError(f"gc removes files from a local objects/ only; {registry.objects.describe()} is shared "
+                            f"(expire unreferenced objects there with the bucket's own lifecycle rules, using `sola gc --dry-run --json`)")
     found = garbage(registry)
     removed = 0
     if remove:
@@ -160,7 +162,7 @@ def _check_edits(registry: Registry, report: Report, keys_by_id: dict[int, np.nd
         count += 1
         referenced.update({edit_id, row["tensors_sha256"]})
         try:
-            document = registry.objects.get_json(edit_id)
+            document = json.loads(registry.objects.get(edit_id, fresh=True))
         except (CorruptObject, json.JSONDecodeError) as error:
             report.problems.append(f"edit {short}: provenance {error}")
             continue
@@ -176,7 +178,7 @@ def _check_edits(registry: Registry, report: Report, keys_by_id: dict[int, np.nd
         if row["n_keys"] != len(prompts) or [(o, p) for _, o, p in keys] != list(enumerate(prompts)):
             report.problems.append(f"edit {short}: key rows do not match its provenance")
         try:
-            tensors = load_safetensors(registry.objects.get(row["tensors_sha256"]))
+            tensors = load_safetensors(registry.objects.get(row["tensors_sha256"], fresh=True))
         except CorruptObject as error:
             report.problems.append(f"edit {short}: tensors {error}")
             continue

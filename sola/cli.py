@@ -23,6 +23,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from registry.db import RegistryLocked
 from registry.objects import CorruptObject
+from registry.storage import registry_exists
 from registry.store import Registry, RegistryError
 from sola.config import (DEFAULT_BATCH, DEVICES, MAX_BATCH, MAX_LAYER, MAX_LR, MAX_RADIUS_RATIO, MAX_RANK, MAX_STEPS, MAX_STOP_LOSS,
                          TrainConfig, default_author, resolve_device)
@@ -254,21 +255,45 @@ def main(ctx: click.Context, registry: str, witness: Path | None = None) -> None
                    "delete: the keys leave routing, so a neighbouring edit may answer those inputs.")
 @training_options
 @click.option("--author", default=None, help="Who creates the registry (default: $SOLA_AUTHOR or the login name).")
+@click.option("--catalog", default=None, metavar="URL",
+              help="A shared catalog: postgresql://USER@HOST:PORT/DB[?schema=S] (default: registry.duckdb in the directory).")
+@click.option("--objects", default=None, metavar="URL",
+              help="Shared objects: s3://BUCKET/PREFIX[?endpoint_url=URL] (default: objects/ in the directory).")
+@click.option("--join", is_flag=True, help="Point this directory at an existing shared registry (--catalog) instead of creating one.")
 @json_option
 @click.pass_context
 def init(ctx: click.Context, model: str | None, layer: int | None, module: str | None, rank: int | None,
          threshold: float | None, radius_ratio: float | None, key_function: str | None, revoke_mode: str | None,
-         steps: int | None, lr: float | None, stop_loss: float | None, author: str | None, as_json: bool) -> None:
-    """Create a registry on a base model (the bundled SmolLM2-135M-Instruct by default)."""
+         steps: int | None, lr: float | None, stop_loss: float | None, author: str | None, catalog: str | None,
+         objects: str | None, join: bool, as_json: bool) -> None:
+    """Create a registry on a base model (the bundled SmolLM2-135M-Instruct by default), in the
+    directory or on shared backends (docs/scaling.md); `--join` attaches a directory to one."""
+    from registry.storage import Storage
     from sola.workspace import Workspace
 
     with failures():
+        storage = Storage(catalog, objects).check()
+        if join:
+            chosen = [name for name, value in (("--model", model), ("--layer", layer), ("--module", module), ("--rank", rank),
+                                               ("--threshold", threshold), ("--radius-ratio", radius_ratio),
+                                               ("--key-function", key_function), ("--revoke-mode", revoke_mode), ("--steps", steps),
+                                               ("--lr", lr), ("--stop-loss", stop_loss)) if value is not None]
+            if chosen:
+                raise RequestError(f"--join attaches to a registry that has its settings; {chosen[0]} cannot change them")
+            with Registry.join(registry_path(ctx), storage) as registry:
+                head = registry.head()
+                document = {"registry": str(registry_path(ctx)), "joined": True, "catalog": catalog, "objects": objects,
+                            "base_model": registry.base_model, "commit": head.commit_id}
+            emit(as_json, document, lambda: click.echo(
+                f"joined {document['registry']} to the registry on {document['base_model']['name']} at {catalog} "
+                f"(main at {head.commit_id[:12]})"))
+            return
         check_notes(author, None)
         routing = {k: v for k, v in {"layer": layer, "module": module, "rank": rank, "threshold": threshold,
                                       "radius_ratio": radius_ratio, "key_function": key_function,
                                       "revoke_mode": revoke_mode}.items() if v is not None}
         training = TrainConfig.resolve({}, max_steps=steps, lr=lr, stop_loss=stop_loss)
-        workspace = Workspace.init(registry_path(ctx), model, routing, author or default_author(), training)
+        workspace = Workspace.init(registry_path(ctx), model, routing, author or default_author(), training, storage=storage)
         with workspace:
             head = workspace.registry.head()
             document = {"registry": str(registry_path(ctx)), "base_model": workspace.registry.base_model,
@@ -760,7 +785,7 @@ def eval_command(ctx: click.Context, data: Path, limit: int, threshold: float | 
         routing: dict[str, Any] = {}
         training: dict[str, Any] = {}
         spec = model
-        if (registry_path(ctx) / "registry.duckdb").exists():
+        if registry_exists(registry_path(ctx)):
             with open_registry(ctx) as registry:
                 routing = RoutingConfig.from_record(registry.routing).to_dict()
                 training = registry.training

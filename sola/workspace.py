@@ -20,7 +20,8 @@ import torch
 from registry.keyindex import FaissKeySearch
 from registry.model import MAIN
 from registry.routing import nearest_active, same_answer
-from registry.store import DATABASE, Commit, Registry, RegistryError, iso, utcnow
+from registry.storage import Storage, registry_exists
+from registry.store import Commit, Registry, RegistryError, iso, utcnow
 from sola.arch import architecture_of, context_length as model_context, decoder_blocks, routing_defaults
 from sola.config import RoutingConfig, TrainConfig, default_author
 from sola.data import EditRequest, RequestError, check_notes, check_text
@@ -199,11 +200,12 @@ class Workspace:
     # --- lifecycle ----------------------------------------------------------------------------
     @classmethod
     def init(cls, root: Path, model: str | None, routing: dict[str, Any], author: str,
-             training: TrainConfig | None = None, device: str = "cpu") -> "Workspace":
+             training: TrainConfig | None = None, device: str = "cpu", storage: Storage = Storage()) -> "Workspace":
         """Create a registry for a base model; loading it once also warms the conversion cache.
-        The settings and the target directory are checked before the model loads."""
-        if (Path(root) / DATABASE).exists():
+        The settings, the target directory and the storage URLs are checked before the model loads."""
+        if registry_exists(root):
             raise RegistryError(f"a registry already exists at {root}")
+        storage.check()
         settings = dict(routing)
         settings.setdefault("alpha", float(settings.get("rank", RoutingConfig.rank)))  # scale alpha/rank = 1
         RoutingConfig.from_dict(settings)  # ranges and types, before the model loads
@@ -219,7 +221,8 @@ class Workspace:
             raise ModelError(f"--module {config.module}: {error}") from None
         family = architecture_of(base)
         routing_record = dict(config.to_dict(), key_dim=routed.layer.in_features, block_path=family.block_path, family=family.name)
-        registry = Registry.create(root, identity.to_dict(), routing_record, author, training.to_dict() if training is not None else None)
+        registry = Registry.create(root, identity.to_dict(), routing_record, author, training.to_dict() if training is not None else None,
+                                   storage)
         workspace = cls(root, registry, writable=True, device=device)
         workspace._routed = routed
         return workspace

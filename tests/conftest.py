@@ -95,3 +95,42 @@ def tiny(request: pytest.FixtureRequest, tiny_dirs: dict[str, Path]):
 def fixed_author(monkeypatch: pytest.MonkeyPatch) -> None:
     """Commits made by tests carry a known author."""
     monkeypatch.setenv("SOLA_AUTHOR", "tester")
+
+
+# --- shared-registry backends (tests/servers.py): a real PostgreSQL and an S3 endpoint ------------
+@pytest.fixture(scope="session")
+def postgres_server():
+    from servers import start_postgres, stop_postgres
+
+    server = start_postgres()
+    yield server
+    stop_postgres(server)
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    import os
+
+    from servers import S3_CREDENTIALS, start_s3, stop_s3
+
+    saved = {name: os.environ.get(name) for name in S3_CREDENTIALS}
+    os.environ.update(S3_CREDENTIALS)  # what s3fs reads, in this process and the CLI processes it starts
+    server = start_s3()
+    yield server
+    stop_s3(server)
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
+@pytest.fixture(params=["local", "postgres+s3"])
+def storage(request: pytest.FixtureRequest):
+    """Where a test's registry lives: the local directory, or a fresh Postgres schema plus a fresh
+    S3 bucket (the registry test suite runs against both through this fixture)."""
+    from registry.storage import Storage
+
+    if request.param == "local":
+        return Storage()
+    return Storage(request.getfixturevalue("postgres_server").url(), request.getfixturevalue("s3_server").url())

@@ -116,7 +116,13 @@ class PreviousRelease:
 
 
 def raw_sql(registry, statement: str, params: list | None = None) -> list[tuple]:
-    """What anyone with write access to `registry.duckdb` can do behind sola's back (tamper tests)."""
+    """What anyone with write access to the catalog (`registry.duckdb`, or the Postgres schema)
+    can do behind sola's back (tamper tests). `?` placeholders on both."""
+    from registry.catalog.postgres import PostgresCatalog
+
+    if isinstance(registry.catalog, PostgresCatalog):
+        cursor = registry.catalog.db.execute(statement.replace("?", "%s"), params or [])
+        return cursor.fetchall() if cursor.description else []
     return registry.catalog.db.execute(statement, params or []).fetchall()
 
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from registry.storage import Storage
 from registry.store import Registry, iso, utcnow
 
 ROUTING = {"layer": 1, "module": "mlp.up_proj", "rank": 2, "alpha": 2.0, "threshold": 0.1, "key_function": "mean",
@@ -13,8 +14,8 @@ ROUTING = {"layer": 1, "module": "mlp.up_proj", "rank": 2, "alpha": 2.0, "thresh
 BASE = {"spec": "tiny", "name": "tiny", "sha256": "ab" * 32}
 
 
-def new_registry(root: Path) -> Registry:
-    return Registry.create(root, BASE, ROUTING, "tester")
+def new_registry(root: Path, storage: Storage = Storage(), **routing) -> Registry:
+    return Registry.create(root, BASE, dict(ROUTING, **routing), "tester", storage=storage)
 
 
 def unit_key(seed: int) -> np.ndarray:

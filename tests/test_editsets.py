@@ -32,8 +32,9 @@ def near(key: np.ndarray, distance: float, seed: int = 99) -> np.ndarray:
 
 
 @pytest.fixture
-def registry(tmp_path) -> Registry:
-    return new_registry(tmp_path / "r")
+def registry(tmp_path, storage) -> Registry:
+    """A fresh registry, once local and once on Postgres + S3 (conftest `storage`)."""
+    return new_registry(tmp_path / "r", storage)
 
 
 def branch_from_main(registry: Registry, name: str) -> None:

@@ -2,9 +2,9 @@
 
 `Catalog` is what the store needs from a database: short transactions, append-only writes of
 edits, keys, trees, commits and governance records, compare-and-swap ref moves with a hash-chained ref log,
-and the reads the views need. `DuckDBCatalog` (one file, one writer) is its only member today;
-a Postgres catalog for shared registries is meant to be a sibling, so no SQL lives outside
-`registry/catalog/`.
+and the reads the views need. Two members share their queries (`sql.py`): `DuckDBCatalog` (one
+file, one writer at a time; `duckdb.py`) and `PostgresCatalog` (a shared registry written from
+many hosts; `postgres.py`). No SQL lives outside `registry/catalog/`.
 
 States cross this interface as Python values: 'active', 'tombstone', or None (absent).
 """
@@ -25,6 +25,7 @@ class Catalog(Protocol):
     def close(self) -> None: ...
     def transaction(self) -> AbstractContextManager[None]: ...
     def schema_version(self) -> int: ...
+    def latest_version(self) -> int: ...
 
     # --- configuration ---------------------------------------------------------------------------
     def config(self, name: str) -> str | None: ...
