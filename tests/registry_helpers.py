@@ -34,3 +34,20 @@ def add_edit(registry: Registry, prompt: str, target: str = "x", seed: int = 0, 
                   "created_at": iso(utcnow())}
     edit_id, _ = registry.store_edit(tensors, provenance, [prompt], author, f"add {prompt}", supersede, branch)
     return edit_id
+
+
+def stored_bytes(registry: Registry, digest: str) -> bytes:
+    """An object's bytes as its store holds them (a local file, or the S3 object itself)."""
+    path = registry.objects.path(digest)
+    return path.read_bytes() if isinstance(path, Path) else registry.objects.fs.cat_file(path)
+
+
+def replace_stored(registry: Registry, digest: str, data: bytes | None) -> None:
+    """Tamper with an object where it is stored, behind sola's back (None deletes it)."""
+    path = registry.objects.path(digest)
+    if isinstance(path, Path):
+        path.unlink() if data is None else path.write_bytes(data)
+    elif data is None:
+        registry.objects.fs.rm(path)
+    else:
+        registry.objects.fs.pipe_file(path, data)

@@ -13,21 +13,21 @@ from registry.inspect import revoked_report
 from registry.store import CorruptObject, Registry, RegistryError, iso, utcnow
 from registry.verify import verify
 from previous_release import PreviousRelease, raw_sql
-from registry_helpers import BASE, ROUTING, add_edit, new_registry
+from registry_helpers import BASE, ROUTING, add_edit, new_registry, replace_stored, stored_bytes
 
 
-def test_edit_id_is_the_sha256_of_its_provenance_bytes(tmp_path):
+def test_edit_id_is_the_sha256_of_its_provenance_bytes(tmp_path, storage):
     import hashlib
 
-    registry = new_registry(tmp_path / "r")
+    registry = new_registry(tmp_path / "r", storage)
     edit = add_edit(registry, "p1")
-    assert hashlib.sha256(registry.objects.path(edit).read_bytes()).hexdigest() == edit
+    assert hashlib.sha256(stored_bytes(registry, edit)).hexdigest() == edit
     tensors_sha = registry.edit_row(edit)["tensors_sha256"]
-    assert hashlib.sha256(registry.objects.path(tensors_sha).read_bytes()).hexdigest() == tensors_sha
+    assert hashlib.sha256(stored_bytes(registry, tensors_sha)).hexdigest() == tensors_sha
 
 
-def test_same_active_set_gives_the_same_tree_id(tmp_path):
-    registry = new_registry(tmp_path / "r")
+def test_same_active_set_gives_the_same_tree_id(tmp_path, storage):
+    registry = new_registry(tmp_path / "r", storage)
     a = add_edit(registry, "a", seed=1)
     after_a = registry.head()
     b = add_edit(registry, "b", seed=2)
@@ -38,8 +38,8 @@ def test_same_active_set_gives_the_same_tree_id(tmp_path):
     assert registry.active_edit_ids(after_revoke) == [a]
 
 
-def test_tombstones_give_a_revoke_its_own_tree_and_a_restore_the_tree_before_it(tmp_path):
-    registry = Registry.create(tmp_path / "r", BASE, dict(ROUTING, revoke_mode="tombstone"), "tester")
+def test_tombstones_give_a_revoke_its_own_tree_and_a_restore_the_tree_before_it(tmp_path, storage):
+    registry = new_registry(tmp_path / "r", storage, revoke_mode="tombstone")
     a = add_edit(registry, "a", seed=1)
     after_a = registry.head()
     b = add_edit(registry, "b", seed=2)
@@ -55,10 +55,10 @@ def test_tombstones_give_a_revoke_its_own_tree_and_a_restore_the_tree_before_it(
     assert verify(registry).ok, verify(registry).problems
 
 
-def test_a_superseded_edit_leaves_no_tombstone(tmp_path):
+def test_a_superseded_edit_leaves_no_tombstone(tmp_path, storage):
     import numpy as np
 
-    registry = Registry.create(tmp_path / "r", BASE, dict(ROUTING, revoke_mode="tombstone"), "tester")
+    registry = new_registry(tmp_path / "r", storage, revoke_mode="tombstone")
     old = add_edit(registry, "a", seed=1)
     tensors = {"lora_A": np.ones((2, 8), np.float32), "lora_B": np.ones((16, 2), np.float32),
                "keys": np.eye(8, dtype=np.float32)[:1]}
@@ -70,8 +70,8 @@ def test_a_superseded_edit_leaves_no_tombstone(tmp_path):
     assert verify(registry).ok
 
 
-def test_revisions_resolve_by_ref_prefix_and_ancestry(tmp_path):
-    registry = new_registry(tmp_path / "r")
+def test_revisions_resolve_by_ref_prefix_and_ancestry(tmp_path, storage):
+    registry = new_registry(tmp_path / "r", storage)
     add_edit(registry, "a", seed=1)
     add_edit(registry, "b", seed=2)
     head = registry.head()
@@ -84,8 +84,8 @@ def test_revisions_resolve_by_ref_prefix_and_ancestry(tmp_path):
         registry.resolve("main~3")
 
 
-def test_point_in_time_resolves_to_what_main_pointed_at(tmp_path):
-    registry = new_registry(tmp_path / "r")
+def test_point_in_time_resolves_to_what_main_pointed_at(tmp_path, storage):
+    registry = new_registry(tmp_path / "r", storage)
     first = add_edit(registry, "a", seed=1)
     between = registry.head()
     time.sleep(0.01)
@@ -97,8 +97,8 @@ def test_point_in_time_resolves_to_what_main_pointed_at(tmp_path):
         registry.resolve(at="2000-01-01T00:00:00Z")
 
 
-def test_tags_are_immutable(tmp_path):
-    registry = new_registry(tmp_path / "r")
+def test_tags_are_immutable(tmp_path, storage):
+    registry = new_registry(tmp_path / "r", storage)
     add_edit(registry, "a")
     registry.tag("v1", registry.head(), "tester")
     add_edit(registry, "b", seed=3)
@@ -107,8 +107,8 @@ def test_tags_are_immutable(tmp_path):
     assert registry.resolve("v1").seq == 1
 
 
-def test_diff_lists_added_and_removed_edits(tmp_path):
-    registry = new_registry(tmp_path / "r")
+def test_diff_lists_added_and_removed_edits(tmp_path, storage):
+    registry = new_registry(tmp_path / "r", storage)
     a = add_edit(registry, "a", seed=1)
     b = add_edit(registry, "b", seed=2)
     registry.set_active(a, False, "tester", "obsolete")
@@ -116,8 +116,8 @@ def test_diff_lists_added_and_removed_edits(tmp_path):
     assert changes == {"added": [b], "removed": [a]}
 
 
-def test_revoke_twice_and_restore_active_are_refused(tmp_path):
-    registry = new_registry(tmp_path / "r")
+def test_revoke_twice_and_restore_active_are_refused(tmp_path, storage):
+    registry = new_registry(tmp_path / "r", storage)
     a = add_edit(registry, "a")
     registry.set_active(a, False, "tester", "r1")
     with pytest.raises(RegistryError, match="already revoked"):
@@ -127,8 +127,8 @@ def test_revoke_twice_and_restore_active_are_refused(tmp_path):
         registry.set_active(a, True, "tester", "again")
 
 
-def test_revoked_report_names_who_when_why_and_live_span(tmp_path):
-    registry = new_registry(tmp_path / "r")
+def test_revoked_report_names_who_when_why_and_live_span(tmp_path, storage):
+    registry = new_registry(tmp_path / "r", storage)
     a = add_edit(registry, "a")
     registry.set_active(a, False, "auditor", "false fact")
     [item] = revoked_report(registry)
@@ -137,10 +137,10 @@ def test_revoked_report_names_who_when_why_and_live_span(tmp_path):
     assert len(item["live"]) == 1 and item["live"][0]["until"] == item["revoked_at"]
 
 
-def test_key_search_cache_is_rebuilt_after_deletion(tmp_path):
+def test_key_search_cache_is_rebuilt_after_deletion(tmp_path, storage):
     import shutil
 
-    registry = new_registry(tmp_path / "r")
+    registry = new_registry(tmp_path / "r", storage)
     a = add_edit(registry, "a", seed=1)
     search, key_edit = registry.key_search(registry.head())
     key = registry.edit_tensors(a)["keys"]
@@ -150,8 +150,8 @@ def test_key_search_cache_is_rebuilt_after_deletion(tmp_path):
     assert rebuilt_edit[int(ids[0])] == a and sims[0] == pytest.approx(1.0, abs=1e-6)
 
 
-def test_verify_passes_on_a_healthy_registry(tmp_path):
-    registry = new_registry(tmp_path / "r")
+def test_verify_passes_on_a_healthy_registry(tmp_path, storage):
+    registry = new_registry(tmp_path / "r", storage)
     a = add_edit(registry, "a", seed=1)
     add_edit(registry, "b", seed=2)
     registry.set_active(a, False, "tester", "x")
@@ -160,29 +160,31 @@ def test_verify_passes_on_a_healthy_registry(tmp_path):
     assert report.ok, report.problems
 
 
-def test_verify_detects_a_flipped_byte_in_an_object(tmp_path):
-    registry = new_registry(tmp_path / "r")
+def test_verify_detects_a_flipped_byte_in_an_object(tmp_path, storage):
+    registry = new_registry(tmp_path / "r", storage)
     a = add_edit(registry, "a")
-    path = registry.objects.path(registry.edit_row(a)["tensors_sha256"])
-    data = bytearray(path.read_bytes())
+    digest = registry.edit_row(a)["tensors_sha256"]
+    registry.edit_lora(a)  # read once: a shared store now holds it in the local cache, which verify must not trust
+    data = bytearray(stored_bytes(registry, digest))
     data[-1] ^= 0x01
-    path.write_bytes(bytes(data))
+    replace_stored(registry, digest, bytes(data))
     report = verify(registry)
     assert not report.ok and any("corrupted" in p for p in report.problems)
 
 
-def test_verify_detects_an_edited_commit_row(tmp_path):
-    registry = new_registry(tmp_path / "r")
+def test_verify_detects_an_edited_commit_row(tmp_path, storage):
+    registry = new_registry(tmp_path / "r", storage)
     add_edit(registry, "a")
     raw_sql(registry, "UPDATE commits SET author = 'mallory' WHERE op = 'add'")
     report = verify(registry)
     assert any("does not hash to its id" in p for p in report.problems)
 
 
-def test_verify_detects_a_deleted_object(tmp_path):
-    registry = new_registry(tmp_path / "r")
+def test_verify_detects_a_deleted_object(tmp_path, storage):
+    registry = new_registry(tmp_path / "r", storage)
     a = add_edit(registry, "a")
-    registry.objects.path(a).unlink()
+    registry.provenance(a)  # cached locally for a shared store; verify must still see it gone
+    replace_stored(registry, a, None)
     report = verify(registry)
     assert any("missing" in p for p in report.problems)
 
