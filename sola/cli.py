@@ -823,4 +823,4 @@ def entry() -> None:
     main(obj={})
 
 
-from sola import cli_editsets, cli_rebase, cli_serve  # noqa: E402,F401  (registers branch, merge, review, blame, rebase, serve, ...)
+from sola import cli_editsets, cli_rebase, cli_serve, cli_storage  # noqa: E402,F401  (registers branch, merge, review, blame, rebase, serve, migrate-storage, ...)

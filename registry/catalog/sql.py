@@ -374,6 +374,16 @@ class SQLCatalog:
         return [Review(*r) for r in self._execute(
             "SELECT id, source, source_commit, target, author, verdict, reason, time FROM reviews ORDER BY id").fetchall()]
 
+    def insert_scanned(self, table: str, columns: list[str], rows: list[tuple]) -> int:
+        """Rows exactly as another catalog's `scan` returned them (`sola migrate-storage`),
+        in that order; an engine's own ordering column (`rowid`) is left to this engine."""
+        if table not in TABLES:
+            raise ValueError(f"unknown table {table!r}")
+        keep = [i for i, c in enumerate(columns) if c != "rowid"]
+        if rows:
+            self._insert(table, [[row[i] for i in keep] for row in rows], ", ".join(columns[i] for i in keep))
+        return len(rows)
+
     # --- read-only views for `sola snapshot --where` and integrity -------------------------------
     def scan(self, table: str) -> tuple[list[str], list[tuple]]:
         """Every row of a table, for `sola verify` (which must see what is stored, not what the API returns)."""
