@@ -93,6 +93,17 @@ class ObjectStore:
             raise CorruptObject(f"object {digest[:12]} is corrupted (content hash mismatch; restore it from a backup)")
         return data
 
+    def get_many(self, digests: list[str], fresh: bool = False) -> dict[str, bytes | CorruptObject]:
+        """Each digest's checked bytes, or the CorruptObject `get` would raise for it (a shared
+        store fetches them concurrently; here they are read one by one)."""
+        out: dict[str, bytes | CorruptObject] = {}
+        for digest in dict.fromkeys(digests):
+            try:
+                out[digest] = self.get(digest)
+            except CorruptObject as error:
+                out[digest] = error
+        return out
+
     def get_json(self, digest: str) -> Any:
         return json.loads(self.get(digest))
 

@@ -101,6 +101,32 @@ class RemoteObjectStore:
         write_atomically(self.cache.path(digest), data)
         return data
 
+    def get_many(self, digests: list[str], fresh: bool = False) -> dict[str, bytes | CorruptObject]:
+        """Many objects at once (S3 GETs run concurrently): each digest maps to its checked bytes
+        or to the CorruptObject that `get` would raise for it."""
+        out: dict[str, bytes | CorruptObject] = {}
+        wanted = []
+        for digest in dict.fromkeys(digests):
+            if not fresh and self.cache.exists(digest):
+                try:
+                    out[digest] = self.cache.get(digest)
+                    continue
+                except CorruptObject:
+                    pass
+            wanted.append(digest)
+        fetched = self.fs.cat([self.path(d) for d in wanted], on_error="return") if wanted else {}
+        for digest in wanted:
+            data = fetched.get(self.path(digest))
+            if not isinstance(data, bytes):
+                out[digest] = CorruptObject(f"object {digest[:12]} is missing from {self.describe()} (restore it from a backup; "
+                                            f"`sola verify` lists every damaged edit)")
+            elif sha256_hex(data) != digest:
+                out[digest] = CorruptObject(f"object {digest[:12]} in {self.describe()} is corrupted (content hash mismatch; "
+                                            f"restore it from a backup)")
+            else:
+                out[digest] = data
+        return out
+
     def get_json(self, digest: str) -> Any:
         return json.loads(self.get(digest))
 
