@@ -34,6 +34,8 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response, Streami
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from registry.model import RegistryError
+from registry.storage import read_storage
+from registry.store import Registry
 from registry.revisions import parse_revision
 from sola.arch import context_length
 from sola.config import RoutingConfig
@@ -158,7 +160,9 @@ class Metrics:
 class RefWatcher:
     """The registry's refs as of the last poll, and the followed branch's snapshot built as soon
     as its head moves. A poll stats the catalog's files (microseconds) and opens the catalog for
-    a short read only when they changed: every commit writes to them."""
+    a short read only when they changed: every commit writes to them. A shared (Postgres)
+    catalog has no files here: a poll asks it for its newest ref log id (one index lookup on a
+    connection the watcher keeps; its readers block no writer), and every ref move adds one."""
 
     def __init__(self, cache: SnapshotCache, follow: str) -> None:
         self.cache = cache
@@ -167,6 +171,8 @@ class RefWatcher:
         self.version = 0
         self.error: str | None = None
         self._signature: tuple | None = None
+        self._shared = read_storage(cache.root).catalog is not None
+        self._probe: Registry | None = None  # the kept connection of a shared catalog
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="sola-ref-watcher", daemon=True)
 
@@ -176,8 +182,22 @@ class RefWatcher:
 
     def stop(self) -> None:
         self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+        if self._probe is not None:
+            self._probe.close()
+            self._probe = None
 
     def signature(self) -> tuple:
+        if self._shared:
+            if self._probe is None:
+                self._probe = Registry.open(self.cache.root)
+            try:
+                return ("reflog", self._probe.catalog.last_reflog_id())
+            except Exception:
+                self._probe.close()  # a broken connection is reopened on the next poll
+                self._probe = None
+                raise
         found = []
         for name in ("registry.duckdb", "registry.duckdb.wal"):
             try:

@@ -347,6 +347,10 @@ class SQLCatalog:
         count = self._execute("SELECT count(*) FROM reflog").fetchone()[0]
         return count, self._reflog_tail()[1]
 
+    def last_reflog_id(self) -> int | None:
+        """The newest ref log entry's id: it changes with every ref move (a cheap change token)."""
+        return self._execute("SELECT max(id) FROM reflog").fetchone()[0]
+
     def ref_time(self, name: str, commit_id: str) -> datetime | None:
         row = self._execute("SELECT min(time) FROM reflog WHERE ref = ? AND new_commit = ?", [name, commit_id]).fetchone()
         return row[0] if row else None
