@@ -23,6 +23,7 @@ from registry.catalog.duckdb import DuckDBCatalog
 from registry.catalog.postgres import PostgresCatalog, PostgresLocation
 from registry.catalog.sql import TABLES
 from registry.model import RegistryError
+from registry.objects import fetched_bytes
 from registry.storage import DATABASE, Storage, open_objects, registry_exists, write_storage
 from registry.store import Registry, backfills
 from registry.verify import referenced_objects, verify
@@ -38,21 +39,27 @@ def _summary(registry: Registry) -> dict[str, Any]:
             "reflog": (count, head)}
 
 
+_OBJECT_CHUNK = 64
+
+
 def _copy(source: Registry, catalog: Any, objects: Any, progress: Progress | None) -> tuple[int, list[str], int]:
     """Every referenced object (checked on both sides), then every row in one transaction."""
     if catalog.latest_version() != source.catalog.schema_version():
         raise RegistryError(f"schema versions differ (source {source.catalog.schema_version()}, target {catalog.latest_version()})")
     names = sorted(referenced_objects(source))
     copied = 0
-    for done, digest in enumerate(names):
-        data = source.objects.get(digest, fresh=True)  # checked against its name
-        if not objects.exists(digest):
-            objects.put(data)
-            copied += len(data)
-        if objects.get(digest, fresh=True) != data:
-            raise RegistryError(f"object {digest[:12]} does not read back from {objects.describe()} as written")
+    for start in range(0, len(names), _OBJECT_CHUNK):  # a chunk at a time: concurrent GETs and PUTs on S3
+        chunk = names[start : start + _OBJECT_CHUNK]
+        found = source.objects.get_many(chunk, fresh=True)  # each checked against its name
+        blobs = [fetched_bytes(found[d]) for d in chunk]
+        objects.put_many(blobs)
+        copied += sum(len(b) for b in blobs)
+        back = objects.get_many(chunk, fresh=True)
+        for digest, data in zip(chunk, blobs):
+            if back[digest] != data:
+                raise RegistryError(f"object {digest[:12]} does not read back from {objects.describe()} as written")
         if progress:
-            progress("objects", done + 1, len(names))
+            progress("objects", start + len(chunk), len(names))
     rows = 0
     with catalog.transaction():
         for step, table in enumerate(TABLES):

@@ -18,6 +18,13 @@ class CorruptObject(Exception):
     """An object's bytes no longer hash to its name, or it is missing."""
 
 
+def fetched_bytes(found: "bytes | CorruptObject") -> bytes:
+    """The bytes of one `get_many` result, raising the CorruptObject it holds instead."""
+    if isinstance(found, CorruptObject):
+        raise found
+    return found
+
+
 TEMPORARY_PREFIX = ".tmp-"  # what `write_atomically` names a file until it is renamed into place
 _HEX = frozenset("0123456789abcdef")
 
@@ -92,6 +99,9 @@ class ObjectStore:
         if sha256_hex(data) != digest:
             raise CorruptObject(f"object {digest[:12]} is corrupted (content hash mismatch; restore it from a backup)")
         return data
+
+    def put_many(self, blobs: list[bytes]) -> list[str]:
+        return [self.put(data) for data in blobs]
 
     def get_many(self, digests: list[str], fresh: bool = False) -> dict[str, bytes | CorruptObject]:
         """Each digest's checked bytes, or the CorruptObject `get` would raise for it (a shared

@@ -19,7 +19,7 @@ from typing import Any, Iterator
 from urllib.parse import parse_qs, urlsplit
 
 from registry.model import RegistryError
-from registry.objects import CorruptObject, ObjectStore, sha256_hex, write_atomically
+from registry.objects import CorruptObject, ObjectStore, fetched_bytes, sha256_hex, write_atomically
 
 _HEX = frozenset("0123456789abcdef")
 
@@ -84,22 +84,20 @@ class RemoteObjectStore:
                 pass  # another writer stored the same bytes first: the name is their hash
         return digest
 
+    def put_many(self, blobs: list[bytes]) -> list[str]:
+        """Many puts at once: concurrent conditional creates (`If-None-Match: *`), which the
+        store refuses for a name already present; then those are put one by one as in `put`."""
+        named = {sha256_hex(data): data for data in blobs}
+        try:
+            self.fs.pipe({self.path(d): data for d, data in named.items()}, mode="create")
+        except FileExistsError:
+            for data in named.values():
+                self.put(data)
+        return list(named)
+
     def get(self, digest: str, fresh: bool = False) -> bytes:
         """The object's bytes, checked against its name; from the local cache unless `fresh`."""
-        if not fresh and self.cache.exists(digest):
-            try:
-                return self.cache.get(digest)
-            except CorruptObject:
-                pass  # a damaged cache file is replaced from the shared store below
-        try:
-            data = self.fs.cat_file(self.path(digest))
-        except FileNotFoundError:
-            raise CorruptObject(f"object {digest[:12]} is missing from {self.describe()} (restore it from a backup; "
-                                f"`sola verify` lists every damaged edit)") from None
-        if sha256_hex(data) != digest:
-            raise CorruptObject(f"object {digest[:12]} in {self.describe()} is corrupted (content hash mismatch; restore it from a backup)")
-        write_atomically(self.cache.path(digest), data)
-        return data
+        return fetched_bytes(self.get_many([digest], fresh)[digest])
 
     def get_many(self, digests: list[str], fresh: bool = False) -> dict[str, bytes | CorruptObject]:
         """Many objects at once (S3 GETs run concurrently): each digest maps to its checked bytes
@@ -124,6 +122,7 @@ class RemoteObjectStore:
                 out[digest] = CorruptObject(f"object {digest[:12]} in {self.describe()} is corrupted (content hash mismatch; "
                                             f"restore it from a backup)")
             else:
+                write_atomically(self.cache.path(digest), data)
                 out[digest] = data
         return out
 

@@ -20,7 +20,7 @@ import numpy as np
 from safetensors.numpy import load as load_safetensors
 
 from registry.keyindex import CoarseLists, nearest_lists
-from registry.objects import CorruptObject, ObjectStore
+from registry.objects import CorruptObject, ObjectStore, fetched_bytes
 from registry import checkpoint as checkpoints_module
 from registry.model import (ABSENT, ACTIVE, MAIN, MODULUS, TOMBSTONE, Commit, RefEntry, RegistryError, commit_id_of, iso, member_term,
                             parse_time, reflog_entry_hash, tree_id_for)
@@ -169,7 +169,7 @@ def _check_edits(registry: Registry, report: Report, keys_by_id: dict[int, np.nd
         count += 1
         referenced.update({edit_id, row["tensors_sha256"]})
         try:
-            document = json.loads(_checked(fetched[edit_id]))
+            document = json.loads(fetched_bytes(fetched[edit_id]))
         except (CorruptObject, json.JSONDecodeError) as error:
             report.problems.append(f"edit {short}: provenance {error}")
             continue
@@ -185,7 +185,7 @@ def _check_edits(registry: Registry, report: Report, keys_by_id: dict[int, np.nd
         if row["n_keys"] != len(prompts) or [(o, p) for _, o, p in keys] != list(enumerate(prompts)):
             report.problems.append(f"edit {short}: key rows do not match its provenance")
         try:
-            tensors = load_safetensors(_checked(fetched[row["tensors_sha256"]]))
+            tensors = load_safetensors(fetched_bytes(fetched[row["tensors_sha256"]]))
         except CorruptObject as error:
             report.problems.append(f"edit {short}: tensors {error}")
             continue
@@ -206,12 +206,6 @@ def _check_edits(registry: Registry, report: Report, keys_by_id: dict[int, np.nd
         report.problems.append("edit_keys: key ids are not dense")
     report.checked["edits"] = count
     return referenced
-
-
-def _checked(found: bytes | CorruptObject) -> bytes:
-    if isinstance(found, CorruptObject):
-        raise found
-    return found
 
 
 def _created_at(document: dict[str, Any]) -> str | None:
