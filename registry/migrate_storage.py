@@ -2,7 +2,8 @@
 
 `sola migrate-storage` makes a new registry directory whose catalog and objects live where the
 user says, and copies into it every row of every catalog table, verbatim, and every object the
-rows point at, each checked against its name on both sides. Nothing is recomputed, so commit,
+rows point at, each checked against its name on both sides (read from the source; read back from
+the copy by its verify). Nothing is recomputed, so commit,
 tree, edit and tag ids and the ref log chain are the source's own; the copy is then verified in
 full (`registry.verify`) and compared with the source (commits, refs, ref log head).
 
@@ -15,6 +16,7 @@ temporary name and renamed into place, and `storage.json` is written last.
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -52,12 +54,8 @@ def _copy(source: Registry, catalog: Any, objects: Any, progress: Progress | Non
         chunk = names[start : start + _OBJECT_CHUNK]
         found = source.objects.get_many(chunk, fresh=True)  # each checked against its name
         blobs = [fetched_bytes(found[d]) for d in chunk]
-        objects.put_many(blobs)
+        objects.put_many(blobs)  # read back and re-hashed by the verify of the copy below
         copied += sum(len(b) for b in blobs)
-        back = objects.get_many(chunk, fresh=True)
-        for digest, data in zip(chunk, blobs):
-            if back[digest] != data:
-                raise RegistryError(f"object {digest[:12]} does not read back from {objects.describe()} as written")
         if progress:
             progress("objects", start + len(chunk), len(names))
     rows = 0
@@ -82,6 +80,7 @@ def migrate_storage(source: Registry, target_root: Path, storage: Storage, progr
         raise RegistryError("the target directory is the source's; name a new directory")
     storage.check()
     started = time.monotonic()
+    created = not target_root.exists()  # a failed copy removes the directory only if this call made it
     objects = open_objects(target_root, storage)
     objects.check_reachable()
     if storage.catalog is not None:
@@ -92,8 +91,10 @@ def migrate_storage(source: Registry, target_root: Path, storage: Storage, progr
     try:
         rows, names, copied = _copy(source, catalog, objects, progress)
     except BaseException:
-        catalog.close()
-        if storage.catalog is None:  # the partial local catalog this call made (a Postgres copy rolled back)
+        catalog.close()  # a Postgres copy rolls back; shared objects already written stay, unreferenced
+        if created:
+            shutil.rmtree(target_root, ignore_errors=True)
+        else:
             for leftover in (target_root / PARTIAL, target_root / (PARTIAL + ".wal")):
                 leftover.unlink(missing_ok=True)
         raise
