@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import time
 
 import numpy as np
 import pytest
 
-from registry.db import connect, migrate, schema_version, latest_version
+from registry.db import latest_version
 from registry.inspect import revoked_report
 from registry.store import CorruptObject, Registry, RegistryError, iso, utcnow
 from registry.verify import verify
