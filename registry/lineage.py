@@ -13,7 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from registry.store import DATABASE, Registry
+from registry.storage import registry_exists
+from registry.store import Registry
 
 MAX_DEPTH = 8
 
@@ -32,7 +33,7 @@ def follow(registry: Registry, edit_id: str, depth: int = MAX_DEPTH) -> dict[str
         return None
     found = dict(lineage)
     path = Path(lineage.get("path") or "")
-    if depth <= 0 or not (path / DATABASE).exists():
+    if depth <= 0 or not registry_exists(path):
         return dict(found, reachable=False)
     try:
         origin = Registry.open(path, writable=False, wait_seconds=5.0)

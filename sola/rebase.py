@@ -24,7 +24,8 @@ from typing import Any, Callable
 import torch
 
 from registry.model import ACTIVE, TOMBSTONE, Commit, iso, utcnow
-from registry.store import DATABASE, Registry, RegistryError
+from registry.storage import registry_exists
+from registry.store import Registry, RegistryError
 from sola.config import TrainConfig
 from sola.data import EditRequest, read_benchmark
 from sola.layer import EditBank
@@ -130,7 +131,7 @@ def _target(into: Path, onto: str | None, routing: dict[str, Any], author: str, 
             device: str) -> tuple[Workspace, bool]:
     """The registry to rebase into: new (made on the new model), or the one an interrupted rebase
     left (its base model must be `onto`'s)."""
-    if not (into / DATABASE).exists():
+    if not registry_exists(into):
         return Workspace.init(into, onto, routing, author, training, device=device), False
     workspace = Workspace.open(into, writable=True, device=device)
     from sola.modelio import identify
