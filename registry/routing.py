@@ -4,7 +4,8 @@ Everything that asks "which edit answers this input" or "which edits are too clo
 module: the routed layer at inference (`sola.layer.EditBank`), `edit`'s collision check,
 `show`'s neighbours, `conflicts`, revoke's reroute report, merge and cherry-pick checks, blame.
 
-The rule: a query (a pooled, L2-normalised vector) goes to its nearest key. That key's edit
+The rule: a query (a pooled, L2-normalised vector, or for subject keys a `SubjectQuery`: the
+prompt's token and window vectors, scored by `subject_similarity`) goes to its nearest key. That key's edit
 fires when the cosine distance is under the key's radius, min(threshold, radius_ratio x the
 key's isolation: its distance to the nearest key of another edit), unless the edit is a
 tombstone (revoked): then the base model answers. Neighbours of a vector are the *active* edits
@@ -24,9 +25,12 @@ class KeySearch(Protocol):
 
     `search`: (similarity, key id) of the nearest key per query, id -1 if empty.
     `neighbours`: the k nearest (similarities, key ids) of one vector, best first.
-    `vector`: the stored key of a key id."""
+    `vector`: the stored key of a key id.
+    `vectors`: (key ids ascending, their stored keys): every key the search holds."""
 
     def search(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
+
+    def vectors(self) -> tuple[np.ndarray, np.ndarray]: ...
 
     def neighbours(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]: ...
 
@@ -54,6 +58,83 @@ class ExactKeySearch:
 
     def vector(self, key_id: int) -> np.ndarray:
         return self.keys[int(np.flatnonzero(self.key_ids == key_id)[0])]
+
+    def vectors(self) -> tuple[np.ndarray, np.ndarray]:
+        order = np.argsort(self.key_ids, kind="stable")
+        return self.key_ids[order], self.keys[order]
+
+
+@dataclass(frozen=True)
+class SubjectQuery:
+    """A prompt as a subject key sees it: the normalised vectors of its tokens (at the token
+    layer) and of its windows of 1..max_window tokens (means at the span layer), position 0
+    excluded. Built by `sola.keys`; scored against stored keys by `subject_similarity`."""
+
+    tokens: np.ndarray  # (n tokens, d)
+    windows: np.ndarray  # (n windows, d)
+
+
+# Keys the first stage passes to the exact two-part score (docs/scaling.md, "Subject keys").
+SUBJECT_CANDIDATES = 64
+
+
+def subject_similarity(query: SubjectQuery, keys: np.ndarray) -> np.ndarray:
+    """Cosine similarity of a query to subject keys (n, 2d): the mean of its best token's
+    cosine to each key's token part and its best window's cosine to the key's span part.
+
+    A subject key is [token part; span part] / sqrt(2), each part unit length, so the inner
+    product of two keys is the same mean of two cosines: a stored key compared with another (a
+    collision, a neighbour) is on the scale a prompt's query is."""
+    keys = np.asarray(keys, dtype=np.float32)
+    half = keys.shape[1] // 2
+    token_parts, span_parts = keys[:, :half] * np.float32(np.sqrt(2.0)), keys[:, half:] * np.float32(np.sqrt(2.0))
+    best_token = (query.tokens.astype(np.float32) @ token_parts.T).max(axis=0)
+    best_window = (query.windows.astype(np.float32) @ span_parts.T).max(axis=0)
+    return ((best_token + best_window) / 2.0).astype(np.float32)
+
+
+class SubjectIndex:
+    """A snapshot's subject keys laid out for the two-stage search: the token parts in one
+    contiguous matrix (the first stage), the whole keys beside them (the exact second stage).
+    Built once per bank from its KeySearch (`vectors`), which stays the source of truth."""
+
+    def __init__(self, key_ids: np.ndarray, keys: np.ndarray) -> None:
+        self.key_ids = np.asarray(key_ids, dtype=np.int64)
+        self.keys = np.ascontiguousarray(keys, dtype=np.float32)
+        half = self.keys.shape[1] // 2
+        self.token_parts = np.ascontiguousarray(self.keys[:, :half] * np.float32(np.sqrt(2.0)))
+
+    @classmethod
+    def of(cls, search: "KeySearch") -> "SubjectIndex":
+        key_ids, keys = search.vectors()
+        return cls(key_ids, keys)
+
+    def nearest(self, queries: list[SubjectQuery], candidates: int = SUBJECT_CANDIDATES) -> tuple[np.ndarray, np.ndarray]:
+        """(similarity, key id) of the nearest key per query, in two stages: every key's best
+        token cosine (one matrix product), then the exact two-part score of the `candidates`
+        keys best by it. A key outside them would need its span part to beat the winner's by
+        more than its token part trails: the exact rule up to such rare cases (measured in
+        docs/scaling.md)."""
+        sims = np.full(len(queries), -np.inf, dtype=np.float32)
+        ids = np.full(len(queries), -1, dtype=np.int64)
+        if len(self.key_ids) == 0:
+            return sims, ids
+        for row, query in enumerate(queries):
+            best_token = (np.asarray(query.tokens, dtype=np.float32) @ self.token_parts.T).max(axis=0)
+            if len(best_token) > candidates:
+                chosen = np.argpartition(-best_token, candidates - 1)[:candidates]
+            else:
+                chosen = np.arange(len(best_token))
+            scores = subject_similarity(query, self.keys[chosen])
+            best = int(scores.argmax())
+            sims[row], ids[row] = scores[best], self.key_ids[chosen[best]]
+        return sims, ids
+
+
+def nearest_subject(search: "KeySearch", queries: list[SubjectQuery], candidates: int = SUBJECT_CANDIDATES,
+                    index: SubjectIndex | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(similarity, key id) of the nearest subject key per query (SubjectIndex.nearest)."""
+    return (index if index is not None else SubjectIndex.of(search)).nearest(queries, candidates)
 
 
 @dataclass
@@ -99,12 +180,16 @@ def isolation(search: KeySearch, key_edit: dict[int, str], key_id: int) -> float
         k *= 4
 
 
-def decide(search: KeySearch, key_edit: dict[int, str], tombstones: frozenset[str] | set[str], queries: np.ndarray,
-           rule: RoutingRule) -> Routing:
-    """The routing rule for pooled, normalised queries (n, dim)."""
+def decide(search: KeySearch, key_edit: dict[int, str], tombstones: frozenset[str] | set[str],
+           queries: np.ndarray | list[SubjectQuery], rule: RoutingRule, subject_index: SubjectIndex | None = None) -> Routing:
+    """The routing rule for pooled, normalised queries (n, dim), or for subject queries (the
+    search's keys laid out once as `subject_index` when the caller keeps one)."""
     if not key_edit:
         return Routing.unrouted(len(queries))
-    sims, key_ids = search.search(np.ascontiguousarray(queries, dtype=np.float32))
+    if isinstance(queries, list):
+        sims, key_ids = nearest_subject(search, queries, index=subject_index)
+    else:
+        sims, key_ids = search.search(np.ascontiguousarray(queries, dtype=np.float32))
     edits, distances, nearest, radii = [], [], [], []
     for sim, key_id in zip(sims.tolist(), key_ids.tolist()):
         edit = key_edit.get(int(key_id)) if key_id >= 0 else None
@@ -186,5 +271,5 @@ def collisions(keys_a: dict[str, np.ndarray], keys_b: dict[str, np.ndarray], fac
     return out
 
 
-__all__ = ["KeySearch", "ExactKeySearch", "Routing", "RoutingRule", "decide", "isolation", "nearest_active", "collisions",
+__all__ = ["KeySearch", "ExactKeySearch", "SubjectQuery", "SubjectIndex", "subject_similarity", "nearest_subject", "Routing", "RoutingRule", "decide", "isolation", "nearest_active", "collisions",
            "same_answer", "join_target"]

@@ -37,6 +37,7 @@ class EditJob:
     prompt: str
     target: str
     rephrases: tuple[str, ...] = ()
+    subject: str | None = None  # what a subject key is read from (sola.train.routing_key)
 
 
 @dataclass
@@ -109,7 +110,7 @@ def train_edits(routed: RoutedModel, jobs: Sequence[EditJob], config: TrainConfi
         while queue and len(slots) < batch_size:
             index, job = queue.popleft()
             started = time.perf_counter()
-            encoded, block_input, keys = edit_inputs(routed, job.prompt, job.target, list(job.rephrases))
+            encoded, block_input, keys = edit_inputs(routed, job.prompt, job.target, list(job.rephrases), job.subject)
             lora_a, lora_b, optimizer = fresh_adapter(routed, config)
             slots.append(_Slot(index, encoded, block_input, keys, lora_a, lora_b, optimizer, started))
         ids, attention, hidden = _padded(slots, pad)

@@ -25,7 +25,7 @@ from registry.db import RegistryLocked
 from registry.objects import CorruptObject
 from registry.storage import registry_exists
 from registry.store import Registry, RegistryError
-from sola.config import (DEFAULT_BATCH, DEVICES, MAX_BATCH, MAX_LAYER, MAX_LR, MAX_RADIUS_RATIO, MAX_RANK, MAX_STEPS, MAX_STOP_LOSS,
+from sola.config import (DEFAULT_BATCH, DEVICES, KEY_FUNCTIONS, MAX_BATCH, MAX_LAYER, MAX_LR, MAX_RADIUS_RATIO, MAX_RANK, MAX_STEPS, MAX_STOP_LOSS,
                          TrainConfig, default_author, resolve_device)
 from sola.data import MAX_AUTHOR_CHARS, MAX_NOTE_CHARS, MAX_TEXT_CHARS, EditRequest, RequestError, check_notes, check_text, read_jsonl
 from sola.modelio import ModelError
@@ -249,7 +249,8 @@ def main(ctx: click.Context, registry: str, witness: Path | None = None) -> None
 @click.option("--threshold", type=FiniteFloat(0.0, 2.0, low_open=True), default=None, help="Routing radius (cosine distance, in (0, 2]; default: the model family's).")
 @click.option("--radius-ratio", type=FiniteFloat(0.0, MAX_RADIUS_RATIO), default=None,
               help="Shrink a key's radius to this times its distance to the nearest other edit's key (0 = off; default 0.5).")
-@click.option("--key-function", type=click.Choice(["mean", "last"]), default=None, help="How the prompt becomes a key.")
+@click.option("--key-function", type=click.Choice(list(KEY_FUNCTIONS)), default=None,
+              help="How the prompt becomes a key: mean (default), last, or subject (a two-part key on the edit's --subject).")
 @click.option("--revoke-mode", type=click.Choice(["tombstone", "delete"]), default=None,
               help="tombstone (default): a revoked edit's keys keep their inputs and send them to the base model; "
                    "delete: the keys leave routing, so a neighbouring edit may answer those inputs.")
@@ -763,7 +764,7 @@ def export_edit(ctx: click.Context, edit: str, directory: Path, as_json: bool) -
 @click.option("--every", type=click.IntRange(0, 10_000_000), default=0, help="Measure retention of all past edits every K edits.")
 @click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write a PNG of the run.")
 @click.option("--layer", type=click.IntRange(0, MAX_LAYER), default=None, help="Edited block (default: the registry's).")
-@click.option("--key-function", type=click.Choice(["mean", "last"]), default=None, help="Key function (default: the registry's).")
+@click.option("--key-function", type=click.Choice(list(KEY_FUNCTIONS)), default=None, help="Key function (default: the registry's).")
 @click.option("--revoke-mode", type=click.Choice(["tombstone", "delete"]), default=None,
               help="What the rollback's revokes do to keys (default: the registry's).")
 @click.option("--model", default=None, help="Base model when there is no registry (default: the registry's).")

@@ -13,8 +13,10 @@ import os
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-KEY_FUNCTIONS = ("mean", "last")
+KEY_FUNCTIONS = ("mean", "last", "subject")
+MAX_WINDOW = 64
 REVOKE_MODES = ("tombstone", "delete")
+AFTER_TARGET = ("stop", "keep")
 
 # Upper bounds the CLI and these records share: a typo (`--steps 4000000`, `--lr 1e9`) is refused
 # before the model loads instead of training for hours or to a NaN loss.
@@ -67,7 +69,17 @@ class RoutingConfig:
     for Llama-family models or `mlp.c_fc` for GPT-2. `threshold` is a cosine distance
     (1 - cos) between L2-normalised vectors: a query fires the nearest key only when the
     distance is strictly below it. `key_function` says how the per-token inputs of the edited
-    module over the prompt become one vector ("mean" over prompt tokens or "last" token).
+    module over the prompt become one vector ("mean" over prompt tokens or "last" token), or
+    "subject": a two-part key on the fact's subject (docs/concepts.md, "Subject keys"): the
+    last subject token's input to `module` at block `key_layers[0]` and the subject span's mean
+    input at block `key_layers[1]` (both at or below `layer`, so no edit changes a query); a
+    query scores its best token and its best window of 1..`max_window` tokens against them.
+    `start_token` (a token id, -1 for none) is put before every prompt the registry encodes, so
+    that no subject starts at position 0, whose state is nearly the same for every prompt.
+
+    `after_target` says how long a fired edit's LoRA applies while generating: "stop" (from
+    the step after its target's tokens have been generated, the base model writes on, which
+    keeps the text after the answer fluent) or "keep" (the whole generation, as before).
 
     `radius_ratio` (> 0) shrinks the radius of a key that has close neighbours: key k fires
     only when the distance is also below `radius_ratio` x the distance from k to the nearest
@@ -92,8 +104,13 @@ class RoutingConfig:
     duplicate_distance: float = 0.002
     radius_ratio: float = 0.5
     revoke_mode: str = "tombstone"
+    key_layers: tuple[int, ...] = ()
+    max_window: int = 8
+    start_token: int = -1
+    after_target: str = "stop"
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "key_layers", tuple(self.key_layers) if isinstance(self.key_layers, (list, tuple)) else self.key_layers)
         if self.revoke_mode not in REVOKE_MODES:
             raise ValueError(f"revoke_mode must be one of {REVOKE_MODES}, got {str(self.revoke_mode)[:80]!r}")
         for name in ("alpha", "threshold", "duplicate_distance", "radius_ratio"):
@@ -116,13 +133,40 @@ class RoutingConfig:
             raise ValueError(f"module must be a dotted module path such as mlp.up_proj, got {str(self.module)[:80]!r}")
         if not 0 <= self.layer <= MAX_LAYER:
             raise ValueError(f"layer must be from 0 to {MAX_LAYER}, got {self.layer}")
+        if not isinstance(self.key_layers, tuple) or len(self.key_layers) not in (0, 2):
+            raise ValueError(f"key_layers must be two block indices (token layer, span layer), got {str(self.key_layers)[:80]!r}")
+        for value in self.key_layers:
+            _number("key_layers", value, integer=True)
+            if not 0 <= value <= self.layer:
+                raise ValueError(f"key_layers must lie at or below the edited layer {self.layer}, got {value}")
+        _number("max_window", self.max_window, integer=True)
+        if not 1 <= self.max_window <= MAX_WINDOW:
+            raise ValueError(f"max_window must be from 1 to {MAX_WINDOW}, got {self.max_window}")
+        _number("start_token", self.start_token, integer=True)
+        if self.after_target not in AFTER_TARGET:
+            raise ValueError(f"after_target must be one of {AFTER_TARGET}, got {str(self.after_target)[:80]!r}")
+        if self.start_token < -1:
+            raise ValueError(f"start_token must be a token id or -1 (none), got {self.start_token}")
+
+    @property
+    def subject_layers(self) -> tuple[int, int]:
+        """(token layer, span layer) of a subject key: as recorded, else blocks 4 and 3 (the key
+        study's best, DESIGN.md 3b) or the edited layer when it lies lower."""
+        if self.key_layers:
+            return int(self.key_layers[0]), int(self.key_layers[1])
+        return min(4, self.layer), min(3, self.layer)
+
+    @property
+    def read_layers(self) -> tuple[int, ...]:
+        """The blocks whose `module` inputs a key reads (all at or below the edited layer)."""
+        return tuple(sorted(set(self.subject_layers))) if self.key_function == "subject" else (self.layer,)
 
     @property
     def scale(self) -> float:
         return self.alpha / self.rank
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return dict(asdict(self), key_layers=list(self.key_layers))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "RoutingConfig":
@@ -136,7 +180,8 @@ class RoutingConfig:
         written takes the value that reproduces how it routed then, not today's default."""
         # records before radius_ratio routed by the global threshold only; before revoke_mode, a
         # revoke deleted the keys
-        return cls.from_dict({"radius_ratio": 0.0, "revoke_mode": "delete", **record})
+        # before after_target, a routed edit's LoRA stayed on for the whole generation
+        return cls.from_dict({"radius_ratio": 0.0, "revoke_mode": "delete", "after_target": "keep", **record})
 
 
 @dataclass(frozen=True)

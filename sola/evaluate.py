@@ -10,6 +10,10 @@ are never given as keys: they are the unseen generalisation probes.
   edit fires (the field's "rephrase acc"); also reported strictly (only when the paraphrase fires its
   own edit) and for the base model (the credit a target gets without any edit)
 - locality: token agreement with the base model on the locality prompt + answer (also: share bit-identical)
+- by generation: success, retention and generalisation also as the share of prompts whose greedy
+  continuation of the target's length is exactly the target (not only teacher-forced accuracy)
+- relation locality: other-relation prompts of each edited subject (sola/probes.py), token agreement
+  with the base model on the probe + the base model's own 4-token continuation, and how often they fire
 - rollback fidelity: revoke a seeded random half; share whose prompt logits equal the base exactly
 - restore: bring back a seeded fifth of the revoked edits; they must produce their targets again,
   the still-revoked ones must stay bit-identical to the base, the never-revoked ones unchanged
@@ -34,7 +38,9 @@ import torch
 
 from sola.config import TrainConfig
 from sola.data import EditRequest, read_benchmark
+from registry.routing import join_target
 from sola.layer import EditBank
+from sola.probes import RelationProbe, relation_probes
 from sola.routed import RoutedModel
 from sola.workspace import EditOutcome, PlannedEdit, Workspace
 
@@ -68,6 +74,11 @@ class RecordResult:
     restored: bool = False
     retention_after_restore: float | None = None
     still_revoked_exact: bool | None = None
+    success_generated: bool = False
+    retention_generated: bool = False
+    generalization_generated: bool | None = None
+    locality_relation: float | None = None
+    relation_fired: float | None = None
 
 
 @dataclass
@@ -91,6 +102,11 @@ class EvalResult:
             "generalization_unique_subject": [r.generalization for r in with_para if not r.subject_shared],
             "generalization_routed_unique_subject": [r.generalization_routed or 0.0 for r in with_para if not r.subject_shared],
             "locality": [r.locality for r in rs],
+            "edit_success_generated": [float(r.success_generated) for r in rs],
+            "retention_generated": [float(r.retention_generated) for r in rs],
+            "generalization_generated": [float(bool(r.generalization_generated)) for r in with_para],
+            "locality_relation": [r.locality_relation for r in rs if r.locality_relation is not None],
+            "relation_probe_fires": [r.relation_fired for r in rs if r.relation_fired is not None],
             "rollback_fidelity": [1.0 if r.rollback_exact else 0.0 for r in rs if r.revoked],
         }
 
@@ -117,6 +133,12 @@ class EvalResult:
             "paraphrase_to_same_subject_edit": sum(1 for r in with_para if r.paraphrase_fired and not r.paraphrase_routed
                                                    and r.paraphrase_fired in same_subject_edits(rs, r)),
             "locality": mean(values["locality"]),
+            "edit_success_generated": mean(values["edit_success_generated"]),
+            "retention_generated": mean(values["retention_generated"]),
+            "generalization_generated": mean(values["generalization_generated"]),
+            "locality_relation": mean(values["locality_relation"]),
+            "relation_probe_fires": mean(values["relation_probe_fires"]),
+            "n_relation_probes": sum(1 for _ in values["relation_probe_fires"]),
             "locality_identical": mean([1.0 if r.locality_identical else 0.0 for r in rs]),
             "rollback_fidelity": mean(values["rollback_fidelity"]) if revoked else 1.0,
             # Revoked prompts that no longer route anywhere must be exact; the rest fired a neighbouring edit.
@@ -170,6 +192,14 @@ def token_accuracy(routed: RoutedModel, prompt: str, target: str) -> tuple[float
     return hits, routing.edits[0]
 
 
+def generated_match(routed: RoutedModel, prompt: str, target: str) -> tuple[bool, str | None]:
+    """Whether greedy generation of the target's length from the prompt gives exactly the target
+    (whitespace at the ends aside), and which edit fired."""
+    length = len(routed.encode(prompt, target).target_ids)
+    [text], routing = routed.generate([prompt], max_new_tokens=length)
+    return text.strip() == join_target(prompt, target).strip(), routing.edits[0]
+
+
 def _file_sha256(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
@@ -204,7 +234,9 @@ def run_eval(
                 "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
                 "threads": torch.get_num_threads(), "batch": batch, "device": device,
             }
-            base = _base_references(routed, requests, notify)
+            probes = relation_probes(requests, seed=seed)
+            protocol["relation_probes"] = {"per_edit": 2, "n": len(probes), "continuation_tokens": RELATION_TOKENS}
+            base = _base_references(routed, requests, probes, notify)
             records: list[RecordResult] = []
             curve: list[dict[str, float]] = []
             # Paraphrases are the unseen generalisation probes, never extra keys.
@@ -222,7 +254,8 @@ def run_eval(
                 success, _ = token_accuracy(routed, request.prompt, request.target)
                 records.append(RecordResult(index, outcome.edit, request.subject, success, seconds, outcome.steps,
                                             len(outcome.neighbours), subject_shared=subjects[request.subject] > 1,
-                                            converged=outcome.converged))
+                                            converged=outcome.converged,
+                                            success_generated=generated_match(routed, request.prompt, request.target)[0]))
                 if every and (index + 1) % every == 0:
                     curve.append(_checkpoint(routed, requests, records, base))
                 notify("editing", index + 1, len(requests))
@@ -242,18 +275,28 @@ def run_eval(
     return EvalResult(protocol, records, curve)
 
 
+RELATION_TOKENS = 4  # the base model's own continuation of a relation probe that must not change
+
+
 @dataclass
 class _Base:
     locality: list[torch.Tensor | None]
     locality_logits: list[torch.Tensor | None]
     prompt_logits: list[torch.Tensor]
     paraphrase_accuracy: list[float | None]
+    relation: dict[int, list[tuple[str, str, torch.Tensor]]] = field(default_factory=dict)  # record -> (probe, answer, argmax)
 
 
-def _base_references(routed: RoutedModel, requests: list[EditRequest], notify: Progress) -> _Base:
+def _base_references(routed: RoutedModel, requests: list[EditRequest], probes: list[RelationProbe], notify: Progress) -> _Base:
     """Base-model outputs before any edit: the reference for locality and rollback."""
     refs = _Base([], [], [], [])
     with routed.bank_override(EditBank.empty()):
+        for done, probe in enumerate(probes, start=1):
+            [answer], _ = routed.generate([probe.prompt], max_new_tokens=RELATION_TOKENS)
+            if answer.strip():
+                argmax = routed.score(probe.prompt, answer)[0].argmax(-1)
+                refs.relation.setdefault(probe.record, []).append((probe.prompt, answer, argmax))
+            notify("relation probes", done, len(probes))
         for done, request in enumerate(requests, start=1):
             if request.locality_prompt and request.locality_answer:
                 logits = routed.score(request.locality_prompt, request.locality_answer)[0]
@@ -274,7 +317,9 @@ def _base_references(routed: RoutedModel, requests: list[EditRequest], notify: P
 def _measure(routed: RoutedModel, request: EditRequest, record: RecordResult, base: _Base) -> None:
     """Retention, generalisation and locality of one edit against the model as it is now."""
     record.retention, _ = token_accuracy(routed, request.prompt, request.target)
+    record.retention_generated = generated_match(routed, request.prompt, request.target)[0]
     if request.rephrases:
+        record.generalization_generated = generated_match(routed, request.rephrases[0], request.target)[0]
         accuracy, fired = token_accuracy(routed, request.rephrases[0], request.target)
         record.paraphrase_routed = fired == record.edit
         record.paraphrase_fired = fired
@@ -285,6 +330,15 @@ def _measure(routed: RoutedModel, request: EditRequest, record: RecordResult, ba
         logits, _, _ = routed.score(request.locality_prompt, request.locality_answer)
         record.locality = (logits.argmax(-1) == base.locality[record.index]).float().mean().item()
         record.locality_identical = bool(torch.equal(logits, base.locality_logits[record.index]))
+    probes = base.relation.get(record.index, [])
+    if probes:
+        agreements, fired = [], []
+        for prompt, answer, argmax in probes:
+            logits, _, routing = routed.score(prompt, answer)
+            agreements.append((logits.argmax(-1) == argmax).float().mean().item())
+            fired.append(1.0 if routing.edits[0] is not None else 0.0)
+        record.locality_relation = sum(agreements) / len(agreements)
+        record.relation_fired = sum(fired) / len(fired)
 
 
 def _checkpoint(routed: RoutedModel, requests: list[EditRequest], records: list[RecordResult], base: _Base) -> dict[str, float]:

@@ -1,4 +1,5 @@
-"""Routing keys: one vector per prompt, read from the edited module's own input.
+"""Routing keys: one vector per prompt, read from the edited module's own input (mean, last)
+or, for subject keys, from the inputs of the same module at two blocks at or below it.
 
 The same function computes a stored key (at edit time) and a query (at inference), so the
 two are comparable by construction. Vectors are L2-normalised so that inner product is
@@ -7,7 +8,11 @@ cosine similarity and `1 - ip` is the cosine distance the threshold is expressed
 
 from __future__ import annotations
 
+import math
+
 import torch
+
+from registry.routing import SubjectQuery
 
 
 def pool_prompt(inputs: torch.Tensor, query_mask: torch.Tensor | None, key_function: str) -> torch.Tensor:
@@ -36,3 +41,67 @@ def pool_prompt(inputs: torch.Tensor, query_mask: torch.Tensor | None, key_funct
     else:
         raise ValueError(f"unknown key function {key_function!r}")
     return torch.nn.functional.normalize(pooled, dim=-1)
+
+
+# --- subject keys (docs/concepts.md, "Subject keys") ----------------------------------------------
+def _unit(x: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.normalize(x.to(torch.float32), dim=-1)
+
+
+def key_positions(mask_row: torch.Tensor) -> torch.Tensor:
+    """The prompt positions a subject key or query may read: the masked ones minus the first.
+    The first position's state is nearly the same for every prompt (every token attends to it
+    as a sink), so a window that includes it looks like every other window; a one-token prompt
+    keeps it, having nothing else."""
+    positions = torch.nonzero(mask_row > 0).flatten()
+    return positions[1:] if len(positions) > 1 else positions
+
+
+def subject_span(positions: torch.Tensor, span: tuple[int, int] | None, max_window: int) -> tuple[int, int]:
+    """The token span [start, end) a stored subject key is read from: the subject's tokens, at
+    most the last `max_window` of them (a query's windows are no longer); without a subject the
+    prompt's last `max_window` readable tokens stand in for it, so the literal prompt still
+    fires its edit (at distance 0) while a paraphrase fires it only if it ends alike."""
+    first, last = int(positions[0]), int(positions[-1]) + 1
+    if span is None:
+        start, end = max(first, last - max_window), last
+    else:
+        start, end = span
+        if start < first < end:  # the subject begins at the excluded first position
+            start = first
+    return max(start, end - max_window), end
+
+
+def subject_key(token_states: torch.Tensor, span_states: torch.Tensor, mask: torch.Tensor | None,
+                span: tuple[int, int] | None, max_window: int) -> torch.Tensor:
+    """The stored key of one prompt (states (1, tokens, d)): [last subject token at the token
+    layer; mean of the subject span at the span layer], each unit length, over sqrt(2), so the
+    key is unit length and its inner product with another is the mean of the two cosines."""
+    row = mask[0] if mask is not None else torch.ones(token_states.shape[1], dtype=torch.long)
+    start, end = subject_span(key_positions(row.cpu()), span, max_window)
+    token_part = _unit(token_states[0, end - 1])
+    span_part = _unit(span_states[0, start:end].to(torch.float32).mean(dim=0))
+    return torch.cat([token_part, span_part]) / math.sqrt(2.0)
+
+
+def subject_queries(token_states: torch.Tensor, span_states: torch.Tensor, query_mask: torch.Tensor | None,
+                    max_window: int) -> list[SubjectQuery]:
+    """One SubjectQuery per sequence (states (batch, tokens, d)): each readable prompt token at
+    the token layer, and every window of 1..max_window consecutive readable tokens (its mean
+    at the span layer), unit length. The query does not know where the subject is: its best
+    token and best window are what meet the key (registry.routing.subject_similarity)."""
+    batch, tokens, _ = token_states.shape
+    mask = query_mask if query_mask is not None else torch.ones(batch, tokens, dtype=torch.long)
+    if tuple(mask.shape) != (batch, tokens):
+        raise ValueError(f"query mask shape {tuple(mask.shape)} does not match inputs {(batch, tokens)}")
+    found = []
+    for b in range(batch):
+        positions = key_positions(mask[b].cpu()).to(token_states.device)
+        if len(positions) == 0:
+            raise ValueError("a sequence has no prompt positions to build its routing query from")
+        token_rows = _unit(token_states[b, positions].detach())
+        span_rows = span_states[b, positions].detach().to(torch.float32)
+        sums = torch.cat([torch.zeros(1, span_rows.shape[1], device=span_rows.device), span_rows.cumsum(dim=0)])
+        windows = [(sums[w:] - sums[:-w]) / w for w in range(1, min(max_window, len(positions)) + 1)]
+        found.append(SubjectQuery(token_rows.cpu().numpy(), _unit(torch.cat(windows)).cpu().numpy()))
+    return found

@@ -7,6 +7,9 @@ unwrapped module returns), which is what makes revocation bit-exact.
 
 The decision is made once per sequence: inside a `RoutingScope` (used by generation) the
 first forward pass, the prefill, pins the decision and every later decoding step reuses it.
+Subject keys read the inputs of the same projection at lower blocks: `tap` hooks on those
+modules hand their prefill inputs to the scope, so the query comes from the one forward pass
+the model makes anyway, and from blocks no edit changes.
 """
 
 from __future__ import annotations
@@ -21,9 +24,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from registry.routing import ExactKeySearch, KeySearch, Routing, RoutingRule, decide, isolation
+from registry.routing import ExactKeySearch, KeySearch, Routing, RoutingRule, SubjectIndex, decide, isolation
 from sola.arch import projection_dims
-from sola.keys import pool_prompt
+from sola.keys import pool_prompt, subject_queries
 
 
 LoraFetcher = Callable[[str], tuple[torch.Tensor, torch.Tensor]]
@@ -44,7 +47,9 @@ class EditBank:
     key_edit: dict[int, str]
     fetch: LoraFetcher
     revoked: frozenset[str] = frozenset()
+    answers: dict[str, tuple[str, str]] = field(default_factory=dict)  # edit -> (prompt, target), for `after_target`
     _loaded: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    _subject_index: SubjectIndex | None = None
 
     def lora(self, edit_id: str) -> tuple[torch.Tensor, torch.Tensor]:
         if edit_id not in self._loaded:
@@ -59,10 +64,16 @@ class EditBank:
         """Distance from a key to the nearest key of another edit (registry.routing.isolation)."""
         return isolation(self.search, self.key_edit, key_id)
 
-    def decide(self, queries: np.ndarray, threshold: float, radius_ratio: float) -> Routing:
-        """The routing rule (registry.routing.decide) for pooled, normalised queries (n, dim).
+    def decide(self, queries: np.ndarray | list, threshold: float, radius_ratio: float) -> Routing:
+        """The routing rule (registry.routing.decide) for pooled, normalised queries (n, dim)
+        or subject queries (a list of registry.routing.SubjectQuery).
         Kept free of the model so a revoke can ask where a revoked prompt's key now lands."""
-        return decide(self.search, self.key_edit, self.revoked, queries, RoutingRule(threshold, radius_ratio, 0.0))
+        index = None
+        if isinstance(queries, list):  # subject queries: lay the keys out once per bank
+            if self._subject_index is None:
+                self._subject_index = SubjectIndex.of(self.search)
+            index = self._subject_index
+        return decide(self.search, self.key_edit, self.revoked, queries, RoutingRule(threshold, radius_ratio, 0.0), index)
 
     @classmethod
     def empty(cls) -> "EditBank":
@@ -92,6 +103,24 @@ class RoutingScope:
 
     query_mask: torch.Tensor | None = None
     decision: Routing | None = None
+    states: dict[int, torch.Tensor] = field(default_factory=dict)  # block -> module input, until decided
+    # after_target "stop": token ids of each row's fired edit's target (None: keep the LoRA on),
+    # filled at the decision by `target_ids`; the tokens generated so far; rows whose target is out
+    target_ids: Callable[[str], list[int] | None] | None = None
+    targets: list[list[int] | None] = field(default_factory=list)
+    generated: list[list[int]] = field(default_factory=list)
+    done: list[bool] = field(default_factory=list)
+
+    def watch(self, new_tokens: torch.Tensor) -> None:
+        """Record one decoding step's input tokens (batch, n); a row whose generated tokens now
+        end with its edit's target is done: its LoRA is off from this step on."""
+        for row, tokens in enumerate(new_tokens.tolist()):
+            target = self.targets[row] if row < len(self.targets) else None
+            if target is None or self.done[row]:
+                continue
+            self.generated[row].extend(tokens)
+            if self.generated[row][-len(target):] == target:
+                self.done[row] = True
 
 
 @dataclass
@@ -112,7 +141,8 @@ class RoutedLoRA(nn.Module):
     different revisions may run at the same time in different threads, each seeing its own
     bank. Outside any call the layer is the base projection."""
 
-    def __init__(self, base: nn.Module, key_function: str, threshold: float, scale: float, radius_ratio: float = 0.0) -> None:
+    def __init__(self, base: nn.Module, key_function: str, threshold: float, scale: float, radius_ratio: float = 0.0,
+                 layer: int = 0, subject_layers: tuple[int, int] | None = None, max_window: int = 8) -> None:
         super().__init__()
         self.base = base
         self.in_features, self.out_features = projection_dims(base)
@@ -120,12 +150,35 @@ class RoutedLoRA(nn.Module):
         self.threshold = threshold
         self.radius_ratio = radius_ratio
         self.scale = scale
+        self.layer_index = layer
+        self.subject_layers = subject_layers or (layer, layer)
+        self.max_window = max_window
         self._call: ContextVar[LayerCall | None] = ContextVar(f"sola-routed-lora-{id(self)}", default=None)
 
     def __deepcopy__(self, memo: dict) -> "RoutedLoRA":
-        copy = RoutedLoRA(deepcopy(self.base, memo), self.key_function, self.threshold, self.scale, self.radius_ratio)
+        copy = RoutedLoRA(deepcopy(self.base, memo), self.key_function, self.threshold, self.scale, self.radius_ratio,
+                          self.layer_index, self.subject_layers, self.max_window)
         copy.train(self.training)
         return copy
+
+    def tap(self, block: int) -> Callable[[nn.Module, tuple], None]:
+        """A forward pre-hook for the projection at `block` (at or below this one): keeps its
+        input in the current call's scope until the routing decision is made (prefill only)."""
+        def keep_input(_module: nn.Module, args: tuple) -> None:
+            call = self._call.get()
+            if call is not None and call.trainable is None and call.scope.decision is None:
+                call.scope.states[block] = args[0]
+        return keep_input
+
+    def watch_tokens(self, _model: nn.Module, args: tuple, kwargs: dict) -> None:
+        """A forward pre-hook for the whole model: after the prefill, each decoding step's input
+        tokens go to the scope, which turns a row's LoRA off once its target is generated."""
+        call = self._call.get()
+        if call is None or call.trainable is not None or call.scope.decision is None or not call.scope.targets:
+            return
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        if ids is not None:
+            call.scope.watch(ids)
 
     # --- explicit modes, each entered and left by a context manager -------------------------
     @contextmanager
@@ -150,11 +203,21 @@ class RoutedLoRA(nn.Module):
             self._call.reset(token)
 
     # --- routing ---------------------------------------------------------------------------
-    def route(self, bank: EditBank, inputs: torch.Tensor, query_mask: torch.Tensor | None) -> Routing:
+    def queries(self, states: dict[int, torch.Tensor] | torch.Tensor, query_mask: torch.Tensor | None) -> np.ndarray | list:
+        """The routing queries of a batch from the module inputs it read ({block: (batch, tokens,
+        dim)}; a bare tensor is this layer's own input)."""
+        if isinstance(states, torch.Tensor):
+            states = {self.layer_index: states}
+        if self.key_function == "subject":
+            token_layer, span_layer = self.subject_layers
+            return subject_queries(states[token_layer], states[span_layer], query_mask, self.max_window)
+        return pool_prompt(states[self.layer_index], query_mask, self.key_function).cpu().numpy()
+
+    def route(self, bank: EditBank, states: dict[int, torch.Tensor] | torch.Tensor, query_mask: torch.Tensor | None) -> Routing:
         if bank.size == 0:
-            return Routing.unrouted(inputs.shape[0])
-        queries = pool_prompt(inputs, query_mask, self.key_function).cpu().numpy()
-        return bank.decide(queries, self.threshold, self.radius_ratio)
+            first = states if isinstance(states, torch.Tensor) else next(iter(states.values()))
+            return Routing.unrouted(first.shape[0])
+        return bank.decide(self.queries(states, query_mask), self.threshold, self.radius_ratio)
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         output = self.base(inputs)
@@ -169,7 +232,8 @@ class RoutedLoRA(nn.Module):
         if call.bank.size == 0:
             return output
         routing = self._decision(call, inputs)
-        rows = [i for i, edit in enumerate(routing.edits) if edit is not None]
+        done = call.scope.done
+        rows = [i for i, edit in enumerate(routing.edits) if edit is not None and not (done and done[i])]
         if not rows:
             return output
         loras = [call.bank.lora(routing.edits[i]) for i in rows]
@@ -185,6 +249,12 @@ class RoutedLoRA(nn.Module):
         if scope.decision is not None:
             if len(scope.decision.edits) != inputs.shape[0]:
                 raise RuntimeError("batch size changed inside one routing scope")
-            return scope.decision
-        scope.decision = self.route(call.bank, inputs, scope.query_mask)
+        else:
+            states = {**scope.states, self.layer_index: inputs}
+            scope.decision = self.route(call.bank, states, scope.query_mask)
+            scope.states = {}
+        if scope.target_ids is not None and not scope.targets:  # once, at the prefill
+            scope.targets = [scope.target_ids(edit) if edit is not None else None for edit in scope.decision.edits]
+            scope.generated = [[] for _ in scope.targets]
+            scope.done = [False for _ in scope.targets]
         return scope.decision

@@ -25,6 +25,20 @@ def default_module_for(model: nn.Module) -> str:
     return architecture_of(model).default_module
 
 
+def start_token_for(tokenizer: object) -> int:
+    """The fixed token a subject-keyed registry puts before every prompt: the document
+    separator where the vocabulary has one (what a pretrained model saw before a fresh text),
+    else the BOS token, else EOS; -1 when the tokenizer has none of them."""
+    vocab = tokenizer.get_vocab() if hasattr(tokenizer, "get_vocab") else {}
+    if "<|endoftext|>" in vocab:
+        return int(vocab["<|endoftext|>"])
+    for name in ("bos_token_id", "eos_token_id"):
+        value = getattr(tokenizer, name, None)
+        if isinstance(value, int):
+            return value
+    return -1
+
+
 def attach(model: nn.Module, config: RoutingConfig) -> RoutedLoRA:
     """Replace `blocks[layer].<module>` with a RoutedLoRA around it (idempotent)."""
     blocks = decoder_blocks(model)
@@ -39,8 +53,13 @@ def attach(model: nn.Module, config: RoutingConfig) -> RoutedLoRA:
         raise ValueError(f"block {config.layer} has no module {config.module!r}")
     if isinstance(current, RoutedLoRA):
         return current
-    routed = RoutedLoRA(current, config.key_function, config.threshold, config.scale, config.radius_ratio)
+    routed = RoutedLoRA(current, config.key_function, config.threshold, config.scale, config.radius_ratio,
+                        config.layer, config.subject_layers, config.max_window)
     setattr(parent, leaf, routed)
+    for block in config.read_layers:
+        if block != config.layer:
+            blocks[block].get_submodule(config.module).register_forward_pre_hook(routed.tap(block))
+    model.register_forward_pre_hook(routed.watch_tokens, with_kwargs=True)
     return routed
 
 
@@ -89,11 +108,17 @@ class RoutedModel:
         self.bank = EditBank.empty()
 
     # --- tokenisation ----------------------------------------------------------------------
+    @property
+    def start_ids(self) -> list[int]:
+        """The recorded start token put before every prompt (none unless the config has one)."""
+        return [self.config.start_token] if self.config.start_token >= 0 else []
+
     def prompt_ids(self, text: str) -> list[int]:
-        """A prompt's token ids as the model reads them: the family's prefix (Gemma's <bos>),
-        then the text's own tokens (no other special tokens). Empty when the text has no tokens."""
+        """A prompt's token ids as the model reads them: the family's prefix (Gemma's <bos>), the
+        registry's start token (subject keys), then the text's own tokens (no other special
+        tokens). Empty when the text has no tokens."""
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        return self.prefix + ids if ids else []
+        return self.prefix + self.start_ids + ids if ids else []
 
     def encode(self, prompt: str, target: str | None = None) -> Encoded:
         prompt_ids = self.prompt_ids(prompt)
@@ -107,6 +132,23 @@ class RoutedModel:
         device = self.device  # every forward pass of sola runs where the model is
         ids = torch.tensor([prompt_ids + target_ids], dtype=torch.long, device=device)
         return Encoded(ids, len(prompt_ids), torch.tensor(target_ids, dtype=torch.long, device=device))
+
+    def subject_span(self, prompt: str, subject: str | None) -> tuple[int, int] | None:
+        """Token positions [start, end) of `subject` in `encode(prompt)` (its first occurrence,
+        exact case first, else ignoring case); None without a subject. ValueError when the
+        prompt does not contain it: a subject key can only be read from the subject's tokens."""
+        if subject is None or not subject.strip():
+            return None
+        needle = subject.strip()
+        at = prompt.find(needle)
+        if at < 0:
+            at = prompt.lower().find(needle.lower())
+        if at < 0:
+            raise ValueError(f"subject {subject[:80]!r} does not occur in the prompt {prompt[:80]!r}")
+        offsets = self.tokenizer(prompt, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+        inside = [i for i, (lo, hi) in enumerate(offsets) if lo < at + len(needle) and hi > at]
+        shift = len(self.prefix) + len(self.start_ids)
+        return inside[0] + shift, inside[-1] + 1 + shift
 
     # --- bank ------------------------------------------------------------------------------
     def set_bank(self, bank: EditBank) -> None:
@@ -122,8 +164,23 @@ class RoutedModel:
             self.bank = previous
 
     def routing_call(self, scope: RoutingScope | None = None, bank: EditBank | None = None):
-        """The context every forward pass runs in: routed by `bank` (default: this model's)."""
-        return self.layer.routing_call(bank if bank is not None else self.bank, scope)
+        """The context every forward pass runs in: routed by `bank` (default: this model's).
+        With `after_target` "stop", a generated row's LoRA goes off once its edit's target
+        tokens have been generated (sola.layer.RoutingScope.watch)."""
+        bank = bank if bank is not None else self.bank
+        scope = scope if scope is not None else RoutingScope()
+        if self.config.after_target == "stop" and bank.answers and scope.target_ids is None:
+            scope.target_ids = lambda edit: self.target_ids(bank, edit)
+        return self.layer.routing_call(bank, scope)
+
+    def target_ids(self, bank: EditBank, edit: str) -> list[int] | None:
+        """The token ids an edit was trained to produce after its prompt (None if unknown)."""
+        answer = bank.answers.get(edit)
+        if answer is None:
+            return None
+        prompt, target = answer
+        ids = self.tokenizer(join_target(prompt, target), add_special_tokens=False)["input_ids"]
+        return list(ids) or None
 
     @property
     def device(self) -> torch.device:
@@ -214,6 +271,47 @@ class RoutedModel:
             for handle in handles:
                 handle.remove()
         return seen["block"], seen["module"]
+
+    @torch.no_grad()
+    def capture_keys(self, input_ids: torch.Tensor) -> dict[int, torch.Tensor]:
+        """{block: input of the edited projection at that block} for the blocks a key reads
+        (sola.config.RoutingConfig.read_layers), from one forward pass that stops at the edited
+        module: the activations a routing query is made of, outside any routing call."""
+        blocks = decoder_blocks(self.model)
+        seen: dict[int, torch.Tensor] = {}
+        wanted = [b for b in self.config.read_layers if b != self.config.layer]
+
+        def keeper(block: int):
+            def keep(_module: nn.Module, args: tuple) -> None:
+                seen[block] = args[0].detach()
+            return keep
+
+        def keep_module_input_and_stop(_module: nn.Module, args: tuple) -> None:
+            seen[self.config.layer] = args[0].detach()
+            raise _StopForward
+
+        handles = [blocks[b].get_submodule(self.config.module).register_forward_pre_hook(keeper(b)) for b in wanted]
+        handles.append(self.layer.register_forward_pre_hook(keep_module_input_and_stop))
+        try:
+            self.model(input_ids=input_ids, use_cache=False)
+        except _StopForward:
+            pass
+        finally:
+            for handle in handles:
+                handle.remove()
+        return seen
+
+    def route(self, input_ids: list[int], query_mask: list[int] | None = None, bank: EditBank | None = None) -> Routing:
+        """The routing decision for one pre-tokenised sequence, without generating (a chat turn
+        routes by its user message alone, then generates with the decision pinned)."""
+        states = self.capture_keys(torch.tensor([input_ids], dtype=torch.long, device=self.device))
+        mask = None if query_mask is None else torch.tensor([query_mask], device=self.device)
+        return self.layer.route(bank if bank is not None else self.bank, states, mask)
+
+    @property
+    def key_dim(self) -> int:
+        """Width of a stored key: the projection's input, twice over for a two-part subject key."""
+        return self.layer.in_features * (2 if self.config.key_function == "subject" else 1)
 
     @contextmanager
     def upper_stack(self, block_input: torch.Tensor) -> Iterator[None]:

@@ -311,9 +311,7 @@ class Generator:
         for job in jobs:
             ids = job.route_ids if job.route_ids is not None else job.token_ids
             mask = None if job.route_ids is not None else job.query_mask
-            _, module_input = self.routed.capture(torch.tensor([ids], dtype=torch.long, device=self.routed.device))
-            query_mask = None if mask is None else torch.tensor([mask], device=module_input.device)
-            found.append(self.routed.layer.route(job.snapshot.bank, module_input, query_mask))
+            found.append(self.routed.route(ids, mask, job.snapshot.bank))
         return Routing([r.edits[0] for r in found], [r.distances[0] for r in found], [r.nearest[0] for r in found],
                        [r.radii[0] for r in found])
 

@@ -86,5 +86,6 @@ def load_snapshot(directory: Path) -> Snapshot:
     search = ExactKeySearch(np.concatenate([arrays["keys"], revoked_keys]), np.arange(len(owners), dtype=np.int64))
     index_of = {edit: i for i, edit in enumerate(ids)}
     routed.set_bank(EditBank(search, dict(enumerate(owners)),
-                             lambda edit: (lora_a[index_of[edit]], lora_b[index_of[edit]]), frozenset(revoked_ids)))
+                             lambda edit: (lora_a[index_of[edit]], lora_b[index_of[edit]]), frozenset(revoked_ids),
+                             {entry["edit"]: (entry["prompt"], entry["target"]) for entry in edits}))
     return Snapshot(manifest, routed)

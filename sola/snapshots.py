@@ -51,9 +51,11 @@ def snapshot_bank(registry: Registry, commit: Commit, device: torch.device | str
     search, key_edit = registry.key_search(commit, tombstones=True)
     members = registry.members(commit)
     active = [e for e, s in members.items() if s == "active"]
-    tensors = {e: row["tensors_sha256"] for e, row in registry.catalog.edit_rows(active).items()}
+    rows = registry.catalog.edit_rows(active)
+    tensors = {e: row["tensors_sha256"] for e, row in rows.items()}
+    answers = {e: (row["prompt"], row["target"]) for e, row in rows.items()}
     tombstones = frozenset(e for e, s in members.items() if s == "tombstone")
-    return EditBank(search, key_edit, object_fetcher(registry.objects, tensors, device), tombstones)
+    return EditBank(search, key_edit, object_fetcher(registry.objects, tensors, device), tombstones, answers)
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import torch
 
 from sola.config import TrainConfig
-from sola.keys import pool_prompt
+from sola.keys import pool_prompt, subject_key
 from sola.routed import Encoded, RoutedModel
 
 
@@ -32,25 +32,44 @@ class TrainedEdit:
     losses: list[float] = field(default_factory=list)  # the loss at every forward pass, in order
 
 
-def routing_key(routed: RoutedModel, prompt: str) -> torch.Tensor:
-    """The key of a prompt: the edited module's input over the prompt tokens, pooled."""
+def routing_key(routed: RoutedModel, prompt: str, subject: str | None = None) -> torch.Tensor:
+    """The key of a prompt: the edited module's input over the prompt tokens, pooled; for
+    subject keys, read from the subject's tokens (sola.keys.subject_key; `subject` None: the
+    prompt's last tokens stand in for it). ValueError when the prompt lacks the subject."""
     encoded = routed.encode(prompt)
+    config = routed.config
+    if config.key_function == "subject":
+        states = routed.capture_keys(encoded.input_ids)
+        token_layer, span_layer = config.subject_layers
+        span = routed.subject_span(prompt, subject)
+        return subject_key(states[token_layer], states[span_layer], None, span, config.max_window).cpu()
     _, module_input = routed.capture(encoded.input_ids)
-    return pool_prompt(module_input, None, routed.config.key_function)[0].cpu()  # compared with stored keys on the CPU
+    return pool_prompt(module_input, None, config.key_function)[0].cpu()  # compared with stored keys on the CPU
 
 
-def edit_inputs(routed: RoutedModel, prompt: str, target: str,
-                rephrases: list[str] | None = None) -> tuple[Encoded, torch.Tensor, torch.Tensor]:
+def rephrase_key(routed: RoutedModel, prompt: str, subject: str | None) -> torch.Tensor:
+    """A rephrase's key: on the subject where the rephrase names it, else on its last tokens."""
+    try:
+        return routing_key(routed, prompt, subject)
+    except ValueError:
+        return routing_key(routed, prompt, None)
+
+
+def edit_inputs(routed: RoutedModel, prompt: str, target: str, rephrases: list[str] | None = None,
+                subject: str | None = None) -> tuple[Encoded, torch.Tensor, torch.Tensor]:
     """(the prompt + target sequence, the edited block's input for it, the edit's keys).
 
     None of these depend on the LoRA being fitted, so they are computed once per edit, before
     training, and a batched trainer computes them exactly as the one-at-a-time one does."""
     encoded = routed.encode(prompt, target)  # on the model's device
     block_input, module_input = routed.capture(encoded.input_ids)
-    prompt_mask = torch.zeros_like(encoded.input_ids)
-    prompt_mask[:, : encoded.prompt_len] = 1
-    keys = [pool_prompt(module_input, prompt_mask, routed.config.key_function)[0].cpu()]
-    keys += [routing_key(routed, text) for text in rephrases or []]
+    if routed.config.key_function == "subject":
+        keys = [routing_key(routed, prompt, subject)]
+    else:
+        prompt_mask = torch.zeros_like(encoded.input_ids)
+        prompt_mask[:, : encoded.prompt_len] = 1
+        keys = [pool_prompt(module_input, prompt_mask, routed.config.key_function)[0].cpu()]
+    keys += [rephrase_key(routed, text, subject) for text in rephrases or []]
     return encoded, block_input, torch.stack(keys)
 
 
@@ -84,10 +103,11 @@ def train_edit(
     rephrases: list[str] | None = None,
     config: TrainConfig = TrainConfig(),
     cache_lower_blocks: bool = True,
+    subject: str | None = None,
 ) -> TrainedEdit:
     """Fit the LoRA until every target token is the argmax and the loss is under `stop_loss`."""
     started = time.perf_counter()
-    encoded, block_input, keys = edit_inputs(routed, prompt, target, rephrases)
+    encoded, block_input, keys = edit_inputs(routed, prompt, target, rephrases, subject)
     lora_a, lora_b, optimizer = fresh_adapter(routed, config)
     start = encoded.prompt_len - 1
     targets = encoded.target_ids

@@ -22,15 +22,15 @@ from registry.model import MAIN
 from registry.routing import nearest_active, same_answer
 from registry.storage import Storage, registry_exists
 from registry.store import Commit, Registry, RegistryError, iso, utcnow
-from sola.arch import architecture_of, context_length as model_context, decoder_blocks, routing_defaults
+from sola.arch import architecture_of, context_length as model_context, decoder_blocks, prompt_prefix, routing_defaults
 from sola.config import RoutingConfig, TrainConfig, default_author
 from sola.data import EditRequest, RequestError, check_notes, check_text
 from sola.layer import EditBank, Routing
 from sola.modelio import ModelError, load_base
-from sola.routed import RoutedModel
+from sola.routed import RoutedModel, start_token_for
 from sola.snapshots import snapshot_bank
 from sola.batch_train import EditJob, train_edits
-from sola.train import TrainedEdit, routing_key, train_edit
+from sola.train import TrainedEdit, rephrase_key, routing_key, train_edit
 
 
 class EditConflict(RegistryError):
@@ -196,6 +196,7 @@ class Workspace:
         self._routed: RoutedModel | None = None
         # per branch: (head commit id, index of its active and tombstoned keys, key id -> edit, tombstoned edits)
         self._head_index: dict[str, tuple[str, FaissKeySearch, dict[int, str], frozenset[str]]] = {}
+        self._answer_cache: dict[str, tuple[str, str]] = {}
 
     # --- lifecycle ----------------------------------------------------------------------------
     @classmethod
@@ -213,6 +214,12 @@ class Workspace:
         base = base.to(device)
         for name, value in routing_defaults(base).items():  # the family's studied defaults (sola.arch)
             settings.setdefault(name, value)
+        if settings.get("key_function", RoutingConfig.key_function) == "subject":  # recorded explicitly
+            # unset (or carried over as unset from a mean-keyed registry): resolved and recorded now
+            if not settings.get("key_layers"):
+                settings["key_layers"] = list(RoutingConfig.from_dict(settings).subject_layers)
+            if settings.get("start_token", -1) == -1:  # a family with a fixed prefix (Gemma's <bos>) needs none
+                settings["start_token"] = -1 if prompt_prefix(base, tokenizer) else start_token_for(tokenizer)
         config = RoutingConfig.from_dict(settings)
         _check_module(base, config)
         try:
@@ -220,7 +227,7 @@ class Workspace:
         except TypeError as error:  # a module sola cannot edit (an activation, a norm)
             raise ModelError(f"--module {config.module}: {error}") from None
         family = architecture_of(base)
-        routing_record = dict(config.to_dict(), key_dim=routed.layer.in_features, block_path=family.block_path, family=family.name)
+        routing_record = dict(config.to_dict(), key_dim=routed.key_dim, block_path=family.block_path, family=family.name)
         registry = Registry.create(root, identity.to_dict(), routing_record, author, training.to_dict() if training is not None else None,
                                    storage)
         workspace = cls(root, registry, writable=True, device=device)
@@ -286,7 +293,15 @@ class Workspace:
         """The bank of a branch head, from a copy of the incrementally maintained in-memory index
         (the bank must not change under its holder when later edits extend the head index)."""
         search, key_edit, revoked = self._head_search(branch)
-        return EditBank(search.copy(), dict(key_edit), self._fetch_lora, revoked)
+        return EditBank(search.copy(), dict(key_edit), self._fetch_lora, revoked, self._answers(set(key_edit.values()) - revoked))
+
+    def _answers(self, edit_ids: set[str]) -> dict[str, tuple[str, str]]:
+        """(prompt, target) of edits, read once per edit (edits never change)."""
+        missing = [e for e in edit_ids if e not in self._answer_cache]
+        if missing:
+            rows = self.registry.catalog.edit_rows(missing)
+            self._answer_cache.update({e: (row["prompt"], row["target"]) for e, row in rows.items()})
+        return {e: self._answer_cache[e] for e in edit_ids if e in self._answer_cache}
 
     def routed_at(self, revision: str | None = None, at: str | None = None) -> tuple[RoutedModel, Commit]:
         """The model routed as at a revision; the catalog is released before the model loads."""
@@ -367,12 +382,13 @@ class Workspace:
         self.release()
         routed = self.model()
         self._check_request_tokens(routed, request)
-        key = routing_key(routed, request.prompt)
+        key = routing_key(routed, request.prompt, request.subject)
         close, duplicate = self._admit(key, request, supersede_ids, force, branch)
         if duplicate is not None:
             return duplicate
         self.release()
-        trained = train_edit(routed, request.prompt, request.target, list(request.rephrases), train_config)
+        trained = train_edit(routed, request.prompt, request.target, list(request.rephrases), train_config,
+                             subject=request.subject)
         planned = PlannedEdit(request, author, reason, source, supersede_ids)
         outcome = self._record(planned, trained, key, close, force, train_config, branch,
                                recheck_unless=seen_head)
@@ -470,13 +486,13 @@ class Workspace:
                 self._check_request_tokens(routed, item.request)
             except RequestError as error:
                 raise RequestError(f"request {line}: {error}; nothing was edited" if numbered else str(error)) from None
-        keys = [routing_key(routed, item.request.prompt) for item in items]
+        keys = [routing_key(routed, item.request.prompt, item.request.subject) for item in items]
         duplicates = self._plan_duplicates(routed, items, keys, force, branch)
         self.release()
         # made alone at their turn: the planned duplicates (confirmed, or trained after all, against
         # the real head), and with batch 1 (or a single edit) every edit, exactly as `edit` makes it
         alone = duplicates if batch > 1 and len(items) > 1 else set(range(len(items)))
-        jobs = [EditJob(item.request.prompt, item.request.target, tuple(item.request.rephrases)) for item in items]
+        jobs = [EditJob(item.request.prompt, item.request.target, tuple(item.request.rephrases), item.request.subject) for item in items]
         to_train = [i for i in range(len(items)) if i not in alone]
         results: dict[int, TrainedEdit] = {}
         outcomes: list[EditOutcome] = []
@@ -503,14 +519,15 @@ class Workspace:
     def _edit_planned(self, item: PlannedEdit, force: bool, train_config: TrainConfig, branch: str) -> EditOutcome:
         """One planned edit made alone: admitted against the head, trained, committed."""
         routed = self.model()
-        key = routing_key(routed, item.request.prompt)
+        key = routing_key(routed, item.request.prompt, item.request.subject)
         close, duplicate = self._admit(key, item.request, item.supersede, force, branch)
         if duplicate is not None:
             return duplicate
         head = self.registry.branch_head(branch).commit_id
         self.release()
         request = item.request
-        trained = train_edit(routed, request.prompt, request.target, list(request.rephrases), train_config)
+        trained = train_edit(routed, request.prompt, request.target, list(request.rephrases), train_config,
+                             subject=request.subject)
         return self._record(item, trained, key, close, force, train_config, branch, recheck_unless=head)
 
     def _plan_duplicates(self, routed: RoutedModel, items: list[PlannedEdit], keys: list[torch.Tensor],
@@ -543,7 +560,7 @@ class Workspace:
                                        f"({prompt!r} -> {target!r}) at distance {distance:.4f}; nothing was edited")
             if position in duplicates:
                 continue
-            stored = [key.numpy()] + [routing_key(routed, text).numpy() for text in item.request.rephrases]
+            stored = [key.numpy()] + [rephrase_key(routed, text, item.request.subject).numpy() for text in item.request.rephrases]
             earlier = np.concatenate([earlier, np.stack(stored).astype(np.float32)])
             owner += [position] * len(stored)
         return duplicates
@@ -562,6 +579,11 @@ class Workspace:
     @staticmethod
     def _check_request_tokens(routed: RoutedModel, request: EditRequest) -> None:
         check_tokens(routed, request.prompt, "prompt with its target", target=request.target)
+        if routed.config.key_function == "subject":
+            try:
+                routed.subject_span(request.prompt, request.subject)
+            except ValueError as error:
+                raise RequestError(f"{error}: a subject key is read from the subject's tokens") from None
         for text in request.rephrases:
             check_tokens(routed, text, "rephrase prompt")
 
@@ -605,7 +627,7 @@ class Workspace:
             return
         seen: list[tuple[torch.Tensor, EditRequest, int]] = []
         for line, request in enumerate(requests, start=1):
-            key = routing_key(routed, request.prompt)
+            key = routing_key(routed, request.prompt, request.subject)
             for near in self.neighbours(key, self.routing.duplicate_distance, branch=branch):
                 if near.edit not in superseded and not same_answer(near.prompt, near.target, request.prompt, request.target):
                     raise EditConflict(

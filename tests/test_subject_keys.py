@@ -1,0 +1,140 @@
+"""Subject keys: a recorded key-function choice that keys an edit on its subject's tokens."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from registry.keyindex import FaissKeySearch
+from registry.routing import ExactKeySearch, SubjectQuery, nearest_subject, subject_similarity
+from sola.config import RoutingConfig, TrainConfig
+from sola.layer import EditBank
+from sola.routed import RoutedModel, default_module_for, start_token_for
+from sola.train import routing_key, train_edit
+from tests.test_cli import Sola
+
+PROMPT = "Danielle Darrieux's mother tongue is"
+SUBJECT = "Danielle Darrieux"
+SAME_SUBJECT_FIRST = "Danielle Darrieux plays the"  # shares the subject's tokens and position
+TRAIN = TrainConfig(max_steps=100, lr=0.1, stop_loss=2.0)
+
+
+def subject_model(model, tokenizer, threshold=0.05):
+    config = RoutingConfig(layer=2, module=default_module_for(model), threshold=threshold, key_function="subject",
+                           key_layers=(2, 1), start_token=start_token_for(tokenizer))
+    return RoutedModel(model, tokenizer, config)
+
+
+def test_subject_key_is_two_unit_parts_and_its_prompt_fires_it_at_distance_zero(tiny):
+    kind, model, tokenizer = tiny
+    routed = subject_model(model, tokenizer)
+    key = routing_key(routed, PROMPT, SUBJECT)
+    half = routed.layer.in_features
+    assert key.shape == (2 * half,) and routed.key_dim == 2 * half
+    assert torch.allclose(key[:half].norm() * np.sqrt(2), torch.tensor(1.0)) and torch.allclose(key[half:].norm() * np.sqrt(2), torch.tensor(1.0))
+    trained = train_edit(routed, PROMPT, "English", config=TRAIN, subject=SUBJECT)
+    routed.set_bank(EditBank.from_tensors({"e": (trained.lora_a, trained.lora_b, trained.keys)}))
+    _, routing = routed.prompt_logits(PROMPT)
+    assert routing.edits == ["e"] and routing.distances[0] < 1e-5
+    # another relation of the same subject, worded alike up to the subject: the same subject states
+    _, same = routed.prompt_logits(SAME_SUBJECT_FIRST)
+    assert same.edits == ["e"] and same.distances[0] < 1e-5
+
+
+def test_without_a_subject_the_prompt_tail_stands_in_and_another_ending_is_farther(tiny):
+    kind, model, tokenizer = tiny
+    routed = subject_model(model, tokenizer)
+    with_subject = routing_key(routed, PROMPT, SUBJECT)
+    without = routing_key(routed, PROMPT, None)
+    assert not torch.allclose(with_subject, without)
+    bank = EditBank.from_tensors({"e": (torch.zeros(routed.config.rank, routed.layer.in_features),
+                                        torch.zeros(routed.layer.out_features, routed.config.rank), without[None])})
+    assert routed.prompt_logits(PROMPT, bank)[1].distances[0] < 1e-5  # the literal prompt still fires it
+    assert routed.prompt_logits(SAME_SUBJECT_FIRST, bank)[1].distances[0] > 1e-3  # its subject alone does not
+
+
+def test_subject_must_occur_in_the_prompt(tiny):
+    kind, model, tokenizer = tiny
+    routed = subject_model(model, tokenizer)
+    with pytest.raises(ValueError, match="does not occur in the prompt"):
+        routing_key(routed, PROMPT, "Toko Yasuda")
+    assert routed.subject_span(PROMPT, "danielle darrieux") == routed.subject_span(PROMPT, SUBJECT)  # case ignored as a fallback
+
+
+def test_a_revoked_subject_edit_gives_bit_identical_base_logits_and_batches_route_as_singles(tiny, tiny_dirs):
+    kind, model, tokenizer = tiny
+    routed = subject_model(model, tokenizer)
+    prompts = [PROMPT, "Toko Yasuda plays the", SAME_SUBJECT_FIRST]
+    with routed.bank_override(EditBank.empty()):
+        base = [routed.prompt_logits(p)[0] for p in prompts]
+    trained = train_edit(routed, PROMPT, "English", config=TRAIN, subject=SUBJECT)
+    other = train_edit(routed, "Toko Yasuda plays the", "piano", config=TRAIN, subject="Toko Yasuda")
+    loras = {"e": (trained.lora_a, trained.lora_b, trained.keys), "o": (other.lora_a, other.lora_b, other.keys)}
+    bank = EditBank.from_tensors(loras)
+    singles = [routed.prompt_logits(p, bank)[1].edits[0] for p in prompts]
+    assert singles == ["e", "o", "e"]
+    _, batched = routed.generate(prompts, max_new_tokens=2, bank=bank)  # left-padded batch, one prefill
+    assert batched.edits == singles
+    revoked = EditBank(bank.search, bank.key_edit, bank.fetch, frozenset({"e"}))
+    for prompt, reference in zip(prompts, base):
+        logits, routing = routed.prompt_logits(prompt, revoked)
+        if routing.edits[0] is None:
+            assert torch.equal(logits, reference)
+    assert routed.prompt_logits(PROMPT, revoked)[1].edits == [None]
+
+
+def test_two_stage_search_finds_the_exhaustive_best(tmp_path):
+    rng = np.random.default_rng(0)
+    dim = 16
+
+    def unit(x):
+        return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+    keys = np.concatenate([unit(rng.normal(size=(500, dim))), unit(rng.normal(size=(500, dim)))], axis=1) / np.sqrt(2)
+    keys = keys.astype(np.float32)
+    queries = []
+    for target in (3, 77, 499):  # a noisy copy of a key's token part among random tokens, and of its span part
+        tokens = unit(np.concatenate([rng.normal(size=(5, dim)), keys[target:target + 1, :dim] * np.sqrt(2) + 0.1 * rng.normal(size=(1, dim))]))
+        windows = unit(np.concatenate([rng.normal(size=(9, dim)), keys[target:target + 1, dim:] * np.sqrt(2) + 0.1 * rng.normal(size=(1, dim))]))
+        queries.append(SubjectQuery(tokens.astype(np.float32), windows.astype(np.float32)))
+    ids = np.arange(1000, 1500, dtype=np.int64)
+    for search in (ExactKeySearch(keys, ids), FaissKeySearch.build(keys, ids, 2 * dim)):
+        sims, found = nearest_subject(search, queries, candidates=8)
+        exhaustive = [int(ids[subject_similarity(q, keys).argmax()]) for q in queries]
+        assert found.tolist() == exhaustive == [1003, 1077, 1499]
+        assert np.allclose(sims, [subject_similarity(q, keys).max() for q in queries], atol=1e-5)
+
+
+def test_cli_subject_registry_records_its_key_and_refuses_a_missing_subject(tmp_path, tiny_dirs):
+    cli = Sola(tmp_path / "subject")
+    made = cli.json("init", "--model", str(tiny_dirs["llama"]), "--key-function", "subject", "--layer", "2", "--threshold", "0.05")
+    routing = made["routing"]
+    assert routing["key_function"] == "subject" and routing["key_layers"] == [2, 2] and routing["start_token"] == 0
+    assert routing["key_dim"] == 64  # two parts of the 32-wide projection input
+    error = cli.fails("edit", "--prompt", PROMPT, "--target", "English", "--subject", "Toko Yasuda", "--steps", "5")
+    assert "does not occur in the prompt" in error
+    assert len(cli.json("log")) == 1  # nothing was committed
+    edits = tmp_path / "edits.jsonl"
+    edits.write_text(json.dumps({"prompt": PROMPT, "target_new": "English", "subject": SUBJECT}) + "\n")
+    cli("edit", "--file", str(edits), "--steps", "60")
+    fired = cli.json("generate", SAME_SUBJECT_FIRST, "--max-new-tokens", "1")
+    assert fired["edit"] is not None and fired["distance"] < 1e-5
+
+
+def test_a_registry_recorded_before_subject_keys_routes_by_its_mean_key_without_a_start_token(tmp_path, tiny_dirs, tiny):
+    old_record = {"layer": 2, "module": "mlp.up_proj", "rank": 4, "alpha": 4.0, "threshold": 0.05, "key_function": "mean",
+                  "duplicate_distance": 0.002, "radius_ratio": 0.5, "revoke_mode": "tombstone"}
+    config = RoutingConfig.from_record(old_record)
+    assert config.key_function == "mean" and config.start_token == -1 and config.read_layers == (2,)
+    kind, model, tokenizer = tiny
+    if kind != "llama":
+        return
+    routed = RoutedModel(model, tokenizer, config)
+    plain = tokenizer(PROMPT, add_special_tokens=False)["input_ids"]
+    assert routed.encode(PROMPT).input_ids[0].tolist() == plain  # nothing put before the prompt
+    states = routed.capture_keys(torch.tensor([plain]))
+    mean = torch.nn.functional.normalize(states[2][0].mean(dim=0), dim=-1)
+    assert torch.allclose(routing_key(routed, PROMPT, SUBJECT), mean, atol=1e-6)  # the subject is not used
