@@ -39,8 +39,8 @@ from sola.train import routing_key
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 RESULTS = Path(__file__).parent / "results"
-THRESHOLDS = [0.02, 0.04, 0.06, 0.08, 0.1, 0.12, 0.15, 0.2, 0.25]
-RATIOS = [0.0, 0.5, 1.0]
+THRESHOLDS = [0.02, 0.04, 0.06, 0.08, 0.1, 0.12, 0.14, 0.16, 0.18, 0.2, 0.22, 0.25]
+RATIOS = [0.0, 0.5, 0.75, 1.0]
 
 
 def queries_of(routed: RoutedModel, prompts: list[str], cache: dict) -> list:
@@ -136,10 +136,10 @@ def main() -> None:
             routed = RoutedModel(base2, tokenizer2, config)
         print(f"key function {key_function}: {config.to_dict()}", flush=True)
         results[key_function] = {"routing": config.to_dict(), "banks": study(routed, banks, known)}
-    results["protocol"]["git"] = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{args.name}.json").write_text(json.dumps(results, indent=1))
-    print(f"wrote {RESULTS / (args.name + '.json')}")
+        results["protocol"]["git"] = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+        RESULTS.mkdir(exist_ok=True)  # after each key function, so a long run keeps what it measured
+        (RESULTS / f"{args.name}.json").write_text(json.dumps(results, indent=1))
+        print(f"wrote {RESULTS / (args.name + '.json')}", flush=True)
 
 
 if __name__ == "__main__":

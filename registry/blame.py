@@ -18,6 +18,7 @@ import numpy as np
 from registry.graph import first_parents
 from registry.lineage import follow
 from registry.model import ACTIVE, TOMBSTONE, Commit
+from registry.routing import SubjectQuery, subject_similarity
 from registry.store import Registry
 
 
@@ -40,7 +41,7 @@ def _decide(candidates: list[tuple[int, float]], neighbours: dict[int, list[tupl
     return (edit, None, distance) if states[edit] == ACTIVE else (None, edit, distance)
 
 
-def blame(registry: Registry, query: np.ndarray, head: Commit) -> list[dict[str, Any]]:
+def blame(registry: Registry, query: "np.ndarray | SubjectQuery", head: Commit) -> list[dict[str, Any]]:
     """One entry per commit (oldest first) of `head`'s first-parent chain at which the edit that
     answers the query changed: an edit starts answering, stops, another takes over, a tombstone
     holds it."""
@@ -48,9 +49,12 @@ def blame(registry: Registry, query: np.ndarray, head: Commit) -> list[dict[str,
     key_ids, owners, matrix = registry.all_keys()
     if not len(key_ids):
         return []
-    query = np.asarray(query, dtype=np.float32).reshape(-1)
-    query = query / max(float(np.linalg.norm(query)), 1e-12)
-    distances = np.maximum(0.0, 1.0 - matrix @ query)
+    if isinstance(query, SubjectQuery):  # a prompt's subject query: scored by the subject rule
+        distances = np.maximum(0.0, 1.0 - subject_similarity(query, matrix))
+    else:
+        query = np.asarray(query, dtype=np.float32).reshape(-1)
+        query = query / max(float(np.linalg.norm(query)), 1e-12)
+        distances = np.maximum(0.0, 1.0 - matrix @ query)
     close = np.flatnonzero(distances < rule.threshold)
     candidates = [(int(k), float(distances[k])) for k in close]
     neighbours: dict[int, list[tuple[int, float]]] = {}

@@ -273,7 +273,6 @@ def review_list(ctx: click.Context, into: str | None, as_json: bool) -> None:
 def blame(ctx: click.Context, prompt: str, branch_name: str, with_text: bool, max_new_tokens: int, as_json: bool) -> None:
     """The answer history of PROMPT along a branch: every commit at which the edit answering it changed."""
     from registry.blame import blame as find_blame
-    from sola.train import routing_key
     from sola.workspace import check_tokens
 
     with failures():
@@ -283,8 +282,8 @@ def blame(ctx: click.Context, prompt: str, branch_name: str, with_text: bool, ma
             head = workspace.registry.resolve(branch_name)
             workspace.release()  # no lock held while the model loads
             check_tokens(workspace.model(), prompt, "prompt", extra=max_new_tokens if with_text else 0)
-            key = routing_key(workspace.model(), prompt).numpy()
-            document = find_blame(workspace.registry, key, head)
+            query = workspace.model().query_of(prompt)  # the query the prompt routes by
+            document = find_blame(workspace.registry, query, head)
             workspace.release()
             if with_text:
                 for entry in document:

@@ -308,6 +308,11 @@ class RoutedModel:
         mask = None if query_mask is None else torch.tensor([query_mask], device=self.device)
         return self.layer.route(bank if bank is not None else self.bank, states, mask)
 
+    def query_of(self, prompt: str):
+        """The routing query a prompt makes at prefill: a pooled vector (numpy, (dim,)), or a
+        registry.routing.SubjectQuery for subject keys."""
+        return self.layer.queries(self.capture_keys(self.encode(prompt).input_ids), None)[0]
+
     @property
     def key_dim(self) -> int:
         """Width of a stored key: the projection's input, twice over for a two-part subject key."""

@@ -122,6 +122,8 @@ def test_cli_subject_registry_records_its_key_and_refuses_a_missing_subject(tmp_
     cli("edit", "--file", str(edits), "--steps", "60")
     fired = cli.json("generate", SAME_SUBJECT_FIRST, "--max-new-tokens", "1")
     assert fired["edit"] is not None and fired["distance"] < 1e-5
+    blamed = cli.json("blame", SAME_SUBJECT_FIRST)  # blame scores the prompt's subject query, as routing does
+    assert [(e["op"], e["edit"]) for e in blamed] == [("add", fired["edit"])]
 
 
 def test_a_registry_recorded_before_subject_keys_routes_by_its_mean_key_without_a_start_token(tmp_path, tiny_dirs, tiny):
