@@ -16,6 +16,11 @@ from typing import Any
 KEY_FUNCTIONS = ("mean", "last", "subject")
 MAX_WINDOW = 64
 REVOKE_MODES = ("tombstone", "delete")
+# `init --key-function subject` without --threshold/--radius-ratio: the subject-key study's choice
+# on SmolLM2-135M (docs/results.md section 7; benchmarks/results/subject_keys.json), which serves
+# CounterFact, zsRE and a mixed bank alike. Subject distances are larger than mean-key ones: the
+# two parts are read at lower blocks and a paraphrase matches the subject, not the template.
+SUBJECT_ROUTING_DEFAULTS = {"threshold": 0.2, "radius_ratio": 0.5}
 AFTER_TARGET = ("stop", "keep")
 
 # Upper bounds the CLI and these records share: a typo (`--steps 4000000`, `--lr 1e9`) is refused

@@ -10,7 +10,7 @@ import torch
 
 from registry.keyindex import FaissKeySearch
 from registry.routing import ExactKeySearch, SubjectQuery, nearest_subject, subject_similarity
-from sola.config import RoutingConfig, TrainConfig
+from sola.config import SUBJECT_ROUTING_DEFAULTS, RoutingConfig, TrainConfig
 from sola.layer import EditBank
 from sola.routed import RoutedModel, default_module_for, start_token_for
 from sola.train import routing_key, train_edit
@@ -114,6 +114,8 @@ def test_cli_subject_registry_records_its_key_and_refuses_a_missing_subject(tmp_
     routing = made["routing"]
     assert routing["key_function"] == "subject" and routing["key_layers"] == [2, 2] and routing["start_token"] == 0
     assert routing["key_dim"] == 64  # two parts of the 32-wide projection input
+    studied = Sola(tmp_path / "studied").json("init", "--model", str(tiny_dirs["llama"]), "--key-function", "subject")["routing"]
+    assert (studied["threshold"], studied["radius_ratio"]) == (SUBJECT_ROUTING_DEFAULTS["threshold"], SUBJECT_ROUTING_DEFAULTS["radius_ratio"])
     error = cli.fails("edit", "--prompt", PROMPT, "--target", "English", "--subject", "Toko Yasuda", "--steps", "5")
     assert "does not occur in the prompt" in error
     assert len(cli.json("log")) == 1  # nothing was committed
