@@ -364,6 +364,10 @@ class _RecordingBank:
     def revoked(self) -> frozenset[str]:
         return self.bank.revoked
 
+    @property
+    def answers(self) -> dict[str, tuple[str, str]]:
+        return self.bank.answers
+
     def decide(self, queries: Any, threshold: float, radius_ratio: float) -> Any:
         from sola.layer import Routing
 

@@ -12,8 +12,8 @@ are never given as keys: they are the unseen generalisation probes.
 - locality: token agreement with the base model on the locality prompt + answer (also: share bit-identical)
 - by generation: success, retention and generalisation also as the share of prompts whose greedy
   continuation of the target's length is exactly the target (not only teacher-forced accuracy)
-- relation locality: other-relation prompts of each edited subject (sola/probes.py), token agreement
-  with the base model on the probe + the base model's own 4-token continuation, and how often they fire
+- relation locality: other-relation prompts of each edited subject (sola/probes.py): share whose
+  next-token argmax is the base model's, and how often they fire
 - rollback fidelity: revoke a seeded random half; share whose prompt logits equal the base exactly
 - restore: bring back a seeded fifth of the revoked edits; they must produce their targets again,
   the still-revoked ones must stay bit-identical to the base, the never-revoked ones unchanged
@@ -235,7 +235,7 @@ def run_eval(
                 "threads": torch.get_num_threads(), "batch": batch, "device": device,
             }
             probes = relation_probes(requests, seed=seed)
-            protocol["relation_probes"] = {"per_edit": 2, "n": len(probes), "continuation_tokens": RELATION_TOKENS}
+            protocol["relation_probes"] = {"per_edit": 2, "n": len(probes), "measure": "next-token argmax unchanged"}
             base = _base_references(routed, requests, probes, notify)
             records: list[RecordResult] = []
             curve: list[dict[str, float]] = []
@@ -275,8 +275,6 @@ def run_eval(
     return EvalResult(protocol, records, curve)
 
 
-RELATION_TOKENS = 4  # the base model's own continuation of a relation probe that must not change
-
 
 @dataclass
 class _Base:
@@ -284,7 +282,7 @@ class _Base:
     locality_logits: list[torch.Tensor | None]
     prompt_logits: list[torch.Tensor]
     paraphrase_accuracy: list[float | None]
-    relation: dict[int, list[tuple[str, str, torch.Tensor]]] = field(default_factory=dict)  # record -> (probe, answer, argmax)
+    relation: dict[int, list[tuple[str, int]]] = field(default_factory=dict)  # record -> (probe, base next-token argmax)
 
 
 def _base_references(routed: RoutedModel, requests: list[EditRequest], probes: list[RelationProbe], notify: Progress) -> _Base:
@@ -292,10 +290,8 @@ def _base_references(routed: RoutedModel, requests: list[EditRequest], probes: l
     refs = _Base([], [], [], [])
     with routed.bank_override(EditBank.empty()):
         for done, probe in enumerate(probes, start=1):
-            [answer], _ = routed.generate([probe.prompt], max_new_tokens=RELATION_TOKENS)
-            if answer.strip():
-                argmax = routed.score(probe.prompt, answer)[0].argmax(-1)
-                refs.relation.setdefault(probe.record, []).append((probe.prompt, answer, argmax))
+            argmax = int(routed.prompt_logits(probe.prompt)[0].argmax())
+            refs.relation.setdefault(probe.record, []).append((probe.prompt, argmax))
             notify("relation probes", done, len(probes))
         for done, request in enumerate(requests, start=1):
             if request.locality_prompt and request.locality_answer:
@@ -333,9 +329,9 @@ def _measure(routed: RoutedModel, request: EditRequest, record: RecordResult, ba
     probes = base.relation.get(record.index, [])
     if probes:
         agreements, fired = [], []
-        for prompt, answer, argmax in probes:
-            logits, _, routing = routed.score(prompt, answer)
-            agreements.append((logits.argmax(-1) == argmax).float().mean().item())
+        for prompt, argmax in probes:
+            logits, routing = routed.prompt_logits(prompt)
+            agreements.append(1.0 if int(logits.argmax()) == argmax else 0.0)
             fired.append(1.0 if routing.edits[0] is not None else 0.0)
         record.locality_relation = sum(agreements) / len(agreements)
         record.relation_fired = sum(fired) / len(fired)
