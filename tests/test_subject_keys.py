@@ -120,8 +120,9 @@ def test_cli_subject_registry_records_its_key_and_refuses_a_missing_subject(tmp_
     assert "does not occur in the prompt" in error
     assert len(cli.json("log")) == 1  # nothing was committed
     edits = tmp_path / "edits.jsonl"
-    edits.write_text(json.dumps({"prompt": PROMPT, "target_new": "English", "subject": SUBJECT}) + "\n")
-    cli("edit", "--file", str(edits), "--steps", "60")
+    edits.write_text(json.dumps({"prompt": PROMPT, "target_new": "English", "subject": SUBJECT}) + "\n"
+                     + json.dumps({"prompt": "Toko Yasuda plays the", "target_new": "piano", "subject": "Toko Yasuda"}) + "\n")
+    cli("edit", "--file", str(edits), "--steps", "60", "--batch", "2")  # the batched trainer keys on the subject too
     fired = cli.json("generate", SAME_SUBJECT_FIRST, "--max-new-tokens", "1")
     assert fired["edit"] is not None and fired["distance"] < 1e-5
     blamed = cli.json("blame", SAME_SUBJECT_FIRST)  # blame scores the prompt's subject query, as routing does
