@@ -204,9 +204,12 @@ def study_keys(cache_dir: Path, model_spec: str | None = None, layer: int | None
     return zsre, counterfact, keys
 
 
-def study_arguments(doc: str) -> argparse.Namespace:
-    """The command line shared by the routing studies: where keys are cached, where results go."""
+def study_arguments(doc: str, extra=None) -> argparse.Namespace:
+    """The command line shared by the routing studies: where keys are cached, where results go
+    (`extra(parser)` adds a study's own options)."""
     parser = argparse.ArgumentParser(description=doc.split("\n")[0])
+    if extra is not None:
+        extra(parser)
     parser.add_argument("--cache-dir", type=Path, default=Path("/tmp/sola_collision_study"))
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--model", default=None, help="base model spec as for `sola init --model` (default: the bundled SmolLM2); "

@@ -24,7 +24,14 @@ Banks and queries:
 Headline: the best positive recall (generalisation) among settings whose negative false-fire
 rate is <= 0.01 (locality >= 0.99 at routing level), per rule.
 
+`--pools FILE --pools-layer L` reads the keys instead from a routing_study activation cache
+(`pools_<model>_n<N>_L<layers>.npz`: the mean keys of the first N CounterFact and zsRE records'
+edit, paraphrase and locality prompts at each studied layer, checked there against the product's
+keys): the same rules on banks of N CounterFact and N + N mixed keys, without computing the 7,300
+keys of the full study (about 40 minutes at 1 thread for Gemma 3 on a busy machine).
+
 Reproduce:  OMP_NUM_THREADS=1 .venv/bin/python benchmarks/radius_study.py [--model gemma3 [--layer L]]   (keys cached with collision_study)
+            OMP_NUM_THREADS=1 .venv/bin/python benchmarks/radius_study.py --model gemma3 --pools /tmp/sola_routing_study/pools_gemma3_n400_L2-4-6-8-10-12-14.npz --pools-layer 12
 Writes benchmarks/results/radius_study.json and radius_study.png. Never reads ../shared/holdout.
 """
 
@@ -91,6 +98,12 @@ def summary(rows: list[dict]) -> dict:
     return {"rows": rows, **{f"best_{rule}": best(rows, rule) for rule in ("global", "ratio", "margin")}}
 
 
+def json_prompts(file: str, field: str) -> list[str]:
+    from collision_study import DATA
+
+    return [r[field] for r in json.loads((DATA / file).read_text())]
+
+
 def plot(results: dict, path: Path) -> None:
     import matplotlib
 
@@ -98,9 +111,10 @@ def plot(results: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    titles = {"counterfact-1000": "1000 CounterFact edits: rephrases vs locality prompts",
+    largest = max((k for k in results if k.startswith("counterfact-") and k != "counterfact_growth"), key=lambda k: int(k.split("-")[1]))
+    titles = {largest: f"{largest.split('-')[1]} CounterFact edits: rephrases vs locality prompts",
               "mixed": "zsRE + CounterFact bank: zsRE paraphrases vs CF locality"}
-    for axis, name in zip(axes, ["counterfact-1000", "mixed"]):
+    for axis, name in zip(axes, [largest, "mixed"]):
         rows = results[name]["rows"]
         glob = [r for r in rows if r["rule"] == "global"]
         axis.plot([r["false_fire"] for r in glob], [r["recall"] for r in glob], "k.-", label="global T")
@@ -112,25 +126,51 @@ def plot(results: dict, path: Path) -> None:
         axis.set(xlabel="negatives that fire (1 - locality, routing level)",
                  ylabel="positives routed to their own edit", title=titles[name], xlim=(0, 0.06))
         axis.legend(fontsize=7)
+    fig.suptitle(f"radius rules, model {results['model']}, keys: {Path(results['keys']).name}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
 
+def pooled_keys(path: Path, layer: int) -> dict[str, np.ndarray]:
+    """The study's key groups from a routing_study activation cache: normalised mean pools at
+    `layer` of each dataset's edit, paraphrase and locality prompts (datasets and roles in the
+    order routing_study stores them)."""
+    stored = np.load(path, allow_pickle=False)
+    layers = [int(x) for x in path.stem.rsplit("_L", 1)[1].split("-")]
+    mean = list(stored["raw_pools"]).index("mean")
+    pools = stored["pools"][:, layers.index(layer), mean].astype(np.float64)
+    n = len(pools) // 6
+    names = ["cf_prompt", "cf_rephrase", "cf_locality", "zsre_src", "zsre_rephrase", "zsre_loc"]
+    return {name: pools[i * n:(i + 1) * n] / np.linalg.norm(pools[i * n:(i + 1) * n], axis=1, keepdims=True)
+            for i, name in enumerate(names)}
+
+
 def main() -> None:
-    args = study_arguments(__doc__)
+    def pools_options(parser) -> None:
+        parser.add_argument("--pools", type=Path, default=None, help="a routing_study activation cache to read keys from")
+        parser.add_argument("--pools-layer", type=int, default=None, help="the layer of --pools to use")
 
-    zsre, counterfact, keys = study_keys(args.cache_dir, args.model, args.layer)
-    keys["cf_rephrase"] = product_keys([r["rephrase_prompt"] for r in counterfact], args.cache_dir, args.model, args.layer).astype(np.float64)
-    name = result_name("radius_study", args)
+    args = study_arguments(__doc__, pools_options)
+    if args.pools is not None:
+        keys = pooled_keys(args.pools, args.pools_layer)
+        name = result_name("radius_study", args) + f"-pools-L{args.pools_layer}-n{len(keys['cf_prompt'])}"
+        sizes = (100, 300, len(keys["cf_prompt"]))
+    else:
+        _, _, keys = study_keys(args.cache_dir, args.model, args.layer)
+        keys["cf_rephrase"] = product_keys(json_prompts("counterfact-1k.json", "rephrase_prompt"), args.cache_dir, args.model,
+                                           args.layer).astype(np.float64)
+        name = result_name("radius_study", args)
+        sizes = (100, 300, 1000)
 
-    results: dict = {"protocol": __doc__, "max_false_fire": MAX_FALSE_FIRE}
-    for n in (100, 300, 1000):
+    results: dict = {"protocol": __doc__, "max_false_fire": MAX_FALSE_FIRE, "keys": str(args.pools or "product keys"),
+                     "model": args.model or "default"}
+    for n in sizes:
         rows = sweep(keys["cf_prompt"][:n], keys["cf_rephrase"][:n], np.arange(n), keys["cf_locality"][:n])
         results[f"counterfact-{n}"] = summary(rows)
     mixed_bank = np.concatenate([keys["zsre_src"], keys["cf_prompt"]])
-    rows = sweep(mixed_bank, keys["zsre_rephrase"], np.arange(len(zsre)), keys["cf_locality"])
+    rows = sweep(mixed_bank, keys["zsre_rephrase"], np.arange(len(keys["zsre_src"])), keys["cf_locality"])
     results["mixed"] = summary(rows)
-    zsre_rows = sweep(keys["zsre_src"], keys["zsre_rephrase"], np.arange(len(zsre)), keys["zsre_loc"])
+    zsre_rows = sweep(keys["zsre_src"], keys["zsre_rephrase"], np.arange(len(keys["zsre_src"])), keys["zsre_loc"])
     results["zsre"] = summary(zsre_rows)
     # false fires of CounterFact locality prompts at the default T as the bank grows, per rule
     results["counterfact_growth"] = {
@@ -143,8 +183,8 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{name}.json").write_text(json.dumps(results, indent=1))
     plot(results, args.out / f"{name}.png")
-    for name in ("counterfact-100", "counterfact-300", "counterfact-1000", "mixed", "zsre"):
-        print(name, {rule: results[name][f"best_{rule}"] for rule in ("global", "ratio", "margin")})
+    for part in [f"counterfact-{n}" for n in sizes] + ["mixed", "zsre"]:
+        print(part, {rule: results[part][f"best_{rule}"] for rule in ("global", "ratio", "margin")})
     print(json.dumps(results["counterfact_growth"], indent=1))
 
 
