@@ -189,16 +189,19 @@ class RoutedModel:
     # --- forward passes --------------------------------------------------------------------
     @torch.no_grad()
     def score(self, prompt: str, target: str, bank: EditBank | None = None) -> tuple[torch.Tensor, Encoded, Routing]:
-        """Teacher-forced logits at the target positions; routing uses the prompt tokens only."""
+        """Teacher-forced logits at the target positions; routing uses the prompt tokens only.
+
+        The output layer runs only at the positions that predict a target token (and the last
+        one, dropped): Gemma's 262k-word output layer costs more than all its blocks per position."""
         encoded = self.encode(prompt, target)
         mask = torch.zeros_like(encoded.input_ids)
         mask[:, : encoded.prompt_len] = 1
         scope = RoutingScope(query_mask=mask)
+        targets = len(encoded.target_ids)
         with self.routing_call(scope, bank):
-            logits = self.model(input_ids=encoded.input_ids.to(self.device), use_cache=False).logits[0]
-        start = encoded.prompt_len - 1
+            logits = self.model(input_ids=encoded.input_ids.to(self.device), use_cache=False, logits_to_keep=targets + 1).logits[0]
         decision = scope.decision or Routing.unrouted(1)
-        return logits[start : start + len(encoded.target_ids)], encoded, decision
+        return logits[:targets], encoded, decision
 
     @torch.no_grad()
     def prompt_logits(self, prompt: str, bank: EditBank | None = None) -> tuple[torch.Tensor, Routing]:
