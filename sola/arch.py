@@ -41,7 +41,7 @@ ARCHITECTURES = (
     # Gemma 3 text (gemma-3-270m): same block layout as Llama, but prompts need <bos>
     # ("The capital of France is" -> " France. The The The ..." without it) and each block's
     # attention kind (sliding or full, with its own RoPE base) is looked up by block position.
-    # Defaults: the routing study on gemma-3-270m (docs/results.md, section 7).
+    # Defaults: the routing study on gemma-3-270m (docs/results.md, section 8).
     Architecture("gemma3", ("gemma3_text", "gemma3"), "model", "layers", "mlp.up_proj", False, starts_with_bos=True,
                  routing_defaults={"layer": 12, "threshold": 0.035, "radius_ratio": 0.5}, studied_on="gemma-3-270m"),
     # Llama, SmolLM2, Qwen, Mistral. Defaults: the routing study on SmolLM2-135M (results.md, section 3).
