@@ -106,12 +106,13 @@ def migrate_storage(source: Registry, target_root: Path, storage: Storage, progr
 
     with Registry.open(target_root) as copy:
         report = verify(copy)
-        same = _summary(copy) == _summary(source)
+        expected = _summary(source)
+        same = _summary(copy) == expected
     if not same:
         report.problems.append("the copy's commits, refs or ref log head differ from the source's")
     return {"from": str(source.root), "to": str(target_root), "catalog": storage.catalog or str(target_root / DATABASE),
             "objects": objects.describe(), "tables": len(TABLES), "rows": rows, "objects_copied": len(names),
-            "bytes_copied": copied, "commits": len(_summary(source)["commits"]), "ids_unchanged": same,
+            "bytes_copied": copied, "commits": len(expected["commits"]), "ids_unchanged": same,
             "verify": {"ok": report.ok and same, "problems": report.problems}, "seconds": round(time.monotonic() - started, 3)}
 
 

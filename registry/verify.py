@@ -159,10 +159,11 @@ def _check_edits(registry: Registry, report: Report, keys_by_id: dict[int, np.nd
         key_rows.setdefault(key["edit_id"], []).append((key["key_id"], key["ordinal"], key["prompt"]))
     count = 0
     fetched: dict[str, bytes | CorruptObject] = {}
+    object_columns = (columns.index("edit_id"), columns.index("tensors_sha256"))
     for index, values in enumerate(edit_rows):
         if index % _FETCH_CHUNK == 0:  # the next chunk's objects in one request batch (concurrent on S3)
-            chunk = [dict(zip(columns, v)) for v in edit_rows[index : index + _FETCH_CHUNK]]
-            fetched = registry.objects.get_many([d for r in chunk for d in (r["edit_id"], r["tensors_sha256"])], fresh=True)
+            chunk = edit_rows[index : index + _FETCH_CHUNK]
+            fetched = registry.objects.get_many([v[at] for v in chunk for at in object_columns], fresh=True)
         row = dict(zip(columns, values))
         edit_id = row["edit_id"]
         short = edit_id[:12]

@@ -260,12 +260,20 @@ class RoutedModel:
         def keep_block_input(_module: nn.Module, args: tuple, kwargs: dict) -> None:
             seen["block"] = (args[0] if args else kwargs["hidden_states"]).detach()
 
+        module_input = self._forward_to_edited_module(input_ids, [block.register_forward_pre_hook(keep_block_input, with_kwargs=True)])
+        return seen["block"], module_input
+
+    def _forward_to_edited_module(self, input_ids: torch.Tensor, hooks: list) -> torch.Tensor:
+        """Run the model until the edited module receives its input, which is returned; `hooks`
+        (handles already registered by the caller) see the lower blocks on the way and are
+        removed afterwards, with the stop hook."""
+        seen: dict[str, torch.Tensor] = {}
+
         def keep_module_input_and_stop(_module: nn.Module, args: tuple) -> None:
             seen["module"] = args[0].detach()
             raise _StopForward
 
-        handles = [block.register_forward_pre_hook(keep_block_input, with_kwargs=True),
-                   self.layer.register_forward_pre_hook(keep_module_input_and_stop)]
+        handles = [*hooks, self.layer.register_forward_pre_hook(keep_module_input_and_stop)]
         try:
             self.model(input_ids=input_ids, use_cache=False)
         except _StopForward:
@@ -273,7 +281,7 @@ class RoutedModel:
         finally:
             for handle in handles:
                 handle.remove()
-        return seen["block"], seen["module"]
+        return seen["module"]
 
     @torch.no_grad()
     def capture_keys(self, input_ids: torch.Tensor) -> dict[int, torch.Tensor]:
@@ -289,19 +297,8 @@ class RoutedModel:
                 seen[block] = args[0].detach()
             return keep
 
-        def keep_module_input_and_stop(_module: nn.Module, args: tuple) -> None:
-            seen[self.config.layer] = args[0].detach()
-            raise _StopForward
-
-        handles = [blocks[b].get_submodule(self.config.module).register_forward_pre_hook(keeper(b)) for b in wanted]
-        handles.append(self.layer.register_forward_pre_hook(keep_module_input_and_stop))
-        try:
-            self.model(input_ids=input_ids, use_cache=False)
-        except _StopForward:
-            pass
-        finally:
-            for handle in handles:
-                handle.remove()
+        hooks = [blocks[b].get_submodule(self.config.module).register_forward_pre_hook(keeper(b)) for b in wanted]
+        seen[self.config.layer] = self._forward_to_edited_module(input_ids, hooks)
         return seen
 
     def route(self, input_ids: list[int], query_mask: list[int] | None = None, bank: EditBank | None = None) -> Routing:
