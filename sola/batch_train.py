@@ -21,14 +21,15 @@ from __future__ import annotations
 import math
 import time
 from collections import deque
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Iterator, Sequence
 
 import torch
 
 from sola.config import MAX_BATCH, TrainConfig
-from sola.routed import Encoded, RoutedModel
-from sola.train import TrainedEdit, edit_inputs, fresh_adapter, reached_target, target_loss
+from sola.routed import RoutedModel
+from sola.train import FitRows, TrainedEdit, edit_inputs, edit_loss, fit_rows, fresh_adapter
 
 @dataclass(frozen=True)
 class EditJob:
@@ -42,11 +43,10 @@ class EditJob:
 
 @dataclass
 class _Slot:
-    """One edit while it trains: its fixed inputs and its own adapter and optimizer."""
+    """One edit while it trains: its fixed rows and its own adapter and optimizer."""
 
     index: int
-    encoded: Encoded
-    block_input: torch.Tensor  # (1, tokens, hidden): the edited block's input, never changes
+    rows: FitRows
     keys: torch.Tensor
     lora_a: torch.Tensor
     lora_b: torch.Tensor
@@ -54,10 +54,7 @@ class _Slot:
     started: float
     steps: int = 0
     losses: list[float] = field(default_factory=list)
-
-    @property
-    def start(self) -> int:
-        return self.encoded.prompt_len - 1
+    reference: list[torch.Tensor] | None = None  # the held rows' base log-probabilities, from step 0
 
     def result(self, loss: float, converged: bool) -> TrainedEdit:
         return TrainedEdit(
@@ -72,20 +69,24 @@ class _Slot:
         )
 
 
-def _padded(slots: list[_Slot], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(input ids, attention mask, block inputs) of the slots stacked, right-padded to the
-    longest sequence: a real token attends only to earlier real tokens, as when alone."""
-    width = max(int(s.encoded.input_ids.shape[1]) for s in slots)
-    first = slots[0].block_input
-    ids = torch.full((len(slots), width), pad_id, dtype=torch.long, device=first.device)
-    attention = torch.zeros((len(slots), width), dtype=torch.long, device=first.device)
-    hidden = torch.zeros((len(slots), width, first.shape[-1]), dtype=first.dtype, device=first.device)
-    for row, slot in enumerate(slots):
-        length = int(slot.encoded.input_ids.shape[1])
-        ids[row, :length] = slot.encoded.input_ids[0]
+def _padded(slots: list[_Slot], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(input ids, attention mask, block inputs, positions to keep) of every slot's rows stacked
+    in order, right-padded to the longest: a real token attends only to earlier real tokens, as
+    when alone. The kept positions are those the slots' losses read, in row order."""
+    rows = [(ids, hidden, positions) for s in slots for ids, hidden, positions in zip(s.rows.ids, s.rows.block_inputs, s.rows.positions)]
+    width = max(int(ids.shape[0]) for ids, _, _ in rows)
+    first = rows[0][1]
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long, device=first.device)
+    attention = torch.zeros((len(rows), width), dtype=torch.long, device=first.device)
+    hidden = torch.zeros((len(rows), width, first.shape[-1]), dtype=first.dtype, device=first.device)
+    keep = torch.zeros((len(rows), width), dtype=torch.bool, device=first.device)
+    for row, (row_ids, row_hidden, positions) in enumerate(rows):
+        length = int(row_ids.shape[0])
+        ids[row, :length] = row_ids
         attention[row, :length] = 1
-        hidden[row, :length] = slot.block_input[0]
-    return ids, attention, hidden
+        hidden[row, :length] = row_hidden
+        keep[row, positions] = True
+    return ids, attention, hidden, keep
 
 
 def pad_token_id(routed: RoutedModel) -> int:
@@ -96,10 +97,19 @@ def pad_token_id(routed: RoutedModel) -> int:
     return 0
 
 
+def _new_slot(routed: RoutedModel, index: int, job: EditJob, config: TrainConfig) -> _Slot:
+    started = time.perf_counter()
+    encoded, block_input, keys = edit_inputs(routed, job.prompt, job.target, list(job.rephrases), job.subject)
+    rows = fit_rows(routed, encoded, block_input, job.prompt, job.target, job.subject, config)
+    lora_a, lora_b, optimizer = fresh_adapter(routed, config)
+    return _Slot(index, rows, keys, lora_a, lora_b, optimizer, started)
+
+
 def train_edits(routed: RoutedModel, jobs: Sequence[EditJob], config: TrainConfig = TrainConfig(),
-                batch_size: int = 16) -> Iterator[tuple[int, TrainedEdit]]:
+                batch_size: int = 16, cache_lower_blocks: bool = True) -> Iterator[tuple[int, TrainedEdit]]:
     """Fit every job, at most `batch_size` at a time; yields (job index, trained edit) as each
-    finishes (about queue order: an edit that needs more steps finishes after later ones)."""
+    finishes (about queue order: an edit that needs more steps finishes after later ones).
+    `cache_lower_blocks` False runs every block each step (the reference the replay is tested on)."""
     if not 1 <= batch_size <= MAX_BATCH:
         raise ValueError(f"batch size must be from 1 to {MAX_BATCH}, got {batch_size}")
     queue = deque(enumerate(jobs))
@@ -109,38 +119,35 @@ def train_edits(routed: RoutedModel, jobs: Sequence[EditJob], config: TrainConfi
     while queue or slots:
         while queue and len(slots) < batch_size:
             index, job = queue.popleft()
-            started = time.perf_counter()
-            encoded, block_input, keys = edit_inputs(routed, job.prompt, job.target, list(job.rephrases), job.subject)
-            lora_a, lora_b, optimizer = fresh_adapter(routed, config)
-            slots.append(_Slot(index, encoded, block_input, keys, lora_a, lora_b, optimizer, started))
-        ids, attention, hidden = _padded(slots, pad)
-        stacked_a = torch.stack([s.lora_a for s in slots])
-        stacked_b = torch.stack([s.lora_b for s in slots])
-        keep = torch.zeros_like(attention, dtype=torch.bool)  # the positions whose logits a loss reads
-        for row, slot in enumerate(slots):
-            keep[row, slot.start : slot.start + len(slot.encoded.target_ids)] = True
-        with routed.upper_stack(hidden), layer.training_adapter(stacked_a, stacked_b):
+            slots.append(_new_slot(routed, index, job, config))
+        ids, attention, hidden, keep = _padded(slots, pad)
+        # every row of an edit gets that edit's LoRA (the same leaf tensors, so gradients add up)
+        owner = torch.tensor([n for n, s in enumerate(slots) for _ in s.rows.ids], device=ids.device)
+        stacked_a = torch.stack([s.lora_a for s in slots]).index_select(0, owner)
+        stacked_b = torch.stack([s.lora_b for s in slots]).index_select(0, owner)
+        replay = routed.upper_stack(hidden) if cache_lower_blocks else nullcontext()
+        with replay, layer.training_adapter(stacked_a, stacked_b):
             # the model's own head (any final norm, soft-capping) on those positions only: the
             # vocabulary projection of every other position is never read (rows flattened in order)
             logits = routed.model(input_ids=ids, attention_mask=attention, use_cache=False, logits_to_keep=keep).logits
-            per_slot = torch.split(logits.reshape(-1, logits.shape[-1]), [len(s.encoded.target_ids) for s in slots])
+            per_row = iter(torch.split(logits.reshape(-1, logits.shape[-1]), [len(p) for s in slots for p in s.rows.positions]))
             training: list[tuple[_Slot, torch.Tensor]] = []
             finished: list[tuple[_Slot, float, bool]] = []
-            for slot, own in zip(slots, per_slot):
-                targets = slot.encoded.target_ids
-                loss = target_loss(own, targets)
-                value = float(loss.detach())
+            for slot in slots:
+                own = [next(per_row) for _ in slot.rows.ids]
+                step, slot.reference = edit_loss(slot.rows, own, slot.reference, config)
+                value = float(step.loss.detach())
                 slot.losses.append(value)
-                if reached_target(value, own, targets, config):
+                if step.reached:
                     finished.append((slot, value, True))
                 elif slot.steps >= config.max_steps or not math.isfinite(value):
                     finished.append((slot, value, False))  # a NaN loss never recovers; the workspace refuses it
                 else:
-                    training.append((slot, loss))
+                    training.append((slot, step.loss))
             if training:
                 for slot, _ in training:
                     slot.optimizer.zero_grad()
-                # each LoRA touches only its own row, so d(sum)/d(LoRA i) = d(loss i)/d(LoRA i)
+                # each LoRA touches only its own rows, so d(sum)/d(LoRA i) = d(loss i)/d(LoRA i)
                 torch.stack([loss for _, loss in training]).sum().backward()
                 for slot, _ in training:
                     slot.optimizer.step()

@@ -6,6 +6,7 @@ failure is one `error:` line on stderr and a non-zero exit; set SOLA_DEBUG=1 for
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -26,6 +27,7 @@ from registry.objects import CorruptObject
 from registry.storage import registry_exists
 from registry.store import Registry, RegistryError
 from sola.config import (DEFAULT_BATCH, DEVICES, KEY_FUNCTIONS, MAX_BATCH, MAX_LAYER, MAX_LR, MAX_RADIUS_RATIO, MAX_RANK, MAX_STEPS, MAX_STOP_LOSS,
+                         MAX_CONTEXTS, MAX_RELATION_KL, MAX_RELATION_PROMPTS,
                          TrainConfig, default_author, resolve_device)
 from sola.data import MAX_AUTHOR_CHARS, MAX_NOTE_CHARS, MAX_TEXT_CHARS, EditRequest, RequestError, check_notes, check_text, read_jsonl
 from sola.modelio import ModelError
@@ -125,10 +127,13 @@ branch_option = click.option("--branch", default="main", show_default=True, help
 
 
 def training_options(command: Callable[..., Any]) -> Callable[..., Any]:
-    """How each edit's LoRA is fitted, shared by `init` (the registry's default), `edit` and
-    `eval`, so a benchmark recipe (zsRE's stricter fit, say) is reproduced by the flags it was
-    measured with. Unset flags fall back to the registry's default, then TrainConfig's."""
+    """How each edit's LoRA is fitted, shared by `init` (the registry's default), `edit`, `eval`
+    and `rebase`, so a benchmark recipe (zsRE's stricter fit, say) is reproduced by the flags it
+    was measured with. The command receives `training`: the TrainConfig fields the user set
+    (unset flags fall back to the registry's default, then TrainConfig's)."""
     defaults = TrainConfig()
+    fields = {"steps": "max_steps", "lr": "lr", "stop_loss": "stop_loss", "contexts": "contexts",
+              "relation_prompts": "relation_prompts", "relation_kl": "relation_kl"}
     options = [
         click.option("--steps", type=click.IntRange(0, MAX_STEPS), default=None,
                      help=f"Maximum training steps, 0 to {MAX_STEPS} (default: the registry's, else {defaults.max_steps})."),
@@ -137,10 +142,27 @@ def training_options(command: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--stop-loss", type=FiniteFloat(0.0, MAX_STOP_LOSS, low_open=True), default=None,
                      help="Stop once the target loss is under this and every target token is the argmax "
                           f"(default: the registry's, else {defaults.stop_loss})."),
+        click.option("--contexts", type=click.IntRange(0, MAX_CONTEXTS), default=None,
+                     help=f"Also fit the target after this many generic context sentences, 0 to {MAX_CONTEXTS} "
+                          f"(paraphrase reach; default: the registry's, else {defaults.contexts})."),
+        click.option("--relation-prompts", type=click.IntRange(0, MAX_RELATION_PROMPTS), default=None,
+                     help="Other-relation prompts of the subject held to the base model during training "
+                          f"(needs a subject and --relation-kl; default: the registry's, else {defaults.relation_prompts})."),
+        click.option("--relation-kl", type=FiniteFloat(0.0, MAX_RELATION_KL), default=None,
+                     help="Weight of the KL to the base model on those prompts; an edit also stops only when they keep "
+                          f"their base answer (default: the registry's, else {defaults.relation_kl:g})."),
     ]
+
+    @functools.wraps(command)
+    def with_training(*args: Any, **kwargs: Any) -> Any:
+        kwargs["training"] = {field: kwargs.pop(flag) for flag, field in fields.items() if kwargs.get(flag) is not None}
+        for flag in fields:
+            kwargs.pop(flag, None)
+        return command(*args, **kwargs)
+
     for option in reversed(options):
-        command = option(command)
-    return command
+        with_training = option(with_training)
+    return with_training
 
 
 def registry_path(ctx: click.Context) -> Path:
@@ -265,7 +287,7 @@ def main(ctx: click.Context, registry: str, witness: Path | None = None) -> None
 @click.pass_context
 def init(ctx: click.Context, model: str | None, layer: int | None, module: str | None, rank: int | None,
          threshold: float | None, radius_ratio: float | None, key_function: str | None, revoke_mode: str | None,
-         steps: int | None, lr: float | None, stop_loss: float | None, author: str | None, catalog: str | None,
+         training: dict[str, Any], author: str | None, catalog: str | None,
          objects: str | None, join: bool, as_json: bool) -> None:
     """Create a registry on a base model (the bundled SmolLM2-135M-Instruct by default), in the
     directory or on shared backends (docs/scaling.md); `--join` attaches a directory to one."""
@@ -277,8 +299,8 @@ def init(ctx: click.Context, model: str | None, layer: int | None, module: str |
         if join:
             chosen = [name for name, value in (("--model", model), ("--layer", layer), ("--module", module), ("--rank", rank),
                                                ("--threshold", threshold), ("--radius-ratio", radius_ratio),
-                                               ("--key-function", key_function), ("--revoke-mode", revoke_mode), ("--steps", steps),
-                                               ("--lr", lr), ("--stop-loss", stop_loss)) if value is not None]
+                                               ("--key-function", key_function), ("--revoke-mode", revoke_mode))
+                      if value is not None] + [f"--{name.replace('_', '-')}" for name in training]
             if chosen:
                 raise RequestError(f"--join attaches to a registry that has its settings; {chosen[0]} cannot change them")
             with Registry.join(registry_path(ctx), storage) as registry:
@@ -293,8 +315,8 @@ def init(ctx: click.Context, model: str | None, layer: int | None, module: str |
         routing = {k: v for k, v in {"layer": layer, "module": module, "rank": rank, "threshold": threshold,
                                       "radius_ratio": radius_ratio, "key_function": key_function,
                                       "revoke_mode": revoke_mode}.items() if v is not None}
-        training = TrainConfig.resolve({}, max_steps=steps, lr=lr, stop_loss=stop_loss)
-        workspace = Workspace.init(registry_path(ctx), model, routing, author or default_author(), training, storage=storage)
+        workspace = Workspace.init(registry_path(ctx), model, routing, author or default_author(), TrainConfig.resolve({}, **training),
+                                   storage=storage)
         with workspace:
             head = workspace.registry.head()
             document = {"registry": str(registry_path(ctx)), "base_model": workspace.registry.base_model,
@@ -336,8 +358,7 @@ def _print_outcome(outcome: dict[str, Any]) -> None:
 @click.pass_context
 def edit(ctx: click.Context, prompt: str | None, target: str | None, rephrase: tuple[str, ...], subject: str | None,
          file: Path | None, author: str | None, reason: str | None, source: str | None, supersede: tuple[str, ...],
-         force: bool, steps: int | None, lr: float | None, stop_loss: float | None, batch: int, device: str, branch: str,
-         wait: float, as_json: bool) -> None:
+         force: bool, training: dict[str, Any], batch: int, device: str, branch: str, wait: float, as_json: bool) -> None:
     """Teach the model one fact (or every line of a JSONL file, one commit per edit, in file order)."""
     from sola.workspace import PlannedEdit
 
@@ -354,7 +375,7 @@ def edit(ctx: click.Context, prompt: str | None, target: str | None, rephrase: t
             requests = [EditRequest(prompt, target, tuple(rephrase), subject).validated()]
         check_notes(author, reason, source or (str(file) if file else None))
         with open_workspace(ctx, writable=True, wait=wait, device=resolve_device(device)) as workspace:
-            train = TrainConfig.resolve(workspace.registry.training, max_steps=steps, lr=lr, stop_loss=stop_loss)
+            train = TrainConfig.resolve(workspace.registry.training, **training)
             workspace.preflight(requests, list(supersede), force, branch)
             planned = [PlannedEdit(request, author or default_author(), reason, source or (str(file) if file else None),
                                    list(supersede)) for request in requests]
@@ -775,7 +796,7 @@ def export_edit(ctx: click.Context, edit: str, directory: Path, as_json: bool) -
 @click.pass_context
 def eval_command(ctx: click.Context, data: Path, limit: int, threshold: float | None, radius_ratio: float | None, seed: int, every: int,
                  plot: Path | None, layer: int | None, key_function: str | None, revoke_mode: str | None, model: str | None,
-                 steps: int | None, lr: float | None, stop_loss: float | None, batch: int, device: str, as_json: bool) -> None:
+                 training: dict[str, Any], batch: int, device: str, as_json: bool) -> None:
     """Edit the first N records into a scratch registry and report the field's metrics."""
     from sola.config import RoutingConfig
     from sola.evaluate import run_eval
@@ -784,18 +805,18 @@ def eval_command(ctx: click.Context, data: Path, limit: int, threshold: float | 
         if limit < 1:
             raise RequestError("--limit must be at least 1")
         routing: dict[str, Any] = {}
-        training: dict[str, Any] = {}
+        recorded_training: dict[str, Any] = {}
         spec = model
         if registry_exists(registry_path(ctx)):
             with open_registry(ctx) as registry:
                 routing = RoutingConfig.from_record(registry.routing).to_dict()
-                training = registry.training
+                recorded_training = registry.training
                 spec = spec or registry.base_model["spec"]
         overrides = {"threshold": threshold, "radius_ratio": radius_ratio, "layer": layer, "key_function": key_function,
                      "revoke_mode": revoke_mode}
         routing.update({k: v for k, v in overrides.items() if v is not None})
         RoutingConfig.from_dict(routing)  # validate the overrides before loading anything
-        train = TrainConfig.resolve(training, max_steps=steps, lr=lr, stop_loss=stop_loss)
+        train = TrainConfig.resolve(recorded_training, **training)
         with StageProgress() as progress:
             result = run_eval(data, spec, routing, limit=limit, seed=seed, every=every, train=train, progress=progress,
                               batch=batch, device=resolve_device(device))

@@ -39,8 +39,8 @@ CARRIED_ROUTING = ("rank", "alpha", "key_function", "revoke_mode", "duplicate_di
 @json_option
 @click.pass_context
 def rebase(ctx: click.Context, onto: str, into: Path, revision: str | None, layer: int | None, module: str | None,
-           threshold: float | None, radius_ratio: float | None, steps: int | None, lr: float | None, stop_loss: float | None,
-           batch: int, device: str, eval_data: Path | None, no_eval: bool, author: str | None, as_json: bool) -> None:
+           threshold: float | None, radius_ratio: float | None, training: dict[str, Any], batch: int, device: str,
+           eval_data: Path | None, no_eval: bool, author: str | None, as_json: bool) -> None:
     """Re-train every edit of REV (live ones and tombstones) on a new base model, into a new registry with lineage."""
     from sola.config import RoutingConfig, TrainConfig, default_author, resolve_device
     from sola.data import check_notes
@@ -55,13 +55,13 @@ def rebase(ctx: click.Context, onto: str, into: Path, revision: str | None, laye
         with open_registry(ctx) as registry:
             registry.resolve(revision)  # an unknown revision is refused before any model loads
             recorded = RoutingConfig.from_record(registry.routing).to_dict()
-            training = TrainConfig.resolve(registry.training, max_steps=steps, lr=lr, stop_loss=stop_loss)
+            train = TrainConfig.resolve(registry.training, **training)
         routing: dict[str, Any] = {name: recorded[name] for name in CARRIED_ROUTING}
         routing.update({k: v for k, v in {"layer": layer, "module": module, "threshold": threshold,
                                           "radius_ratio": radius_ratio}.items() if v is not None})
         RoutingConfig.from_dict(routing)
         with StageProgress() as progress:
-            report = run_rebase(origin_root, onto, into, revision, author or default_author(), routing, training, batch,
+            report = run_rebase(origin_root, onto, into, revision, author or default_author(), routing, train, batch,
                                 resolve_device(device), eval_data, not no_eval, progress)
         document = report.to_dict()
     emit(as_json, document, lambda: click.echo(_text(document)))

@@ -28,6 +28,9 @@ AFTER_TARGET = ("stop", "keep")
 MAX_STEPS = 10_000
 MAX_LR = 10.0
 MAX_STOP_LOSS = 100.0
+MAX_CONTEXTS = 8  # len(sola.train.TRAINING_CONTEXTS)
+MAX_RELATION_PROMPTS = 16
+MAX_RELATION_KL = 100.0
 MAX_RANK = 1024
 MAX_LAYER = 1024
 MAX_RADIUS_RATIO = 100.0
@@ -199,13 +202,21 @@ class TrainConfig:
     stop_loss: float = 0.05
     init_std: float = 0.02
     seed: int = 0
+    # value-side generalisation (docs/results.md section 7): the target is also fitted after this
+    # many generic context sentences (sola.train.TRAINING_CONTEXTS), so it does not hang on the
+    # prompt's exact opening
+    contexts: int = 0
+    # relation specificity: the next-token distribution on this many other-relation prompts of the
+    # subject (sola.probes.training_prompts) is held to the base model's, weight `relation_kl`
+    relation_prompts: int = 0
+    relation_kl: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         # refused before the model loads, so a typo never costs a training run (or a NaN edit)
-        for name in ("lr", "stop_loss", "init_std"):
+        for name in ("lr", "stop_loss", "init_std", "relation_kl"):
             _number(name, getattr(self, name))
-        for name in ("max_steps", "seed"):
+        for name in ("max_steps", "seed", "contexts", "relation_prompts"):
             _number(name, getattr(self, name), integer=True)
         if not 0 <= self.max_steps <= MAX_STEPS:
             raise ValueError(f"max_steps must be from 0 to {MAX_STEPS}, got {self.max_steps}")
@@ -213,6 +224,12 @@ class TrainConfig:
             raise ValueError(f"lr must be > 0 and at most {MAX_LR:g}, got {self.lr}")
         if not 0 < self.stop_loss <= MAX_STOP_LOSS:
             raise ValueError(f"stop_loss must be > 0 and at most {MAX_STOP_LOSS:g}, got {self.stop_loss}")
+        if not 0 <= self.contexts <= MAX_CONTEXTS:
+            raise ValueError(f"contexts must be from 0 to {MAX_CONTEXTS}, got {self.contexts}")
+        if not 0 <= self.relation_prompts <= MAX_RELATION_PROMPTS:
+            raise ValueError(f"relation_prompts must be from 0 to {MAX_RELATION_PROMPTS}, got {self.relation_prompts}")
+        if not 0 <= self.relation_kl <= MAX_RELATION_KL:
+            raise ValueError(f"relation_kl must be from 0 to {MAX_RELATION_KL:g}, got {self.relation_kl}")
         if not 0 <= self.init_std <= 1:
             raise ValueError(f"init_std must be from 0 to 1, got {self.init_std}")
         if not 0 <= self.seed < 2**63:

@@ -31,14 +31,37 @@ class RelationProbe:
     prompt: str
 
 
-def relation_templates() -> dict[str, str]:
-    """{relation id: template with one `{}` for the subject}."""
+def relation_templates(kind: str = "templates") -> dict[str, str]:
+    """{relation id: template with one `{}` for the subject}: the evaluation probes
+    ("templates"), or the disjoint set training may hold to the base ("training_templates")."""
     text = resources.files("sola").joinpath("probe_data/relation_templates.json").read_text(encoding="utf-8")
-    return dict(json.loads(text)["templates"])
+    return dict(json.loads(text)[kind])
 
 
 def _content_words(text: str) -> set[str]:
     return {w for w in re.findall(r"[a-z]+", text.lower()) if len(w) > 2 and w not in STOP_WORDS}
+
+
+def other_relations(prompt: str, subject: str, templates: dict[str, str]) -> list[str]:
+    """The relations of `templates` whose template shares no content word with the prompt (the
+    subject aside): the edit's own relation and its near paraphrases are left out."""
+    words = _content_words(prompt.replace(subject, " "))
+    return sorted(r for r, t in templates.items() if not (_content_words(t.replace("{}", " ")) & words))
+
+
+def training_prompts(prompt: str, subject: str | None, count: int, seed: int = 0) -> list[str]:
+    """`count` other-relation prompts of the subject for an edit's training to hold to the base
+    model (TrainConfig.relation_kl), from the training templates, never the evaluation ones; a
+    relation is skipped when either of its templates shares a content word with the prompt.
+    None without a subject. Seeded by the prompt, so an edit retrains on the same prompts."""
+    if not subject or not subject.strip() or count <= 0:
+        return []
+    subject = subject.strip()
+    training = relation_templates("training_templates")
+    allowed = set(other_relations(prompt, subject, relation_templates())) & set(other_relations(prompt, subject, training))
+    relations = sorted(allowed)
+    chosen = random.Random(f"{seed}:{prompt}").sample(relations, min(count, len(relations)))
+    return [training[r].format(subject) for r in chosen]
 
 
 def relation_probes(requests: list[EditRequest], per_edit: int = 2, seed: int = 0) -> list[RelationProbe]:
@@ -48,8 +71,7 @@ def relation_probes(requests: list[EditRequest], per_edit: int = 2, seed: int = 
     for index, request in enumerate(requests):
         if not request.subject or not request.subject.strip():
             continue
-        words = _content_words(request.prompt.replace(request.subject, " "))
-        others = sorted(r for r, t in templates.items() if not (_content_words(t.replace("{}", " ")) & words))
+        others = other_relations(request.prompt, request.subject, templates)
         for relation in random.Random(seed * 1_000_003 + index).sample(others, min(per_edit, len(others))):
             probes.append(RelationProbe(index, relation, templates[relation].format(request.subject.strip())))
     return probes

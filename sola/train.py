@@ -6,16 +6,30 @@ computed once and replayed; each step runs only the edited block and those above
 
 from __future__ import annotations
 
-import math
-import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import torch
 
 from sola.config import TrainConfig
 from sola.keys import pool_prompt, subject_key
+from sola.probes import training_prompts
 from sola.routed import Encoded, RoutedModel
+
+# Generic opening sentences an edit is also fitted after (TrainConfig.contexts): a paraphrase
+# often puts unrelated text before the subject ("One Minute Stories, selected and translated by
+# Judith Sollosy. Noise Unit, that originated in"), and a LoRA fitted on the bare prompt alone
+# learns the prompt's opening as much as its subject. Fixed and short, so edits are reproducible
+# and cheap; neither benchmark's paraphrases are among them.
+TRAINING_CONTEXTS = (
+    "Here is a fact.",
+    "I learned something new today.",
+    "Let me tell you something.",
+    "This is well known.",
+    "Read the following sentence.",
+    "Some background first.",
+    "Everyone agrees on this.",
+    "A short note.",
+)
 
 
 @dataclass
@@ -73,6 +87,46 @@ def edit_inputs(routed: RoutedModel, prompt: str, target: str, rephrases: list[s
     return encoded, block_input, torch.stack(keys)
 
 
+@dataclass
+class FitRows:
+    """The sequences one edit's LoRA is fitted on, fixed before training: rows [0, fitted) end in
+    the target (the prompt, then the prompt after each training context), the rest are
+    other-relation prompts of the subject whose next-token distribution is held to the base's."""
+
+    ids: list[torch.Tensor]  # each (tokens,)
+    block_inputs: list[torch.Tensor]  # each (tokens, hidden): the edited block's input, never changes
+    starts: list[int]  # the first position whose logits a row's loss reads
+    targets: torch.Tensor  # the target's token ids (the same after every context)
+    fitted: int
+
+    @property
+    def positions(self) -> list[list[int]]:
+        """Per row, the positions whose logits its loss reads: the target's on fitted rows, the
+        last on held ones."""
+        width = len(self.targets)
+        return [list(range(s, s + width)) if row < self.fitted else [s] for row, s in enumerate(self.starts)]
+
+
+def fit_rows(routed: RoutedModel, encoded: Encoded, block_input: torch.Tensor, prompt: str, target: str,
+             subject: str | None, config: TrainConfig) -> FitRows:
+    """The rows of one edit under `config`: the prompt + target (already captured), the same after
+    `config.contexts` generic contexts, and `config.relation_prompts` held prompts of the subject."""
+    ids, inputs, starts = [encoded.input_ids[0]], [block_input[0]], [encoded.prompt_len - 1]
+    for context in TRAINING_CONTEXTS[: config.contexts]:
+        row = routed.encode(f"{context} {prompt}", target)
+        ids.append(row.input_ids[0])
+        inputs.append(routed.capture(row.input_ids)[0][0])
+        starts.append(row.prompt_len - 1)
+    fitted = len(ids)
+    if config.relation_kl > 0:
+        for held in training_prompts(prompt, subject, config.relation_prompts, config.seed):
+            row = routed.encode(held)
+            ids.append(row.input_ids[0])
+            inputs.append(routed.capture(row.input_ids)[0][0])
+            starts.append(row.prompt_len - 1)
+    return FitRows(ids, inputs, starts, encoded.target_ids, fitted)
+
+
 def fresh_adapter(routed: RoutedModel, config: TrainConfig) -> tuple[torch.Tensor, torch.Tensor, torch.optim.Optimizer]:
     """A new LoRA (A seeded from `config.seed`, B zero, so the edit starts as the base model)
     and its optimizer: every edit starts from the same point whatever was trained before."""
@@ -96,6 +150,38 @@ def reached_target(loss_value: float, logits: torch.Tensor, targets: torch.Tenso
     return loss_value < config.stop_loss and bool((logits.argmax(dim=-1) == targets).all())
 
 
+@dataclass
+class EditLoss:
+    """One edit's loss at one step, from the logits at its rows' positions."""
+
+    loss: torch.Tensor
+    fit_loss: float  # the target's cross-entropy, mean over fitted rows: what the early stop reads
+    reached: bool
+
+
+def edit_loss(rows: FitRows, logits: list[torch.Tensor], reference: list[torch.Tensor] | None,
+              config: TrainConfig) -> tuple[EditLoss, list[torch.Tensor]]:
+    """The target's cross-entropy averaged over the fitted rows, plus `relation_kl` times the
+    mean KL(base || edited) of the held rows' next token. `reference`: the held rows' base
+    log-probabilities, None at the first step, whose logits are the base model's (B starts at
+    zero) and become the reference returned. The edit has reached its target when every fitted
+    row has (reached_target)."""
+    fitted = logits[: rows.fitted]
+    losses = [target_loss(row, rows.targets) for row in fitted]
+    fit = torch.stack(losses).mean()
+    reached = all(reached_target(float(l.detach()), row, rows.targets, config) for l, row in zip(losses, fitted))
+    held = [row[0].log_softmax(-1) for row in logits[rows.fitted:]]
+    if reference is None:
+        reference = [h.detach() for h in held]
+    loss = fit
+    if held and config.relation_kl > 0:
+        kl = torch.stack([torch.nn.functional.kl_div(h, r, log_target=True, reduction="sum") for h, r in zip(held, reference)])
+        loss = fit + config.relation_kl * kl.mean()
+        # held to the base means its answer too: the next-token argmax of every held prompt is the base's
+        reached = reached and all(int(h.argmax()) == int(r.argmax()) for h, r in zip(held, reference))
+    return EditLoss(loss, float(fit.detach()), reached), reference
+
+
 def train_edit(
     routed: RoutedModel,
     prompt: str,
@@ -105,36 +191,11 @@ def train_edit(
     cache_lower_blocks: bool = True,
     subject: str | None = None,
 ) -> TrainedEdit:
-    """Fit the LoRA until every target token is the argmax and the loss is under `stop_loss`."""
-    started = time.perf_counter()
-    encoded, block_input, keys = edit_inputs(routed, prompt, target, rephrases, subject)
-    lora_a, lora_b, optimizer = fresh_adapter(routed, config)
-    start = encoded.prompt_len - 1
-    targets = encoded.target_ids
-    steps, loss_value, converged, losses = 0, float("inf"), False, []
-    replay = routed.upper_stack(block_input) if cache_lower_blocks else nullcontext()
-    with replay, routed.layer.training_adapter(lora_a, lora_b):
-        while True:
-            logits = routed.model(input_ids=encoded.input_ids, use_cache=False).logits[0, start : start + len(targets)]
-            loss = target_loss(logits, targets)
-            loss_value = float(loss.detach())
-            losses.append(loss_value)
-            if reached_target(loss_value, logits, targets, config):
-                converged = True
-                break
-            if steps >= config.max_steps or not math.isfinite(loss_value):
-                break  # a NaN or infinite loss never recovers: stop (the workspace refuses to commit it)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            steps += 1
-    return TrainedEdit(
-        lora_a=lora_a.detach().cpu().clone(),
-        lora_b=lora_b.detach().cpu().clone(),
-        keys=keys.cpu(),
-        steps=steps,
-        loss=loss_value,
-        converged=converged,
-        seconds=time.perf_counter() - started,
-        losses=losses,
-    )
+    """Fit one edit's LoRA until every target token is the argmax and the loss is under
+    `stop_loss`: the batched trainer with a batch of one, so an edit trains the same alone or
+    beside others (sola.batch_train)."""
+    from sola.batch_train import EditJob, train_edits
+
+    job = EditJob(prompt, target, tuple(rephrases or ()), subject)
+    [(_, trained)] = list(train_edits(routed, [job], config, batch_size=1, cache_lower_blocks=cache_lower_blocks))
+    return trained
