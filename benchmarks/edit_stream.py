@@ -39,6 +39,9 @@ def main() -> None:
     parser.add_argument("--stop-loss", type=float, default=TrainConfig.stop_loss, help="training early stop (loss under it, targets argmax)")
     parser.add_argument("--max-steps", type=int, default=TrainConfig.max_steps)
     parser.add_argument("--lr", type=float, default=TrainConfig.lr)
+    parser.add_argument("--contexts", type=int, default=TrainConfig.contexts, help="generic contexts each edit is also fitted after")
+    parser.add_argument("--relation-prompts", type=int, default=TrainConfig.relation_prompts)
+    parser.add_argument("--relation-kl", type=float, default=TrainConfig.relation_kl)
     parser.add_argument("--every", type=int, default=0, help="retention of all past edits every K edits")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--resummarise", action="store_true", help="recompute <name>.json's summary and plot from its records")
@@ -57,7 +60,8 @@ def main() -> None:
         if done == total or done % 10 == 0:
             print(f"{stage}: {done}/{total}", file=sys.stderr, flush=True)
 
-    train = TrainConfig(stop_loss=args.stop_loss, max_steps=args.max_steps, lr=args.lr)
+    train = TrainConfig(stop_loss=args.stop_loss, max_steps=args.max_steps, lr=args.lr, contexts=args.contexts,
+                        relation_prompts=args.relation_prompts, relation_kl=args.relation_kl)
     result = run_eval(args.data, None, routing, limit=args.limit, every=args.every, progress=progress, train=train)
     summary = result.summary()
     summary["protocol"]["machine"] = {"cpus": torch.get_num_threads(), "platform": platform.platform(), "python": platform.python_version()}

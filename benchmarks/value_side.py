@@ -37,6 +37,8 @@ from sola.train import train_edit
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 RESULTS = Path(__file__).parent / "results"
 
+# (value_side_cf30.json's "kl" and "contexts+kl" ran before an edit with held prompts also had to
+# keep their base argmax to stop early; value_side_cf30_held.json's "kl8" ran with that rule)
 VARIANTS = {
     "base": {},
     "contexts": {"contexts": 4},
@@ -101,13 +103,13 @@ def main() -> None:
         relation = [sum(r["relation"]) / len(r["relation"]) for r in rows if r["relation"]]
         summary["relation_locality"] = {"mean": sum(relation) / len(relation), "ci95": bootstrap_interval(relation)}
         summary["converged"] = sum(r["converged"] for r in rows) / len(rows)
-        results[name] = {"config": config.to_dict(), "summary": summary, "rows": rows}
+        results[name] = {"config": config.to_dict(), "summary": summary, "rows": rows, "load": os.getloadavg()}
         print(name, json.dumps(summary), file=sys.stderr, flush=True)
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"{args.name}.json"
-    out.write_text(json.dumps({"records": args.records, "offset": args.offset, "data": args.data,
-                               "routing": routing.to_dict(), "load": os.getloadavg(), "variants": results}, indent=1) + "\n")
-    print(f"-> {out}", file=sys.stderr)
+        RESULTS.mkdir(exist_ok=True)  # after every variant, so a stopped run keeps what it measured
+        out = RESULTS / f"{args.name}.json"
+        out.write_text(json.dumps({"records": args.records, "offset": args.offset, "data": args.data,
+                                   "routing": routing.to_dict(), "variants": results}, indent=1) + "\n")
+        print(f"-> {out}", file=sys.stderr)
 
 
 if __name__ == "__main__":
