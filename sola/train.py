@@ -129,12 +129,15 @@ def fit_rows(routed: RoutedModel, encoded: Encoded, block_input: torch.Tensor, p
 
 def fresh_adapter(routed: RoutedModel, config: TrainConfig) -> tuple[torch.Tensor, torch.Tensor, torch.optim.Optimizer]:
     """A new LoRA (A seeded from `config.seed`, B zero, so the edit starts as the base model)
-    and its optimizer: every edit starts from the same point whatever was trained before."""
+    and its optimizer: every edit starts from the same point whatever was trained before.
+    The factors are fitted in the edited module's precision, float32 at least (a float64 model,
+    as the equivalence tests use, fits float64 factors from the same float32 draw)."""
     generator = torch.Generator().manual_seed(config.seed)
     rank, layer = routed.config.rank, routed.layer
     device = routed.device  # drawn on the CPU generator, then moved: the same start on any device
-    lora_a = (torch.randn(rank, layer.in_features, generator=generator) * config.init_std).to(device).requires_grad_(True)
-    lora_b = torch.zeros(layer.out_features, rank, device=device).requires_grad_(True)
+    dtype = torch.promote_types(layer.base.weight.dtype, torch.float32)
+    lora_a = (torch.randn(rank, layer.in_features, generator=generator) * config.init_std).to(device, dtype).requires_grad_(True)
+    lora_b = torch.zeros(layer.out_features, rank, device=device, dtype=dtype).requires_grad_(True)
     if config.optimizer == "sgd":
         return lora_a, lora_b, torch.optim.SGD([lora_a, lora_b], lr=config.lr)
     return lora_a, lora_b, torch.optim.Adam([lora_a, lora_b], lr=config.lr)

@@ -23,9 +23,18 @@ def routed_model(model, tokenizer) -> RoutedModel:
     return RoutedModel(model, tokenizer, RoutingConfig(layer=2, module=default_module_for(model)))
 
 
+def float64_model(model, tokenizer) -> RoutedModel:
+    """The model in float64, for the claims that a batch trains each edit as alone. In float32 a
+    stacked matrix product may round a few ulps away from the single sequence's, and Adam turns
+    that into visible drift: it divides each gradient entry by its running scale, so an entry near
+    zero whose sign rounds differently moves by the whole learning rate. In float64 the same
+    algorithm agrees to ~1e-12, so any real mixing between batch mates would stand out."""
+    return routed_model(model.double(), tokenizer)
+
+
 def test_an_edit_trained_in_a_batch_follows_its_loss_curve_alone(tiny):
     _, model, tokenizer = tiny
-    routed = routed_model(model, tokenizer)
+    routed = float64_model(model, tokenizer)
     alone = [train_edit(routed, j.prompt, j.target, list(j.rephrases), TRAIN) for j in JOBS]
     # batch 3 of 5: slots refill as edits finish, so edits meet different neighbours over time
     batched = dict(train_edits(routed, JOBS, TRAIN, batch_size=3))
@@ -35,9 +44,10 @@ def test_an_edit_trained_in_a_batch_follows_its_loss_curve_alone(tiny):
         together = batched[index]
         assert together.steps == single.steps and together.converged == single.converged
         assert len(together.losses) == len(single.losses) == single.steps + 1
-        assert torch.allclose(torch.tensor(together.losses), torch.tensor(single.losses), rtol=1e-4, atol=1e-5)
-        assert torch.allclose(together.lora_a, single.lora_a, atol=1e-4)
-        assert torch.allclose(together.lora_b, single.lora_b, atol=1e-4)
+        assert torch.allclose(torch.tensor(together.losses), torch.tensor(single.losses), rtol=1e-9, atol=1e-10)
+        assert together.lora_a.dtype == torch.float64  # fitted in the model's precision
+        assert torch.allclose(together.lora_a, single.lora_a, atol=1e-8)
+        assert torch.allclose(together.lora_b, single.lora_b, atol=1e-8)
         assert torch.equal(together.keys, single.keys)  # keys are computed before, and apart from, training
 
 
@@ -47,25 +57,24 @@ def test_gemma3_sliding_attention_batches_like_alone(tiny_gemma_dir):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model = AutoModelForCausalLM.from_pretrained(tiny_gemma_dir).eval()
-    routed = routed_model(model, AutoTokenizer.from_pretrained(tiny_gemma_dir))
+    routed = float64_model(model, AutoTokenizer.from_pretrained(tiny_gemma_dir))
     alone = [train_edit(routed, j.prompt, j.target, list(j.rephrases), TRAIN) for j in JOBS]
     batched = dict(train_edits(routed, JOBS, TRAIN, batch_size=4))
     for index, single in enumerate(alone):
         assert batched[index].steps == single.steps and batched[index].converged == single.converged
-        assert torch.allclose(torch.tensor(batched[index].losses), torch.tensor(single.losses), rtol=1e-4, atol=1e-5)
+        assert torch.allclose(torch.tensor(batched[index].losses), torch.tensor(single.losses), rtol=1e-9, atol=1e-10)
 
 
 def test_an_edit_is_not_influenced_by_its_batch_mates(tiny):
     _, model, tokenizer = tiny
-    routed = routed_model(model, tokenizer)
+    routed = float64_model(model, tokenizer)
     first = dict(train_edits(routed, JOBS, TRAIN, batch_size=len(JOBS)))
     # the same first edit beside entirely different companions trains to the same adapter
     others = [JOBS[0], EditJob("The Eiffel Tower is in", "Rome"), EditJob("Who is the father of Alexander?", "Jobs")]
     second = dict(train_edits(routed, others, TRAIN, batch_size=len(others)))
-    assert first[0].losses == second[0].losses or torch.allclose(
-        torch.tensor(first[0].losses), torch.tensor(second[0].losses), rtol=1e-4, atol=1e-5)
+    assert torch.allclose(torch.tensor(first[0].losses), torch.tensor(second[0].losses), rtol=1e-9, atol=1e-10)
     assert first[0].steps == second[0].steps
-    assert torch.allclose(first[0].lora_b, second[0].lora_b, atol=1e-4)
+    assert torch.allclose(first[0].lora_b, second[0].lora_b, atol=1e-8)
 
 
 # --- through the CLI: `sola edit --file --batch N` against `--batch 1` ------------------------

@@ -69,23 +69,27 @@ def test_default_model_conversion_is_cached_and_reused(workspace):
 
 
 def test_counterfact_edits_trained_in_a_batch_follow_their_curves_alone(workspace):
-    """On the real model (float32, 30 blocks, prompts of different lengths) a batch of edits
-    rounds differently from single sequences: the curves must still agree (rtol 1e-3) and every
-    edit stop at the same step."""
+    """On the real model (30 blocks, prompts of different lengths, right padding) a batch of
+    edits trains each as alone. Run in float64: in float32 a stacked product rounds a few ulps
+    off the single sequence's and Adam amplifies that (an entry near zero whose sign rounds
+    differently moves by the whole learning rate), which would hide or fake a real difference."""
     from sola.batch_train import EditJob, train_edits
     from sola.config import TrainConfig
+    from sola.modelio import load_base
+    from sola.routed import RoutedModel
     from sola.train import train_edit
 
     records = json.loads(DATA.read_text())[:6]
     jobs = [EditJob(r["prompt"], r["target_new"]) for r in records]
-    routed, config = workspace.model(), TrainConfig()
+    model, tokenizer, _ = load_base(None)
+    routed, config = RoutedModel(model.double(), tokenizer, workspace.model().config), TrainConfig()
     alone = [train_edit(routed, j.prompt, j.target, config=config) for j in jobs]
     batched = dict(train_edits(routed, jobs, config, batch_size=4))
+    assert len({len(routed.encode(j.prompt, j.target).input_ids[0]) for j in jobs}) > 1  # padding is exercised
     for index, single in enumerate(alone):
         together = batched[index]
         assert together.steps == single.steps and together.converged == single.converged
-        assert torch.allclose(torch.tensor(together.losses), torch.tensor(single.losses), rtol=1e-3, atol=1e-4)
-        # Adam divides by the gradient's running scale, so rounding differences of ~1e-6 in a gradient
-        # near zero move single LoRA entries by up to ~1e-3; the adapter as a whole stays put
+        # measured ~1e-7 apart in float64 (~1e-3 in float32): Adam still amplifies the last bits
+        assert torch.allclose(torch.tensor(together.losses), torch.tensor(single.losses), rtol=1e-5, atol=1e-6)
         drift = float((together.lora_b - single.lora_b).norm() / single.lora_b.norm())
-        assert drift < 1e-2, drift
+        assert drift < 1e-4, drift
