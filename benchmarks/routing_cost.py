@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from registry.keyindex import FaissKeySearch, lists_for, nearest_lists, train_centroids
-from registry.routing import subject_similarity
+from registry.routing import PROJECTED_DIMS, SubjectIndex, subject_similarity
 from sola.config import RoutingConfig
 from sola.data import read_benchmark
 from sola.layer import EditBank, RoutingScope
@@ -62,6 +62,22 @@ def index_for(keys: np.ndarray, ivf: bool) -> FaissKeySearch:
     return FaissKeySearch.build(keys, ids, keys.shape[1], (centroids, groups))
 
 
+def first_stage_agreement(routed: RoutedModel, requests, keys: np.ndarray, count: int) -> dict[str, float]:
+    """How often the two-stage search finds the exact nearest key (the two-part score over every
+    key), with the full first stage and with the projected one the index uses from
+    PROJECT_FROM keys on; over the first records' prompts and paraphrases."""
+    ids = np.arange(len(keys), dtype=np.int64)
+    full, projected = SubjectIndex(ids, keys, project_from=len(keys) + 1), SubjectIndex(ids, keys, project_from=0)
+    texts = [t for r in requests for t in (r.prompt, *r.rephrases[:1])][:count]
+    same_full = same_projected = 0
+    for text in texts:
+        query = routed.query_of(text)
+        exact = int(subject_similarity(query, keys).argmax())
+        same_full += int(full.nearest([query])[1][0]) == exact
+        same_projected += int(projected.nearest([query])[1][0]) == exact
+    return {"queries": len(texts), "full_first_stage": same_full / len(texts), "projected_first_stage": same_projected / len(texts)}
+
+
 def timed(function) -> float:
     started = time.perf_counter()
     function()
@@ -74,12 +90,20 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--edits", type=int, default=10_000)
     parser.add_argument("--name", default="routing_cost")
+    parser.add_argument("--key-functions", default="mean,subject")
+    parser.add_argument("--agreement-queries", type=int, default=200,
+                        help="subject: prompts + paraphrases whose nearest key the projected and full first stages must agree on")
+    parser.add_argument("--full-first-stage", action="store_true",
+                        help="the baseline: banks never project the first stage, whatever their size")
+    parser.add_argument("--note", default="", help="what else ran on the machine")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    if args.full_first_stage:  # SubjectIndex's default threshold, raised past any bank here
+        SubjectIndex.__init__.__defaults__ = (args.edits + 1,)
     _, requests = read_benchmark(DATA, 200)
     probes = [r.rephrases[0] for r in requests[: args.prompts]]
     results = []
-    for key_function in ("mean", "subject"):
+    for key_function in args.key_functions.split(","):
         model, tokenizer, identity = load_base(None)
         settings = {"key_function": key_function}
         if key_function == "subject":
@@ -125,11 +149,13 @@ def main() -> None:
                 queries = [routed.layer.queries(s, None)[0] for s in states]
                 exhaustive = [timed(lambda: subject_similarity(q, keys)) for q in queries]
                 row["one_stage_exact_ms_median"] = round(1000 * statistics.median(exhaustive), 3)
+                row["agreement"] = first_stage_agreement(routed, requests, keys, args.agreement_queries)
             results.append(row)
             print(json.dumps(row), flush=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
     document = {"model": identity.to_dict(), "threads": 1, "prompts": len(probes), "repeats": args.repeats,
-                "load": os.getloadavg(), "note": "other sessions were running on the same 2-core machine", "results": results}
+                "load": os.getloadavg(), "note": args.note, "full_first_stage": args.full_first_stage,
+                "projected_dims": None if args.full_first_stage else PROJECTED_DIMS, "results": results}
     (RESULTS / f"{args.name}.json").write_text(json.dumps(document, indent=1))
 
 

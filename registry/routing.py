@@ -76,6 +76,11 @@ class SubjectQuery:
 
 # Keys the first stage passes to the exact two-part score (docs/scaling.md, "Subject keys").
 SUBJECT_CANDIDATES = 64
+# From this many keys on, the first stage scores tokens in a PROJECTED_DIMS-dimensional
+# projection of the token parts (their top principal directions) instead of in full: at 10k keys
+# the full first stage is most of the routing cost. The exact two-part score still decides.
+PROJECT_FROM = 4096
+PROJECTED_DIMS = 128
 
 
 def subject_similarity(query: SubjectQuery, keys: np.ndarray) -> np.ndarray:
@@ -96,18 +101,32 @@ def subject_similarity(query: SubjectQuery, keys: np.ndarray) -> np.ndarray:
 class SubjectIndex:
     """A snapshot's subject keys laid out for the two-stage search: the token parts in one
     contiguous matrix (the first stage), the whole keys beside them (the exact second stage).
-    Built once per bank from its KeySearch (`vectors`), which stays the source of truth."""
+    Built once per bank from its KeySearch (`vectors`), which stays the source of truth. From
+    PROJECT_FROM keys on, the first stage works in the token parts' top PROJECTED_DIMS principal
+    directions (computed here, from the keys alone, so the same keys always give the same index)."""
 
-    def __init__(self, key_ids: np.ndarray, keys: np.ndarray) -> None:
+    def __init__(self, key_ids: np.ndarray, keys: np.ndarray, project_from: int = PROJECT_FROM) -> None:
         self.key_ids = np.asarray(key_ids, dtype=np.int64)
         self.keys = np.ascontiguousarray(keys, dtype=np.float32)
         half = self.keys.shape[1] // 2
         self.token_parts = np.ascontiguousarray(self.keys[:, :half] * np.float32(np.sqrt(2.0)))
+        self.projection: np.ndarray | None = None
+        self.first_stage = self.token_parts
+        if len(self.key_ids) >= project_from and half > PROJECTED_DIMS:
+            self.projection = principal_directions(self.token_parts, PROJECTED_DIMS)
+            self.first_stage = np.ascontiguousarray(self.token_parts @ self.projection)
 
     @classmethod
     def of(cls, search: "KeySearch") -> "SubjectIndex":
         key_ids, keys = search.vectors()
         return cls(key_ids, keys)
+
+    def first_scores(self, query: SubjectQuery) -> np.ndarray:
+        """Every key's best-token cosine to the query (approximate once projected)."""
+        tokens = np.asarray(query.tokens, dtype=np.float32)
+        if self.projection is not None:
+            tokens = tokens @ self.projection
+        return (tokens @ self.first_stage.T).max(axis=0)
 
     def nearest(self, queries: list[SubjectQuery], candidates: int = SUBJECT_CANDIDATES) -> tuple[np.ndarray, np.ndarray]:
         """(similarity, key id) of the nearest key per query, in two stages: every key's best
@@ -120,7 +139,7 @@ class SubjectIndex:
         if len(self.key_ids) == 0:
             return sims, ids
         for row, query in enumerate(queries):
-            best_token = (np.asarray(query.tokens, dtype=np.float32) @ self.token_parts.T).max(axis=0)
+            best_token = self.first_scores(query)
             if len(best_token) > candidates:
                 chosen = np.argpartition(-best_token, candidates - 1)[:candidates]
             else:
@@ -129,6 +148,18 @@ class SubjectIndex:
             best = int(scores.argmax())
             sims[row], ids[row] = scores[best], self.key_ids[chosen[best]]
         return sims, ids
+
+
+def principal_directions(vectors: np.ndarray, dims: int) -> np.ndarray:
+    """(d, dims): the top `dims` eigenvectors of the vectors' (uncentred) second moment, the
+    subspace that keeps most of their inner products with anything. Signs fixed so that the
+    result depends on the vectors only."""
+    sample = vectors[:: max(1, len(vectors) // PROJECT_FROM)]  # every k-th key: enough for the subspace, and cheap
+    moment = (sample.T @ sample).astype(np.float64) / max(1, len(sample))
+    _, eigenvectors = np.linalg.eigh(moment)
+    top = eigenvectors[:, ::-1][:, :dims]
+    signs = np.sign(top[np.abs(top).argmax(axis=0), np.arange(dims)])
+    return np.ascontiguousarray((top * signs).astype(np.float32))
 
 
 def nearest_subject(search: "KeySearch", queries: list[SubjectQuery], candidates: int = SUBJECT_CANDIDATES,

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from registry.keyindex import FaissKeySearch
-from registry.routing import ExactKeySearch, SubjectQuery, nearest_subject, subject_similarity
+from registry.routing import PROJECT_FROM, PROJECTED_DIMS, ExactKeySearch, SubjectIndex, SubjectQuery, nearest_subject, subject_similarity
 from sola.config import SUBJECT_ROUTING_DEFAULTS, RoutingConfig, TrainConfig
 from sola.layer import EditBank
 from sola.routed import RoutedModel, default_module_for, start_token_for
@@ -143,3 +143,32 @@ def test_a_registry_recorded_before_subject_keys_routes_by_its_mean_key_without_
     states = routed.capture_keys(torch.tensor([plain]))
     mean = torch.nn.functional.normalize(states[2][0].mean(dim=0), dim=-1)
     assert torch.allclose(routing_key(routed, PROMPT, SUBJECT), mean, atol=1e-6)  # the subject is not used
+
+
+def test_a_large_bank_searches_a_projection_first_and_still_finds_the_exhaustive_best():
+    """From PROJECT_FROM keys on, the first stage scores tokens in the token parts' principal
+    subspace; keys shaped like activations (most energy in few directions) lose nothing by it."""
+    rng = np.random.default_rng(1)
+    dim, count = 256, PROJECT_FROM
+
+    def unit(x):
+        return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+    mixing = rng.normal(size=(dim, dim)) * (0.95 ** np.arange(dim))[:, None]  # a decaying spectrum
+    token_parts, span_parts = unit(rng.normal(size=(count, dim)) @ mixing), unit(rng.normal(size=(count, dim)) @ mixing)
+    keys = (np.concatenate([token_parts, span_parts], axis=1) / np.sqrt(2)).astype(np.float32)
+    ids = np.arange(count, dtype=np.int64) + 7
+    index = SubjectIndex(ids, keys)
+    assert index.projection is not None and index.projection.shape == (dim, PROJECTED_DIMS)
+    assert SubjectIndex(ids[:100], keys[:100]).projection is None  # a small bank searches in full
+    targets = rng.choice(count, size=20, replace=False)
+    queries = []
+    for target in targets:  # the key's own parts among noise tokens, slightly perturbed
+        tokens = unit(np.concatenate([unit(rng.normal(size=(6, dim)) @ mixing), token_parts[target:target + 1] + 0.05 * rng.normal(size=(1, dim))]))
+        windows = unit(np.concatenate([unit(rng.normal(size=(10, dim)) @ mixing), span_parts[target:target + 1] + 0.05 * rng.normal(size=(1, dim))]))
+        queries.append(SubjectQuery(tokens.astype(np.float32), windows.astype(np.float32)))
+    sims, found = index.nearest(queries)
+    assert found.tolist() == [int(ids[t]) for t in targets]
+    assert np.allclose(sims, [subject_similarity(q, keys).max() for q in queries], atol=1e-5)  # the exact score decides
+    again = SubjectIndex(ids, keys)
+    assert np.array_equal(again.projection, index.projection)  # the same keys, the same index
