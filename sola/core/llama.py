@@ -267,14 +267,17 @@ class LlamaForCausalLM(nn.Module):
         return CausalLMOutput(logits, cache if use_cache else None)
 
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, max_new_tokens: int = 16,
-                 pad_token_id: int | None = None, streamer: Any = None, do_sample: bool = False, **sampling: Any) -> torch.Tensor:
+                 pad_token_id: int | None = None, eos_token_id: int | list[int] | None = None, streamer: Any = None,
+                 do_sample: bool = False, **sampling: Any) -> torch.Tensor:
         """Greedy decoding (sola.core.generate.greedy), called as RoutedModel calls transformers'
-        `generate`: the prompt rows followed by the new tokens. Sampling is not implemented."""
+        `generate`: the prompt rows followed by the new tokens; `eos_token_id` replaces the
+        config's end tokens. Sampling is not implemented."""
         from sola.core.generate import greedy
 
         if do_sample or sampling:
             raise ValueError("the inference core decodes greedily only; sampling needs the transformers model")
-        return greedy(self, input_ids, attention_mask, max_new_tokens, pad_token_id, streamer=streamer)
+        stops = None if eos_token_id is None else ([eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id))
+        return greedy(self, input_ids, attention_mask, max_new_tokens, pad_token_id, stops, streamer=streamer)
 
 
 def _attention_mask(padding: torch.Tensor | None, length: int, past: int, dtype: torch.dtype) -> torch.Tensor | None:
