@@ -172,34 +172,44 @@ def test_load_for_inference_keeps_the_identity_check_and_other_families_on_trans
     assert type(gpt2).__module__.startswith("transformers.")
 
 
-GENERATE_IN_A_FRESH_PROCESS = """
+FRESH_PROCESS = """
 import json, sys
 from sola.cli import main
 try:
-    main(['--registry', sys.argv[1], 'generate', sys.argv[2], '--max-new-tokens', '6', '--json'])
+    main(json.loads(sys.argv[1]))
 except SystemExit as done:
     assert not done.code, done.code
 print(json.dumps({'transformers': sorted(m for m in sys.modules if m.split('.')[0] == 'transformers')}), file=sys.stderr)
 """
 
 
-def test_sola_generate_runs_without_importing_transformers_and_answers_as_the_transformers_model(tmp_path, tiny_dirs):
-    from sola.workspace import Workspace
-
-    registry = tmp_path / "r"
-    runner = CliRunner()
-    for args in (["init", "--model", str(tiny_dirs["llama"]), "--threshold", "0.001"],
-                 ["edit", "--prompt", PROMPT, "--target", "Madrid", "--steps", "100"]):
-        assert runner.invoke(main, ["--registry", str(registry), *args], catch_exceptions=False).exit_code == 0
-    result = subprocess.run([sys.executable, "-c", GENERATE_IN_A_FRESH_PROCESS, str(registry), PROMPT], capture_output=True, text=True)
+def fresh_process(args: list[str]) -> dict:
+    """The --json output of one sola command in a new interpreter, which must not have imported transformers."""
+    result = subprocess.run([sys.executable, "-c", FRESH_PROCESS, json.dumps([*args, "--json"])], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-1500:]
     assert json.loads(result.stderr.strip().splitlines()[-1]) == {"transformers": []}
-    generated = json.loads(result.stdout)
-    with Workspace.open(registry) as workspace:
+    return json.loads(result.stdout)
+
+
+def test_read_only_commands_run_without_transformers_and_answer_as_the_transformers_model(tmp_path, tiny_dirs):
+    """`generate` (on a registry, and on an exported snapshot) and `blame --generate` load the
+    core; their answers are the transformers model's."""
+    from sola.workspace import Workspace
+
+    registry = str(tmp_path / "r")
+    runner = CliRunner()
+    for args in (["init", "--model", str(tiny_dirs["llama"]), "--threshold", "0.001"],
+                 ["edit", "--prompt", PROMPT, "--target", "Madrid", "--steps", "100"], ["export", "main", str(tmp_path / "snap")]):
+        assert runner.invoke(main, ["--registry", registry, *args], catch_exceptions=False).exit_code == 0
+    generated = fresh_process(["--registry", registry, "generate", PROMPT, "--max-new-tokens", "6"])
+    from_snapshot = fresh_process(["generate", PROMPT, "--snapshot", str(tmp_path / "snap"), "--max-new-tokens", "6"])
+    [blamed] = fresh_process(["--registry", registry, "blame", PROMPT, "--generate", "--max-new-tokens", "6"])
+    with Workspace.open(Path(registry)) as workspace:
         workspace.model()  # the transformers model, as training loads it
         [expected] = workspace.generate([PROMPT], max_new_tokens=6)
-    assert generated["edit"] == expected.edit is not None and generated["text"] == expected.text
-    assert generated["text"].startswith(" Madrid")
+    assert expected.edit is not None and expected.text.startswith(" Madrid")
+    assert (generated["edit"], generated["text"]) == (from_snapshot["edit"], from_snapshot["text"]) == (expected.edit, expected.text)
+    assert (blamed["edit"], blamed["text"]) == (expected.edit, expected.text)
 
 
 @pytest.mark.slow
@@ -214,12 +224,7 @@ def test_default_model_generates_through_the_core_as_through_transformers_with_a
     for args in (["init"], ["edit", "--prompt", fact, "--target", "Rome", "--reason", "core test"]):
         assert runner.invoke(main, ["--registry", str(registry), *args], catch_exceptions=False).exit_code == 0
     prompts = [fact, "The Eiffel Tower stands in the city of", "The capital of Japan is"]
-    found = []
-    for prompt in prompts:
-        result = subprocess.run([sys.executable, "-c", GENERATE_IN_A_FRESH_PROCESS, str(registry), prompt], capture_output=True, text=True)
-        assert result.returncode == 0, result.stderr[-1500:]
-        assert json.loads(result.stderr.strip().splitlines()[-1]) == {"transformers": []}
-        found.append(json.loads(result.stdout))
+    found = [fresh_process(["--registry", str(registry), "generate", prompt, "--max-new-tokens", "6"]) for prompt in prompts]
     with Workspace.open(registry) as workspace:
         workspace.model()
         expected = [workspace.generate([prompt], max_new_tokens=6)[0] for prompt in prompts]
