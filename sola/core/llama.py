@@ -89,9 +89,11 @@ def unsupported(raw: dict[str, Any]) -> str | None:
 
 
 def inverse_frequencies(config: LlamaConfig) -> torch.Tensor:
-    """RoPE's inverse frequencies (head_dim / 2,), as transformers computes them per rope type."""
+    """RoPE's inverse frequencies (head_dim / 2,), as transformers computes them per rope type;
+    on the CPU even while the model is built on the meta device (they are computed, not loaded)."""
     rope, dim = config.rope, config.head_dim
-    inv_freq = 1.0 / (float(rope["rope_theta"]) ** (torch.arange(0, dim, 2, dtype=torch.int64).to(torch.float) / dim))
+    positions = torch.arange(0, dim, 2, dtype=torch.int64, device="cpu").to(torch.float)
+    inv_freq = 1.0 / (float(rope["rope_theta"]) ** (positions / dim))
     kind = rope["rope_type"]
     if kind == "linear":
         return inv_freq / float(rope["factor"])
@@ -220,7 +222,10 @@ class DecoderLayer(nn.Module):
 class LlamaModel(nn.Module):
     def __init__(self, config: LlamaConfig) -> None:
         super().__init__()
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        # given an empty weight, the embedding skips its random init: on the meta device (where
+        # sola.core.load builds the model) torch runs normal_ through its decompositions, 1.5 s
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size,
+                                         _weight=torch.empty(config.vocab_size, config.hidden_size))
         self.layers = nn.ModuleList(DecoderLayer(config, i) for i in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.rotary_emb = RotaryEmbedding(config)

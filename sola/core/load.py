@@ -76,7 +76,6 @@ def build(config: llama.LlamaConfig, state: dict[str, torch.Tensor]) -> llama.Ll
         raise ValueError(f"weights do not fit a Llama of this config: missing {missing[:4]}, unexpected {unexpected[:4]}")
     model.load_state_dict(state, strict=False, assign=True)
     model.tie_weights()
-    model.model.rotary_emb = llama.RotaryEmbedding(config)  # a computed buffer, not a weight
     return model.eval()
 
 
