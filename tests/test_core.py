@@ -120,6 +120,8 @@ def test_core_tokenizer_gives_transformers_ids_offsets_decoding_and_special_ids(
     assert (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id) == \
         (reference.bos_token_id, reference.eos_token_id, reference.pad_token_id)
     assert tokenizer.get_vocab() == reference.get_vocab() and len(tokenizer) == len(reference)
+    as_tensors, expected = tokenizer(PROMPT, add_special_tokens=False, return_tensors="pt"), reference(PROMPT, add_special_tokens=False, return_tensors="pt")
+    assert {k: v.tolist() for k, v in as_tensors.items()} == {k: v.tolist() for k, v in expected.items()}
     with pytest.raises(ValueError, match="without special tokens"):
         tokenizer(PROMPT)
 

@@ -62,15 +62,23 @@ class Tokenizer:
         text = _token_text(value)
         return None if text is None else self.backend.token_to_id(text)
 
-    def __call__(self, text: str, add_special_tokens: bool = True, return_offsets_mapping: bool = False) -> dict[str, list]:
-        """{"input_ids": [...]} (and "offset_mapping": [(start, end), ...]) of one text. Only
+    def __call__(self, text: str, add_special_tokens: bool = True, return_offsets_mapping: bool = False,
+                 return_tensors: str | None = None) -> dict[str, Any]:
+        """{"input_ids", "attention_mask"} (and "offset_mapping": [(start, end), ...]) of one
+        text, as lists or, with return_tensors="pt", (1, n) tensors. Only
         `add_special_tokens=False` is implemented: sola adds its own prefix tokens."""
         if add_special_tokens:
             raise ValueError("the inference core's tokenizer encodes without special tokens only")
+        if return_tensors not in (None, "pt"):
+            raise ValueError(f"return_tensors={return_tensors!r}: only 'pt' is implemented")
         encoding = self.backend.encode(text, add_special_tokens=False)
-        found: dict[str, list] = {"input_ids": list(encoding.ids)}
+        found: dict[str, Any] = {"input_ids": list(encoding.ids), "attention_mask": [1] * len(encoding.ids)}
         if return_offsets_mapping:
             found["offset_mapping"] = [tuple(pair) for pair in encoding.offsets]
+        if return_tensors == "pt":
+            import torch
+
+            found = {name: torch.tensor([value]) for name, value in found.items()}
         return found
 
     def decode(self, ids: Any, skip_special_tokens: bool = False) -> str:
