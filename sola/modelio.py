@@ -15,6 +15,10 @@ than reading the converted weights, so each file's digest is remembered in the c
 (`digests.json`) under its path, size, modification and change times, inode and device: any
 write to the file, or its replacement, changes one of them and the file is hashed again.
 
+Commands that only generate load through `load_for_inference`: a Llama-family model goes into
+sola's own plain-torch inference core (sola/core) without importing transformers; anything the
+core does not implement, and everything that trains, loads through transformers (`load_base`).
+
 Only safetensors and GGUF weights are read: a pickle checkpoint (`pytorch_model.bin`, `*.pt`)
 can run code when loaded, so a directory holding one instead is refused.
 """
@@ -293,8 +297,8 @@ def _load_transformers(directory: Path):  # -> (model, tokenizer)
 
 def load_for_inference(spec: str | None, expected_sha256: str | None = None):  # -> (model, tokenizer, identity)
     """A base model for commands that only run it forward (generate): the Llama family through
-    sola's own inference core (sola/core, no import of transformers: a second or more of every
-    cold start), any other model, or a Llama setting the core does not implement, as
+    sola's own inference core (sola/core, no import of transformers, the larger part of a cold
+    start), any other model, or a Llama setting the core does not implement, as
     `load_base` loads it. The identity check is `load_base`'s. Nothing that trains uses this:
     edits are trained on the transformers model."""
     identity, directory = _checked(spec, expected_sha256)

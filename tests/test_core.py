@@ -181,15 +181,17 @@ try:
     main(json.loads(sys.argv[1]))
 except SystemExit as done:
     assert not done.code, done.code
-print(json.dumps({'transformers': sorted(m for m in sys.modules if m.split('.')[0] == 'transformers')}), file=sys.stderr)
+print(json.dumps({'transformers': sorted(m for m in sys.modules if m.split('.')[0] == 'transformers'),
+                  'torch._dynamo': 'torch._dynamo' in sys.modules}), file=sys.stderr)
 """
 
 
 def fresh_process(args: list[str]) -> dict:
-    """The --json output of one sola command in a new interpreter, which must not have imported transformers."""
+    """The --json output of one sola command in a new interpreter, which must have imported neither
+    transformers nor torch._dynamo (building the core on the meta device can pull it in)."""
     result = subprocess.run([sys.executable, "-c", FRESH_PROCESS, json.dumps([*args, "--json"])], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-1500:]
-    assert json.loads(result.stderr.strip().splitlines()[-1]) == {"transformers": []}
+    assert json.loads(result.stderr.strip().splitlines()[-1]) == {"transformers": [], "torch._dynamo": False}
     return json.loads(result.stdout)
 
 

@@ -223,7 +223,8 @@ class LlamaModel(nn.Module):
     def __init__(self, config: LlamaConfig) -> None:
         super().__init__()
         # given an empty weight, the embedding skips its random init: on the meta device (where
-        # sola.core.load builds the model) torch runs normal_ through its decompositions, 1.5 s
+        # sola.core.load builds the model) normal_ runs through torch's decompositions, whose
+        # import (torch._dynamo) costs more than the rest of the load
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size,
                                          _weight=torch.empty(config.vocab_size, config.hidden_size))
         self.layers = nn.ModuleList(DecoderLayer(config, i) for i in range(config.num_hidden_layers))
