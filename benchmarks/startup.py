@@ -28,14 +28,16 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 PROMPT = "The Eiffel Tower is located in the city of"
 
-# runs one CLI command in this process and reports whether torch got imported
+# runs one CLI command in this process as the `sola` executable does (sola.cli.entry, with
+# sys.argv) and reports whether torch and transformers got imported
 CLI = """
 import sys, time
 sys.path.insert(0, sys.argv[1])
 started = time.perf_counter()
-from sola.cli import main
+sys.argv = ["sola", *sys.argv[2:]]
+from sola.cli import entry
 try:
-    main(sys.argv[2:])
+    entry()
 except SystemExit as done:
     code = done.code or 0
 print(json.dumps({"code": code, "torch": "torch" in sys.modules, "transformers": "transformers" in sys.modules,

@@ -175,23 +175,26 @@ def test_load_for_inference_keeps_the_identity_check_and_other_families_on_trans
 
 
 FRESH_PROCESS = """
-import json, sys
-from sola.cli import main
+import gc, json, sys
+sys.argv = ['sola', *json.loads(sys.argv[1])]
+from sola.cli import entry
 try:
-    main(json.loads(sys.argv[1]))
+    entry()
 except SystemExit as done:
     assert not done.code, done.code
 print(json.dumps({'transformers': sorted(m for m in sys.modules if m.split('.')[0] == 'transformers'),
-                  'torch._dynamo': 'torch._dynamo' in sys.modules}), file=sys.stderr)
+                  'torch._dynamo': 'torch._dynamo' in sys.modules, 'frozen': gc.get_freeze_count() > 0}), file=sys.stderr)
 """
 
 
 def fresh_process(args: list[str]) -> dict:
-    """The --json output of one sola command in a new interpreter, which must have imported neither
-    transformers nor torch._dynamo (building the core on the meta device can pull it in)."""
+    """The --json output of one sola command run as the `sola` executable runs it (sola.cli.entry)
+    in a new interpreter, which must have imported neither transformers nor torch._dynamo
+    (building the core on the meta device can pull it in), and which leaves the garbage
+    collector frozen for a quick exit."""
     result = subprocess.run([sys.executable, "-c", FRESH_PROCESS, json.dumps([*args, "--json"])], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-1500:]
-    assert json.loads(result.stderr.strip().splitlines()[-1]) == {"transformers": [], "torch._dynamo": False}
+    assert json.loads(result.stderr.strip().splitlines()[-1]) == {"transformers": [], "torch._dynamo": False, "frozen": True}
     return json.loads(result.stdout)
 
 
