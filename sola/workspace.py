@@ -194,7 +194,7 @@ class Workspace:
         self.base_model = dict(self.registry.base_model)
         self.training = dict(self.registry.training)
         self._routed: RoutedModel | None = None  # the transformers model: trains edits
-        self._serving: RoutedModel | None = None  # the inference core's model, when only generation needed one
+        self._serving: RoutedModel | None = None  # loaded for inference only (the core's, for a Llama)
         # per branch: (head commit id, index of its active and tombstoned keys, key id -> edit, tombstoned edits)
         self._head_index: dict[str, tuple[str, FaissKeySearch, dict[int, str], frozenset[str]]] = {}
         self._answer_cache: dict[str, tuple[str, str]] = {}
@@ -282,6 +282,7 @@ class Workspace:
             recorded = self.base_model
             base, tokenizer, _ = load_base(recorded["spec"], expected_sha256=recorded["sha256"])
             self._routed = RoutedModel(base.to(self.device), tokenizer, self.routing)
+            self._serving = None  # from now on inference uses this model too
         return self._routed
 
     def serving_model(self) -> RoutedModel:

@@ -212,7 +212,9 @@ def test_read_only_commands_run_without_transformers_and_answer_as_the_transform
     from_snapshot = fresh_process(["generate", PROMPT, "--snapshot", str(tmp_path / "snap"), "--max-new-tokens", "6"])
     [blamed] = fresh_process(["--registry", registry, "blame", PROMPT, "--generate", "--max-new-tokens", "6"])
     with Workspace.open(Path(registry)) as workspace:
-        workspace.model()  # the transformers model, as training loads it
+        assert type(workspace.serving_model().model).__module__ == "sola.core.llama"
+        trained_on = workspace.model()  # the transformers model, as training loads it
+        assert workspace.routed_at()[0] is trained_on  # once loaded, inference uses it too
         [expected] = workspace.generate([PROMPT], max_new_tokens=6)
     assert expected.edit is not None and expected.text.startswith(" Madrid")
     assert (generated["edit"], generated["text"]) == (from_snapshot["edit"], from_snapshot["text"]) == (expected.edit, expected.text)
