@@ -19,9 +19,9 @@ from sola.core import llama, tokenizer as tokenization
 
 # generation_config.json fields greedy decoding either implements (the special token ids) or
 # ignores as transformers does (sampling settings, the length that max_new_tokens replaces)
-GENERATION_FIELDS = {"_from_model_config", "transformers_version", "bos_token_id", "eos_token_id", "pad_token_id", "use_cache",
+GENERATION_FIELDS = frozenset({"_from_model_config", "transformers_version", "bos_token_id", "eos_token_id", "pad_token_id", "use_cache",
                      "output_attentions", "output_hidden_states", "return_dict_in_generate", "max_length", "do_sample",
-                     "temperature", "top_p", "top_k"}
+                     "temperature", "top_p", "top_k"})
 
 
 def _json(path: Path) -> dict[str, Any]:
