@@ -174,6 +174,22 @@ def test_load_for_inference_keeps_the_identity_check_and_other_families_on_trans
     assert type(gpt2).__module__.startswith("transformers.")
 
 
+def test_a_llama_with_settings_the_core_lacks_loads_through_transformers(tmp_path, tiny_dirs):
+    import shutil
+
+    directory = tmp_path / "llama"
+    shutil.copytree(tiny_dirs["llama"], directory)
+    settings = json.loads((directory / "generation_config.json").read_text())
+    (directory / "generation_config.json").write_text(json.dumps(dict(settings, repetition_penalty=1.3)))
+    assert unsupported(directory) == "generation settings ['repetition_penalty']"
+    model, _, _ = load_for_inference(str(directory))
+    assert type(model).__module__.startswith("transformers.")
+    (directory / "generation_config.json").write_text(json.dumps(settings))
+    config = json.loads((directory / "config.json").read_text())
+    (directory / "config.json").write_text(json.dumps(dict(config, rope_parameters={"rope_type": "yarn", "rope_theta": 1e4, "factor": 2.0})))
+    assert unsupported(directory) == "RoPE type 'yarn'"
+
+
 FRESH_PROCESS = """
 import gc, json, sys
 sys.argv = ['sola', *json.loads(sys.argv[1])]
