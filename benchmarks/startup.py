@@ -6,9 +6,9 @@
 Times `sola generate PROMPT --max-new-tokens 8` on a registry of the default model (made once
 in a temporary directory unless --registry is given), with the phases of one extra run
 (imports, model load, first forward) from `-X importtime`-free timers inside the process, and the
-model-free commands `log`, `tag` and `revoke` (with whether each imported torch). Other work
-on the machine changes every number here, so each run records the load average before it and
-the busiest other processes; results go to benchmarks/results/startup.json (or --out).
+model-free commands `log`, `tag` and `revoke` (with whether each imported torch, and whether
+generate imported transformers). Other work on the machine changes every number here, so each
+run records the load average before it and the busiest other processes; results go to benchmarks/results/startup.json (or --out).
 """
 
 from __future__ import annotations
@@ -28,17 +28,20 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 PROMPT = "The Eiffel Tower is located in the city of"
 
-# runs one CLI command in this process and reports whether torch got imported
+# runs one CLI command in this process as the `sola` executable does (sola.cli.entry, with
+# sys.argv) and reports whether torch and transformers got imported
 CLI = """
 import sys, time
 sys.path.insert(0, sys.argv[1])
 started = time.perf_counter()
-from sola.cli import main
+sys.argv = ["sola", *sys.argv[2:]]
+from sola.cli import entry
 try:
-    main(sys.argv[2:])
+    entry()
 except SystemExit as done:
     code = done.code or 0
-print(json.dumps({"code": code, "torch": "torch" in sys.modules, "inside_s": time.perf_counter() - started}), file=sys.stderr)
+print(json.dumps({"code": code, "torch": "torch" in sys.modules, "transformers": "transformers" in sys.modules,
+                  "inside_s": time.perf_counter() - started}), file=sys.stderr)
 """.replace("import sys, time", "import sys, time, json")
 
 # the phases of a generate: imports, model load, first forward (what the command does, unrolled)
@@ -53,12 +56,13 @@ from sola.workspace import Workspace
 marks.append(("import sola.workspace (faiss, numpy)", time.perf_counter()))
 workspace = Workspace.open(sys.argv[2])
 routed, commit = workspace.routed_at()
-marks.append(("open registry, import transformers, load model, build bank", time.perf_counter()))
+marks.append(("open registry, load model (transformers or sola's core), build bank", time.perf_counter()))
 routed.generate([sys.argv[3]], max_new_tokens=8)
 marks.append(("first generate (8 tokens)", time.perf_counter()))
 routed.generate([sys.argv[3]], max_new_tokens=8)
 marks.append(("second generate (8 tokens)", time.perf_counter()))
-print(json.dumps({name: round(t - marks[i][1], 3) for i, (name, t) in enumerate(marks[1:])}))
+phases = {name: round(t - marks[i][1], 3) for i, (name, t) in enumerate(marks[1:])}
+print(json.dumps(dict(phases, model=type(routed.model).__module__, transformers_imported="transformers" in sys.modules)))
 """
 
 
@@ -80,13 +84,14 @@ def run_cli(source: Path, args: list[str], env: dict[str, str]) -> dict[str, obj
     report = json.loads(done.stderr.strip().splitlines()[-1])
     if report["code"]:
         raise SystemExit(f"{args} failed: {done.stderr[-800:]}")
-    return {"wall_s": round(wall, 3), "torch": report["torch"], "loadavg": state["loadavg"], "busiest": state["busiest"]}
+    return {"wall_s": round(wall, 3), "torch": report["torch"], "transformers": report["transformers"], "loadavg": state["loadavg"],
+            "busiest": state["busiest"]}
 
 
 def summary(runs: list[dict[str, object]]) -> dict[str, object]:
     walls = [float(r["wall_s"]) for r in runs]
     return {"median_s": round(statistics.median(walls), 3), "min_s": round(min(walls), 3), "max_s": round(max(walls), 3),
-            "torch_imported": any(r["torch"] for r in runs),
+            "torch_imported": any(r["torch"] for r in runs), "transformers_imported": any(r["transformers"] for r in runs),
             "loadavg_1min": [r["loadavg"][0] for r in runs], "runs": runs}
 
 
@@ -137,7 +142,8 @@ def main() -> None:
     everything[label] = result
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(everything, indent=2) + "\n")
-    print(json.dumps({"label": label, "generate_median_s": result["generate"]["median_s"], "phases": result["generate_phases_s"],
+    print(json.dumps({"label": label, "generate_median_s": result["generate"]["median_s"],
+                      "generate_transformers": result["generate"]["transformers_imported"], "phases": result["generate_phases_s"],
                       **{name: m["median_s"] for name, m in model_free.items()},
                       "torch": {name: m["torch_imported"] for name, m in model_free.items()},
                       "loadavg": result["before"]["loadavg"]}, indent=2))

@@ -842,7 +842,16 @@ def _eval_text(document: dict[str, Any]) -> str:
 
 
 def entry() -> None:
-    main(obj={})
+    """The `sola` executable. Once the command is done the process only exits; freezing the
+    garbage collector first spares interpreter shutdown a walk over every object torch and
+    the model made, more than half of the exit of a torch-loading command
+    (docs/results.md, "Start-up"). Only here: an embedding process keeps collecting."""
+    import gc as collector  # `gc` in this module is the `sola gc` command
+
+    try:
+        main(obj={})
+    finally:
+        collector.freeze()
 
 
 from sola import cli_editsets, cli_rebase, cli_serve, cli_storage  # noqa: E402,F401  (registers branch, merge, review, blame, rebase, serve, migrate-storage, ...)

@@ -281,8 +281,9 @@ def blame(ctx: click.Context, prompt: str, branch_name: str, with_text: bool, ma
         with open_workspace(ctx, writable=False) as workspace:
             head = workspace.registry.resolve(branch_name)
             workspace.release()  # no lock held while the model loads
-            check_tokens(workspace.model(), prompt, "prompt", extra=max_new_tokens if with_text else 0)
-            query = workspace.model().query_of(prompt)  # the query the prompt routes by
+            routed = workspace.serving_model()  # read-only: the inference core where the family has one
+            check_tokens(routed, prompt, "prompt", extra=max_new_tokens if with_text else 0)
+            query = routed.query_of(prompt)  # the query the prompt routes by
             document = find_blame(workspace.registry, query, head)
             workspace.release()
             if with_text:

@@ -15,6 +15,10 @@ than reading the converted weights, so each file's digest is remembered in the c
 (`digests.json`) under its path, size, modification and change times, inode and device: any
 write to the file, or its replacement, changes one of them and the file is hashed again.
 
+Commands that only generate load through `load_for_inference`: a Llama-family model goes into
+sola's own plain-torch inference core (sola/core) without importing transformers; anything the
+core does not implement, and everything that trains, loads through transformers (`load_base`).
+
 Only safetensors and GGUF weights are read: a pickle checkpoint (`pytorch_model.bin`, `*.pt`)
 can run code when loaded, so a directory holding one instead is refused.
 """
@@ -259,24 +263,49 @@ def materialise(identity: ModelIdentity, path: Path) -> Path:
     return cached
 
 
+def _checked(spec: str | None, expected_sha256: str | None) -> tuple[ModelIdentity, Path]:
+    """The model's identity and a directory holding it as safetensors; refuses a model whose
+    weights differ from the recorded ones (before anything is loaded)."""
+    identity, path = identify(spec)
+    if expected_sha256 is not None and identity.sha256 != expected_sha256:
+        raise ModelError(
+            f"base model {identity.name} has sha256 {identity.sha256[:12]}, but this registry's edits were made on {expected_sha256[:12]}"
+        )
+    return identity, materialise(identity, path)
+
+
 def load_base(spec: str | None, expected_sha256: str | None = None):  # -> (model, tokenizer, identity)
     """Load a base model in float32 eval mode; refuse a model whose weights differ from the recorded ones."""
+    identity, directory = _checked(spec, expected_sha256)
+    model, tokenizer = _load_transformers(directory)
+    return model, tokenizer, identity
+
+
+def _load_transformers(directory: Path):  # -> (model, tokenizer)
     import torch  # imported here so that model-free commands (log, show, audit, verify) start fast
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
-
-    identity, path = identify(spec)
-    if expected_sha256 is not None and identity.sha256 != expected_sha256:
-        raise ModelError(
-            f"base model {identity.name} has sha256 {identity.sha256[:12]}, but this registry's edits were made on {expected_sha256[:12]}"
-        )
-    directory = materialise(identity, path)
     # safetensors only, even when a pickle checkpoint lies beside them (never torch.load)
     model = AutoModelForCausalLM.from_pretrained(str(directory), dtype=torch.float32, use_safetensors=True)
     tokenizer = AutoTokenizer.from_pretrained(str(directory))
     model.eval()
-    return model, tokenizer, identity
+    return model, tokenizer
 
+
+def load_for_inference(spec: str | None, expected_sha256: str | None = None):  # -> (model, tokenizer, identity)
+    """A base model for commands that only run it forward (generate): the Llama family through
+    sola's own inference core (sola/core, no import of transformers, the larger part of a cold
+    start), any other model, or a Llama setting the core does not implement, as
+    `load_base` loads it. The identity check is `load_base`'s. Nothing that trains uses this:
+    edits are trained on the transformers model."""
+    identity, directory = _checked(spec, expected_sha256)
+    from sola.core.load import load_llama, unsupported
+
+    if unsupported(directory) is None:
+        model, tokenizer = load_llama(directory)
+    else:
+        model, tokenizer = _load_transformers(directory)
+    return model, tokenizer, identity

@@ -16,7 +16,7 @@ from safetensors.numpy import load_file, save
 
 from sola.config import RoutingConfig
 from sola.layer import EditBank, ExactKeySearch
-from sola.modelio import load_base
+from sola.modelio import load_for_inference
 from sola.routed import RoutedModel
 from sola.workspace import Generation
 
@@ -77,7 +77,8 @@ def load_snapshot(directory: Path) -> Snapshot:
         if _keys_sha256(revoked_keys[revoked_key_edit == position]) != entry["keys_sha256"]:
             raise SnapshotError(f"snapshot keys of revoked edit {entry['edit'][:12]} do not match the manifest")
     base_model = manifest["base_model"]
-    model, tokenizer, _ = load_base(base_model["spec"], expected_sha256=base_model["sha256"])
+    # a snapshot only generates: the inference core where the family has one (sola.modelio)
+    model, tokenizer, _ = load_for_inference(base_model["spec"], expected_sha256=base_model["sha256"])
     routed = RoutedModel(model, tokenizer, RoutingConfig.from_record(manifest["routing"]))
     ids = [entry["edit"] for entry in edits]
     revoked_ids = [entry["edit"] for entry in revoked]

@@ -26,7 +26,7 @@ from sola.arch import architecture_of, context_length as model_context, decoder_
 from sola.config import SUBJECT_ROUTING_DEFAULTS, RoutingConfig, TrainConfig, default_author
 from sola.data import EditRequest, RequestError, check_notes, check_text
 from sola.layer import EditBank, Routing
-from sola.modelio import ModelError, load_base
+from sola.modelio import ModelError, load_base, load_for_inference
 from sola.routed import RoutedModel, start_token_for
 from sola.snapshots import snapshot_bank
 from sola.batch_train import EditJob, train_edits
@@ -193,7 +193,8 @@ class Workspace:
         self.routing = RoutingConfig.from_record(self.registry.routing)
         self.base_model = dict(self.registry.base_model)
         self.training = dict(self.registry.training)
-        self._routed: RoutedModel | None = None
+        self._routed: RoutedModel | None = None  # the transformers model: trains edits
+        self._serving: RoutedModel | None = None  # loaded for inference only (the core's, for a Llama)
         # per branch: (head commit id, index of its active and tombstoned keys, key id -> edit, tombstoned edits)
         self._head_index: dict[str, tuple[str, FaissKeySearch, dict[int, str], frozenset[str]]] = {}
         self._answer_cache: dict[str, tuple[str, str]] = {}
@@ -281,7 +282,20 @@ class Workspace:
             recorded = self.base_model
             base, tokenizer, _ = load_base(recorded["spec"], expected_sha256=recorded["sha256"])
             self._routed = RoutedModel(base.to(self.device), tokenizer, self.routing)
+            self._serving = None  # from now on inference uses this model too
         return self._routed
+
+    def serving_model(self) -> RoutedModel:
+        """The routed model for read-only inference: the one already loaded, else one loaded by
+        `load_for_inference` (the Llama family without transformers, which is most of a cold
+        `sola generate`); same identity check as `model()`. Training always uses `model()`."""
+        if self._routed is not None:
+            return self._routed
+        if self._serving is None:
+            recorded = self.base_model
+            base, tokenizer, _ = load_for_inference(recorded["spec"], expected_sha256=recorded["sha256"])
+            self._serving = RoutedModel(base.to(self.device), tokenizer, self.routing)
+        return self._serving
 
     # --- snapshots -------------------------------------------------------------------------------
     def _fetch_lora(self, edit_id: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -307,11 +321,12 @@ class Workspace:
         return {e: self._answer_cache[e] for e in edit_ids if e in self._answer_cache}
 
     def routed_at(self, revision: str | None = None, at: str | None = None) -> tuple[RoutedModel, Commit]:
-        """The model routed as at a revision; the catalog is released before the model loads."""
+        """The model routed as at a revision, for inference (`serving_model`); the catalog is
+        released before the model loads."""
         commit = self.registry.resolve(revision, at)
         bank = self.bank(commit)
         self.release()
-        routed = self.model()
+        routed = self.serving_model()
         routed.set_bank(bank)
         return routed, commit
 
