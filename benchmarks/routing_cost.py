@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from registry.keyindex import FaissKeySearch, lists_for, nearest_lists, train_centroids
-from registry.routing import PROJECTED_DIMS, SubjectIndex, subject_similarity
+from registry.routing import PROJECT_FROM, PROJECTED_DIMS, SubjectIndex, subject_similarity
 from sola.config import RoutingConfig
 from sola.data import read_benchmark
 from sola.layer import EditBank, RoutingScope
@@ -98,8 +98,8 @@ def main() -> None:
     parser.add_argument("--note", default="", help="what else ran on the machine")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    if args.full_first_stage:  # SubjectIndex's default threshold, raised past any bank here
-        SubjectIndex.__init__.__defaults__ = (args.edits + 1,)
+    # the baseline lays every bank out with a full first stage, whatever its size
+    project_from = args.edits + 1 if args.full_first_stage else PROJECT_FROM
     _, requests = read_benchmark(DATA, 200)
     probes = [r.rephrases[0] for r in requests[: args.prompts]]
     results = []
@@ -117,7 +117,10 @@ def main() -> None:
         encoded = [routed.encode(p).input_ids for p in probes]
         for ivf in (False, True):
             search = index_for(keys, ivf)
-            bank = EditBank(search, {i: f"e{i}" for i in range(len(keys))}, lambda _edit: lora)
+            # the subject layout a bank would build on first use (EditBank.decide), built here
+            # so the baseline can choose its first stage
+            layout = SubjectIndex(*search.vectors(), project_from=project_from) if key_function == "subject" else None
+            bank = EditBank(search, {i: f"e{i}" for i in range(len(keys))}, lambda _edit: lora, _subject_index=layout)
 
             def base_pass(ids: torch.Tensor) -> None:
                 with torch.no_grad(), routed.routing_call(RoutingScope(), EditBank.empty()):
