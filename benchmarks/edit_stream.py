@@ -44,6 +44,7 @@ def main() -> None:
     parser.add_argument("--relation-kl", type=float, default=TrainConfig.relation_kl)
     parser.add_argument("--every", type=int, default=0, help="retention of all past edits every K edits")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--batch", type=int, default=1, help="edits trained at once (sola.batch_train); 1 = one at a time")
     parser.add_argument("--resummarise", action="store_true", help="recompute <name>.json's summary and plot from its records")
     args = parser.parse_args()
     if args.resummarise:
@@ -62,7 +63,8 @@ def main() -> None:
 
     train = TrainConfig(stop_loss=args.stop_loss, max_steps=args.max_steps, lr=args.lr, contexts=args.contexts,
                         relation_prompts=args.relation_prompts, relation_kl=args.relation_kl)
-    result = run_eval(args.data, None, routing, limit=args.limit, every=args.every, progress=progress, train=train)
+    result = run_eval(args.data, None, routing, limit=args.limit, every=args.every, progress=progress, train=train,
+                      batch=args.batch)
     summary = result.summary()
     summary["protocol"]["machine"] = {"cpus": torch.get_num_threads(), "platform": platform.platform(), "python": platform.python_version()}
     write_results(RESULTS / f"{args.name}.json", result, summary)
