@@ -342,7 +342,7 @@ def _print_outcome(outcome: dict[str, Any]) -> None:
 @click.option("--prompt", default=None, help="The prompt whose continuation changes.")
 @click.option("--target", default=None, help="The new continuation.")
 @click.option("--rephrase", multiple=True, help="A paraphrase that should route to this edit (repeatable).")
-@click.option("--subject", default=None, help="The subject of the fact (recorded with the edit).")
+@click.option("--subject", default=None, help="The subject of the fact (recorded with the edit); a subject-keyed registry requires it, in the prompt and in every --rephrase.")
 @click.option("--file", "file", type=click.Path(dir_okay=False, path_type=Path), default=None, help="JSONL of edit requests.")
 @click.option("--author", default=None, help="Who made the edit (default: $SOLA_AUTHOR or the login name).")
 @click.option("--reason", default=None, help="Why (kept in the audit log).")

@@ -119,6 +119,18 @@ def test_cli_subject_registry_records_its_key_and_refuses_a_missing_subject(tmp_
     error = cli.fails("edit", "--prompt", PROMPT, "--target", "English", "--subject", "Toko Yasuda", "--steps", "5")
     assert "does not occur in the prompt" in error
     assert len(cli.json("log")) == 1  # nothing was committed
+    # no subject at all: a key on the prompt's last tokens would fire on that wording about anyone
+    error = cli.fails("edit", "--prompt", PROMPT, "--target", "English", "--steps", "5")
+    assert "keys edits on their subject" in error and "--subject" in error
+    error = cli.fails("edit", "--prompt", PROMPT, "--target", "English", "--subject", SUBJECT,
+                      "--rephrase", "Her mother tongue is", "--steps", "5")
+    assert "rephrase 1" in error and "does not name the subject" in error
+    lines = tmp_path / "no-subject.jsonl"
+    lines.write_text(json.dumps({"prompt": "Toko Yasuda plays the", "target_new": "piano", "subject": "Toko Yasuda"}) + "\n"
+                     + json.dumps({"prompt": PROMPT, "target_new": "English"}) + "\n")
+    error = cli.fails("edit", "--file", str(lines), "--steps", "5")
+    assert "request 2" in error and "keys edits on their subject" in error and "nothing was edited" in error
+    assert len(cli.json("log")) == 1  # none of the refused requests committed anything
     edits = tmp_path / "edits.jsonl"
     edits.write_text(json.dumps({"prompt": PROMPT, "target_new": "English", "subject": SUBJECT}) + "\n"
                      + json.dumps({"prompt": "Toko Yasuda plays the", "target_new": "piano", "subject": "Toko Yasuda"}) + "\n")
