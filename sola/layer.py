@@ -27,6 +27,7 @@ from torch import nn
 from registry.routing import ExactKeySearch, KeySearch, Routing, RoutingRule, SubjectIndex, decide, isolation
 from sola.arch import projection_dims
 from sola.keys import pool_prompt, subject_queries
+from sola.refresh import base_cache, write_row
 
 
 LoraFetcher = Callable[[str], tuple[torch.Tensor, torch.Tensor]]
@@ -218,8 +219,6 @@ class RoutedLoRA(nn.Module):
         """Recompute row `row`'s cached keys/values (its `tokens`) with the base model and write
         them into this step's cache (sola.refresh). The nested forward runs with no call set on
         this layer: it is the base model, and this hook and the taps see no call (no recursion)."""
-        from sola.refresh import base_cache, write_row
-
         core = "cache" in kwargs  # sola.core's forward takes `cache`, transformers' `past_key_values`
         cache = kwargs.get("cache") if core else kwargs.get("past_key_values")
         if cache is None:
