@@ -21,7 +21,7 @@ REVOKE_MODES = ("tombstone", "delete")
 # CounterFact, zsRE and a mixed bank alike. Subject distances are larger than mean-key ones: the
 # two parts are read at lower blocks and a paraphrase matches the subject, not the template.
 SUBJECT_ROUTING_DEFAULTS = {"threshold": 0.2, "radius_ratio": 0.5}
-AFTER_TARGET = ("stop", "keep")
+AFTER_TARGET = ("refresh", "stop", "keep")
 
 # Upper bounds the CLI and these records share: a typo (`--steps 4000000`, `--lr 1e9`) is refused
 # before the model loads instead of training for hours or to a NaN loss.
@@ -85,9 +85,13 @@ class RoutingConfig:
     `start_token` (a token id, -1 for none) is put before every prompt the registry encodes, so
     that no subject starts at position 0, whose state is nearly the same for every prompt.
 
-    `after_target` says how long a fired edit's LoRA applies while generating: "stop" (from
-    the step after its target's tokens have been generated, the base model writes on, which
-    keeps the text after the answer fluent) or "keep" (the whole generation, as before).
+    `after_target` says how long a fired edit's LoRA applies while generating: "refresh" (the
+    default for new registries: once its target's tokens have been generated the LoRA goes
+    off and the sequence's cached keys/values are recomputed by the base model, so the text
+    after the answer is what the base model writes after prompt + target; one extra prefill
+    per fired sequence), "stop" (the LoRA goes off at the same step but the cache keeps what
+    the LoRA computed, so the base model writes on from an edited context) or "keep" (the
+    whole generation, the oldest behaviour).
 
     `radius_ratio` (> 0) shrinks the radius of a key that has close neighbours: key k fires
     only when the distance is also below `radius_ratio` x the distance from k to the nearest
@@ -115,7 +119,7 @@ class RoutingConfig:
     key_layers: tuple[int, ...] = ()
     max_window: int = 8
     start_token: int = -1
-    after_target: str = "stop"
+    after_target: str = "refresh"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "key_layers", tuple(self.key_layers) if isinstance(self.key_layers, (list, tuple)) else self.key_layers)

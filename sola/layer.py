@@ -27,6 +27,7 @@ from torch import nn
 from registry.routing import ExactKeySearch, KeySearch, Routing, RoutingRule, SubjectIndex, decide, isolation
 from sola.arch import projection_dims
 from sola.keys import pool_prompt, subject_queries
+from sola.refresh import base_cache, write_row
 
 
 LoraFetcher = Callable[[str], tuple[torch.Tensor, torch.Tensor]]
@@ -104,16 +105,23 @@ class RoutingScope:
     query_mask: torch.Tensor | None = None
     decision: Routing | None = None
     states: dict[int, torch.Tensor] = field(default_factory=dict)  # block -> module input, until decided
-    # after_target "stop": token ids of each row's fired edit's target (None: keep the LoRA on),
-    # filled at the decision by `target_ids`; the tokens generated so far; rows whose target is out
+    # after_target "stop"/"refresh": token ids of each row's fired edit's target (None: keep the
+    # LoRA on), filled at the decision by `target_ids`; the tokens fed after the prefill; rows
+    # whose target is out
     target_ids: Callable[[str], list[int] | None] | None = None
     targets: list[list[int] | None] = field(default_factory=list)
     generated: list[list[int]] = field(default_factory=list)
     done: list[bool] = field(default_factory=list)
+    # after_target "refresh": also recompute a done row's cached keys/values with the base model
+    # (sola.refresh); each row's real prompt tokens, recorded at the prefill
+    refresh: bool = False
+    prompts: list[list[int]] | None = None
 
-    def watch(self, new_tokens: torch.Tensor) -> None:
+    def watch(self, new_tokens: torch.Tensor) -> list[int]:
         """Record one decoding step's input tokens (batch, n); a row whose generated tokens now
-        end with its edit's target is done: its LoRA is off from this step on."""
+        end with its edit's target is done: its LoRA is off from this step on. Returns the rows
+        that became done at this step."""
+        finished = []
         for row, tokens in enumerate(new_tokens.tolist()):
             target = self.targets[row] if row < len(self.targets) else None
             if target is None or self.done[row]:
@@ -121,6 +129,22 @@ class RoutingScope:
             self.generated[row].extend(tokens)
             if self.generated[row][-len(target):] == target:
                 self.done[row] = True
+                finished.append(row)
+        return finished
+
+    def remember_prompts(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> None:
+        """Keep each row's real prompt tokens (those the attention mask marks) from the prefill."""
+        rows = input_ids.tolist()
+        masks = attention_mask.tolist() if attention_mask is not None else [[1] * len(r) for r in rows]
+        self.prompts = [[t for t, m in zip(r, mask) if m] for r, mask in zip(rows, masks)]
+
+    def context(self, row: int, feeding: int) -> list[int]:
+        """Row `row`'s tokens in the cache while `feeding` new tokens are fed: its prompt and
+        the tokens fed after the prefill before these."""
+        if self.prompts is None:
+            raise RuntimeError("after_target 'refresh' needs the prefill's tokens")
+        fed = self.generated[row]
+        return self.prompts[row] + fed[: len(fed) - feeding]
 
 
 @dataclass
@@ -170,15 +194,41 @@ class RoutedLoRA(nn.Module):
                 call.scope.states[block] = args[0]
         return keep_input
 
-    def watch_tokens(self, _model: nn.Module, args: tuple, kwargs: dict) -> None:
+    def watch_tokens(self, model: nn.Module, args: tuple, kwargs: dict) -> None:
         """A forward pre-hook for the whole model: after the prefill, each decoding step's input
-        tokens go to the scope, which turns a row's LoRA off once its target is generated."""
+        tokens go to the scope, which turns a row's LoRA off once its target is generated; under
+        after_target "refresh" the prefill's tokens are kept, and a row whose target is out has
+        its cached keys/values recomputed by the base model before this step runs."""
         call = self._call.get()
-        if call is None or call.trainable is not None or call.scope.decision is None or not call.scope.targets:
+        if call is None or call.trainable is not None:
             return
+        scope = call.scope
         ids = kwargs.get("input_ids", args[0] if args else None)
-        if ids is not None:
-            call.scope.watch(ids)
+        if ids is None:
+            return
+        if scope.refresh and scope.prompts is None:  # the first pass of the call: the prefill
+            scope.remember_prompts(ids, kwargs.get("attention_mask"))
+            return
+        if scope.decision is None or not scope.targets:
+            return
+        for row in scope.watch(ids):
+            if scope.refresh:
+                self._refresh_row(model, kwargs, row, scope.context(row, ids.shape[1]))
+
+    def _refresh_row(self, model: nn.Module, kwargs: dict, row: int, tokens: list[int]) -> None:
+        """Recompute row `row`'s cached keys/values (its `tokens`) with the base model and write
+        them into this step's cache (sola.refresh). The nested forward runs with no call set on
+        this layer: it is the base model, and this hook and the taps see no call (no recursion)."""
+        core = "cache" in kwargs  # sola.core's forward takes `cache`, transformers' `past_key_values`
+        cache = kwargs.get("cache") if core else kwargs.get("past_key_values")
+        if cache is None:
+            raise RuntimeError("after_target 'refresh' needs a decoding step's KV cache")
+        token = self._call.set(None)
+        try:
+            fresh = base_cache(model, tokens, core)
+        finally:
+            self._call.reset(token)
+        write_row(cache, row, fresh)
 
     # --- explicit modes, each entered and left by a context manager -------------------------
     @contextmanager

@@ -165,12 +165,14 @@ class RoutedModel:
 
     def routing_call(self, scope: RoutingScope | None = None, bank: EditBank | None = None):
         """The context every forward pass runs in: routed by `bank` (default: this model's).
-        With `after_target` "stop", a generated row's LoRA goes off once its edit's target
-        tokens have been generated (sola.layer.RoutingScope.watch)."""
+        With `after_target` "stop" or "refresh", a generated row's LoRA goes off once its edit's
+        target tokens have been generated (sola.layer.RoutingScope.watch); "refresh" also
+        recomputes that row's cached keys/values with the base model then (sola.refresh)."""
         bank = bank if bank is not None else self.bank
         scope = scope if scope is not None else RoutingScope()
-        if self.config.after_target == "stop" and bank.answers and scope.target_ids is None:
+        if self.config.after_target in ("stop", "refresh") and bank.answers and scope.target_ids is None:
             scope.target_ids = lambda edit: self.target_ids(bank, edit)
+            scope.refresh = self.config.after_target == "refresh"
         return self.layer.routing_call(bank, scope)
 
     def target_ids(self, bank: EditBank, edit: str) -> list[int] | None:

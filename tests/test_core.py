@@ -143,7 +143,7 @@ def layer_calls(routed: RoutedModel, bank: EditBank, prompts: list[str]) -> tupl
 
 
 @pytest.mark.parametrize("key_function", ["mean", "subject"])
-@pytest.mark.parametrize("after_target", ["stop", "keep"])
+@pytest.mark.parametrize("after_target", ["refresh", "stop", "keep"])
 def test_an_edit_trained_on_transformers_fires_and_generates_the_same_in_the_core(tiny_dirs, key_function, after_target):
     reference, tokenizer = hf_pair(tiny_dirs["llama"])
     settings = {"key_layers": (2, 1), "start_token": 0, "threshold": 0.2} if key_function == "subject" else {"threshold": 0.05}
@@ -157,7 +157,7 @@ def test_an_edit_trained_on_transformers_fires_and_generates_the_same_in_the_cor
         expected, found = layer_calls(trained_on, bank, prompts), layer_calls(core, bank, prompts)
         assert expected[1][0] == "e" and expected[0][0].startswith(" Madrid")
         assert found == expected
-    if after_target == "stop":  # the LoRA went off once " Madrid" was generated, in both
+    if after_target != "keep":  # the LoRA went off once " Madrid" was generated, in both
         assert not all(expected[2])
 
 

@@ -3,8 +3,9 @@
 Reproducing transformers' loop, not just its idea, is what keeps sola's routing the same:
 the routed layer takes its decision in the first forward pass (the prefill, over the whole
 prompt) and pins it in the call's RoutingScope; every later pass feeds one token per row, and
-the model's forward pre-hook (RoutedLoRA.watch_tokens) sees those tokens, so `after_target`
-"stop" turns a row's LoRA off at the same step. So: one forward per new token, the last new
+the model's forward pre-hook (RoutedLoRA.watch_tokens) sees those tokens (and the cache), so
+`after_target` "stop" turns a row's LoRA off, and "refresh" also rewrites the row's cached keys
+and values (KVCache.write_row), at the same step. So: one forward per new token, the last new
 token never fed back; a row that produced an end-of-sequence token continues with padding;
 decoding ends when every row has ended or `max_new_tokens` are produced. Positions follow
 the attention mask (left padding takes no positions).

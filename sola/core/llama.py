@@ -157,6 +157,18 @@ class KVCache:
         self.layers[layer] = (keys, values)
         return keys, values
 
+    def write_row(self, row: int, fresh: "KVCache") -> None:
+        """Overwrite batch row `row`'s last slots, in every block, in place, with `fresh`'s one
+        row (the cache of a forward over that row's tokens alone): after_target "refresh"
+        (sola.refresh). Left padding puts a row's real tokens last; other rows are untouched."""
+        for layer, (keys, values) in fresh.layers.items():
+            held_keys, held_values = self.layers[layer]
+            count = keys.shape[2]
+            if count > held_keys.shape[2]:
+                raise ValueError(f"a refreshed row has {count} positions, the cache holds {held_keys.shape[2]}")
+            held_keys[row, :, -count:] = keys[0]
+            held_values[row, :, -count:] = values[0]
+
 
 class Attention(nn.Module):
     def __init__(self, config: LlamaConfig, layer: int) -> None:
