@@ -1,0 +1,77 @@
+"""Where one edit's training time goes: steps, seconds per step, forward vs backward.
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/edit_time.py --records 12 --contexts 0,4
+
+Trains the first `--records` CounterFact records (`../shared/data`) one at a time
+(sola.train.train_edit, default training, subject keys with the studied routing) at each
+`--contexts` setting, on one thread, and reports the median edit time, the steps each edit
+took, the seconds per training forward pass (each pass runs the edited block and those above
+it over every row of the edit: the prompt, then the prompt after each context) and, from a
+profile of one edit, the share of time in the backward pass and in the linear layers. Edit
+time here is training alone (keys and fit rows included); `sola edit` adds the collision
+check and the commit. Results: benchmarks/results/edit_time.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import json
+import os
+import pstats
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from sola.config import SUBJECT_ROUTING_DEFAULTS, RoutingConfig, TrainConfig
+from sola.data import read_benchmark
+from sola.modelio import load_base
+from sola.routed import RoutedModel, start_token_for
+from sola.train import train_edit
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+RESULTS = Path(__file__).parent / "results"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--records", type=int, default=12)
+    parser.add_argument("--contexts", default="0,4")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    model, tokenizer, _ = load_base(None)
+    config = RoutingConfig(key_function="subject", start_token=start_token_for(tokenizer), **SUBJECT_ROUTING_DEFAULTS)
+    routed = RoutedModel(model, tokenizer, config)
+    _, requests = read_benchmark(DATA / "counterfact-1k.json", args.records)
+    report: dict[str, object] = {"records": args.records, "loadavg_before": os.getloadavg()}
+    for contexts in (int(c) for c in args.contexts.split(",")):
+        train = TrainConfig(contexts=contexts)
+        seconds, steps = [], []
+        for request in requests:
+            started = time.perf_counter()
+            trained = train_edit(routed, request.prompt, request.target, list(request.rephrases), train, subject=request.subject)
+            seconds.append(time.perf_counter() - started)
+            steps.append(trained.steps)
+        profile = cProfile.Profile()
+        first = requests[0]
+        profile.runcall(train_edit, routed, first.prompt, first.target, list(first.rephrases), train, subject=first.subject)
+        stats = pstats.Stats(profile)
+        total = sum(entry[2] for entry in stats.stats.values())  # tottime over all functions
+        by_name = {func[2]: entry[2] for func, entry in stats.stats.items()}
+        passes = sum(steps) + len(steps)  # each edit's forwards: one per step, plus the one that stops it
+        report[f"contexts_{contexts}"] = entry = {
+            "median_s": statistics.median(seconds), "seconds": seconds, "steps": steps,
+            "median_steps": statistics.median(steps), "seconds_per_forward_pass": sum(seconds) / passes,
+            "profile_share_backward": by_name.get("<method 'run_backward' of 'torch._C._EngineBase' objects>", 0.0) / total,
+            "profile_share_linear": by_name.get("<built-in method torch._C._nn.linear>", 0.0) / total,
+        }
+        print(contexts, json.dumps({k: v for k, v in entry.items() if k not in ("seconds", "steps")}), flush=True)
+    report["loadavg_after"] = os.getloadavg()
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "edit_time.json").write_text(json.dumps(report, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
