@@ -604,7 +604,8 @@ class Workspace:
         was made (edits recorded before the refusal may lack a subject)."""
         check_tokens(routed, request.prompt, "prompt with its target", target=request.target)
         subject_keyed = routed.config.key_function == "subject"
-        if subject_keyed and not carried and not (request.subject and request.subject.strip()):
+        needs_subject = subject_keyed and not carried
+        if needs_subject and not (request.subject and request.subject.strip()):
             raise RequestError("this registry keys edits on their subject (key function `subject`): give the edit's "
                                "subject (--subject, or a `subject` field); a key read from the prompt's last tokens "
                                "would fire on the same wording about any other subject")
@@ -615,7 +616,7 @@ class Workspace:
                 raise RequestError(f"{error}: a subject key is read from the subject's tokens") from None
         for number, text in enumerate(request.rephrases, start=1):
             check_tokens(routed, text, "rephrase prompt")
-            if subject_keyed and not carried and request.subject and request.subject.strip():
+            if needs_subject:  # the subject is there: refused above otherwise
                 try:
                     routed.subject_span(text, request.subject)
                 except ValueError:
