@@ -35,6 +35,8 @@ def main() -> None:
     parser.add_argument("--threshold", type=float, default=RoutingConfig.threshold)
     parser.add_argument("--radius-ratio", type=float, default=RoutingConfig.radius_ratio, help="0 = global threshold only")
     parser.add_argument("--key-function", default=RoutingConfig.key_function)
+    parser.add_argument("--start-token", type=int, default=-1,
+                        help="subject keys: the token put before every prompt (-1: the registry's default)")
     parser.add_argument("--revoke-mode", default=RoutingConfig.revoke_mode, choices=["tombstone", "delete"])
     parser.add_argument("--stop-loss", type=float, default=TrainConfig.stop_loss, help="training early stop (loss under it, targets argmax)")
     parser.add_argument("--max-steps", type=int, default=TrainConfig.max_steps)
@@ -55,7 +57,8 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     routing = RoutingConfig(layer=args.layer, threshold=args.threshold, radius_ratio=args.radius_ratio,
-                            key_function=args.key_function, revoke_mode=args.revoke_mode).to_dict()
+                            key_function=args.key_function, revoke_mode=args.revoke_mode,
+                            start_token=args.start_token).to_dict()
 
     def progress(stage: str, done: int, total: int) -> None:
         if done == total or done % 10 == 0:

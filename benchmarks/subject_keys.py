@@ -35,6 +35,7 @@ from sola.data import read_benchmark
 from sola.modelio import load_base
 from sola.probes import relation_probes
 from sola.routed import RoutedModel, start_token_for
+from sola.subjects import infer_subject
 from sola.train import routing_key
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -69,7 +70,9 @@ def nearest(search: ExactKeySearch, key_edit: dict[int, str], queries: list) -> 
     return np.array(routing.distances), routing.nearest, np.array(isolations)
 
 
-def study(routed: RoutedModel, banks: dict[str, list], known: list[dict]) -> dict:
+def study(routed: RoutedModel, banks: dict[str, list], known: list[dict], infer: bool = False) -> dict:
+    """`infer`: every stored key is read from the subject sola.subjects infers from the prompt
+    (as for an edit that names none), the records' own subjects serving the probes only."""
     out: dict = {}
     cache: dict = {}
     key_cache: dict = {}
@@ -77,7 +80,8 @@ def study(routed: RoutedModel, banks: dict[str, list], known: list[dict]) -> dic
         started = time.perf_counter()
         for r in requests:
             if (r.prompt, r.subject) not in key_cache:
-                key_cache[(r.prompt, r.subject)] = routing_key(routed, r.prompt, r.subject).numpy()
+                subject = (infer_subject(r.prompt) if infer else None) or r.subject
+                key_cache[(r.prompt, r.subject)] = routing_key(routed, r.prompt, subject).numpy()
         keys = np.stack([key_cache[(r.prompt, r.subject)] for r in requests])
         edits = [f"e{i}" for i in range(len(requests))]
         key_edit = dict(enumerate(edits))
@@ -114,6 +118,11 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=1000, help="edits per bank (mixed: n/2 of each)")
     parser.add_argument("--name", default="subject_keys")
     parser.add_argument("--key-functions", default="mean,subject")
+    parser.add_argument("--infer-subjects", action="store_true",
+                        help="key every edit on the subject inferred from its prompt (sola.subjects), not the record's")
+    parser.add_argument("--start-token", default="registry",
+                        help="subject keys' start token: registry (what `sola init --key-function subject` "
+                             "records), none, or a token id")
     args = parser.parse_args()
     torch.set_num_threads(1)
     base, tokenizer, identity = load_base(None)
@@ -128,14 +137,16 @@ def main() -> None:
     for key_function in args.key_functions.split(","):
         settings = {"key_function": key_function}
         if key_function == "subject":
-            settings.update(key_layers=[4, 3], start_token=start_token_for(tokenizer))
+            start_token = {"none": -1, "registry": start_token_for(tokenizer)}.get(args.start_token)
+            settings.update(key_layers=[4, 3], start_token=int(args.start_token) if start_token is None else start_token)
         config = RoutingConfig.from_dict(settings)
         routed = RoutedModel(base, tokenizer, config) if key_function == args.key_functions.split(",")[0] else None
         if routed is None:  # a fresh copy of the model: attach wraps one layer per model
             base2, tokenizer2, _ = load_base(None)
             routed = RoutedModel(base2, tokenizer2, config)
         print(f"key function {key_function}: {config.to_dict()}", flush=True)
-        results[key_function] = {"routing": config.to_dict(), "banks": study(routed, banks, known)}
+        results[key_function] = {"routing": config.to_dict(), "banks": study(routed, banks, known, args.infer_subjects),
+                                 "inferred_subjects": args.infer_subjects}
         results["protocol"]["git"] = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
         RESULTS.mkdir(exist_ok=True)  # after each key function, so a long run keeps what it measured
         (RESULTS / f"{args.name}.json").write_text(json.dumps(results, indent=1))

@@ -75,6 +75,8 @@ def describe_edit(registry: Registry, edit_id: str, branch: str = "main") -> dic
         "active": active,
         "prompt": row["prompt"],
         "target": row["target"],
+        "subject": provenance.get("subject"),
+        "subject_inferred": bool(provenance.get("subject_inferred")),  # found in the prompt, not given
         "tensors_sha256": row["tensors_sha256"],
         "keys_sha256": provenance.get("keys_sha256"),
         "provenance": provenance,

@@ -332,6 +332,8 @@ def _print_outcome(outcome: dict[str, Any]) -> None:
         click.echo(f"duplicate of active edit {outcome['edit'][:12]}; nothing changed")
         return
     click.echo(f"edit {outcome['edit'][:12]}  commit {outcome['commit'][:12]}  ({outcome['steps']} steps, loss {outcome['loss']:.4f}, {outcome['seconds']:.2f}s)")
+    if outcome["subject_inferred"]:
+        click.echo(f"  subject {outcome['subject']!r} (found in the prompt; give --subject to choose another)")
     for old in outcome["superseded"]:
         click.echo(f"  superseded {old[:12]}")
     for near in outcome["neighbours"]:
@@ -342,7 +344,7 @@ def _print_outcome(outcome: dict[str, Any]) -> None:
 @click.option("--prompt", default=None, help="The prompt whose continuation changes.")
 @click.option("--target", default=None, help="The new continuation.")
 @click.option("--rephrase", multiple=True, help="A paraphrase that should route to this edit (repeatable).")
-@click.option("--subject", default=None, help="The subject of the fact (recorded with the edit); a subject-keyed registry requires it, in the prompt and in every --rephrase.")
+@click.option("--subject", default=None, help="The subject of the fact (recorded with the edit). A subject-keyed registry keys the edit on it; without it, the prompt's longest capitalised name is taken (and recorded as inferred). It must occur in the prompt and in every --rephrase.")
 @click.option("--file", "file", type=click.Path(dir_okay=False, path_type=Path), default=None, help="JSONL of edit requests.")
 @click.option("--author", default=None, help="Who made the edit (default: $SOLA_AUTHOR or the login name).")
 @click.option("--reason", default=None, help="Why (kept in the audit log).")

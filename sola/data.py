@@ -58,6 +58,7 @@ class EditRequest:
     locality_prompt: str | None = None
     locality_answer: str | None = None
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
+    subject_inferred: bool = False  # the subject was found in the prompt (sola.subjects), not given
 
     def validated(self) -> "EditRequest":
         """The request, once every field has the type and size sola stores (RequestError if not)."""

@@ -136,8 +136,9 @@ class EvalResult:
             "edit_success_generated": mean(values["edit_success_generated"]),
             "retention_generated": mean(values["retention_generated"]),
             "generalization_generated": mean(values["generalization_generated"]),
-            "locality_relation": mean(values["locality_relation"]),
-            "relation_probe_fires": mean(values["relation_probe_fires"]),
+            # null, not 0, when no record names a subject: no probes were made
+            "locality_relation": mean(values["locality_relation"]) if values["locality_relation"] else None,
+            "relation_probe_fires": mean(values["relation_probe_fires"]) if values["relation_probe_fires"] else None,
             "n_relation_probes": sum(1 for _ in values["relation_probe_fires"]),
             "locality_identical": mean([1.0 if r.locality_identical else 0.0 for r in rs]),
             "rollback_fidelity": mean(values["rollback_fidelity"]) if revoked else 1.0,

@@ -48,7 +48,8 @@ class OriginEdit:
     @property
     def request(self) -> EditRequest:
         p = self.provenance
-        return EditRequest(p["prompt"], p["target"], tuple(p.get("rephrases") or ()), p.get("subject"))
+        return EditRequest(p["prompt"], p["target"], tuple(p.get("rephrases") or ()), p.get("subject"),
+                           subject_inferred=bool(p.get("subject_inferred")))
 
 
 @dataclass

@@ -29,6 +29,7 @@ from sola.layer import EditBank, Routing
 from sola.modelio import ModelError, load_base, load_for_inference
 from sola.routed import RoutedModel, start_token_for
 from sola.snapshots import snapshot_bank
+from sola.subjects import infer_subject
 from sola.batch_train import EditJob, train_edits
 from sola.train import TrainedEdit, rephrase_key, routing_key, train_edit
 
@@ -106,11 +107,15 @@ class EditOutcome:
     loss: float = 0.0
     converged: bool = True
     seconds: float = 0.0
+    subject: str | None = None  # what the edit is keyed on in a subject-keyed registry
+    subject_inferred: bool = False  # found in the prompt (sola.subjects) rather than given
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "edit": self.edit,
             "commit": self.commit,
+            "subject": self.subject,
+            "subject_inferred": self.subject_inferred,
             "duplicate": self.duplicate,
             "superseded": self.superseded,
             "neighbours": [n.to_dict() for n in self.neighbours],
@@ -392,7 +397,7 @@ class Workspace:
         if not self.writable:
             raise RegistryError("registry opened read-only")
         head = self.registry.check_direct_write(branch)
-        request = request.validated()
+        request = self.with_subject(request.validated())
         author = author or default_author()
         check_notes(author, reason, source)
         supersede_ids = self._supersedable(supersede or [], head, branch)
@@ -429,6 +434,7 @@ class Workspace:
             "target": request.target,
             "rephrases": list(request.rephrases),
             "subject": request.subject,
+            "subject_inferred": request.subject_inferred,
             "author": planned.author,
             "reason": planned.reason,
             "source": planned.source,
@@ -461,6 +467,8 @@ class Workspace:
             loss=trained.loss,
             converged=trained.converged,
             seconds=trained.seconds,
+            subject=request.subject,
+            subject_inferred=request.subject_inferred,
         )
 
     def edit_many(
@@ -492,6 +500,8 @@ class Workspace:
         for line, item in enumerate(planned, start=1):
             try:
                 request = item.request.validated()
+                if "derived_from" not in item.provenance:  # a rebased edit is re-keyed the way it was made
+                    request = self.with_subject(request)
                 check_notes(item.author, item.reason, item.source)
                 supersede = self._supersedable(item.supersede, head, branch)
             except (RequestError, RegistryError) as error:
@@ -594,6 +604,18 @@ class Workspace:
                                     f"(only an active edit can be replaced)")
         return ids
 
+    def with_subject(self, request: EditRequest) -> EditRequest:
+        """The request a subject-keyed registry trains: with its own subject, or else the one
+        sola.subjects infers from its prompt (recorded as inferred with the edit); unchanged when
+        the registry keys on something else or no subject can be found (_check_request_tokens
+        then refuses it). Model-free, so the CLI's preflight and the edit agree on it."""
+        if self.routing.key_function != "subject" or (request.subject and request.subject.strip()):
+            return request
+        inferred = infer_subject(request.prompt)
+        if inferred is None:
+            return request
+        return dataclasses.replace(request, subject=inferred, subject_inferred=True)
+
     @staticmethod
     def _check_request_tokens(routed: RoutedModel, request: EditRequest, carried: bool = False) -> None:
         """Everything about a request that needs the tokenizer, before any training. A subject
@@ -606,9 +628,10 @@ class Workspace:
         subject_keyed = routed.config.key_function == "subject"
         needs_subject = subject_keyed and not carried
         if needs_subject and not (request.subject and request.subject.strip()):
-            raise RequestError("this registry keys edits on their subject (key function `subject`): give the edit's "
-                               "subject (--subject, or a `subject` field); a key read from the prompt's last tokens "
-                               "would fire on the same wording about any other subject")
+            raise RequestError("this registry keys edits on their subject (key function `subject`) and none was found "
+                               "in the prompt (no capitalised name): give the edit's subject (--subject, or a `subject` "
+                               "field); a key read from the prompt's last tokens would fire on the same wording about "
+                               "any other subject")
         if subject_keyed:
             try:
                 routed.subject_span(request.prompt, request.subject)
@@ -647,11 +670,13 @@ class Workspace:
         same key, a different target)."""
         head = self.registry.check_direct_write(branch)
         superseded = set(self._supersedable(supersede or [], head, branch))
+        checked = []
         for line, request in enumerate(requests, start=1):
             try:
-                request.validated()
+                checked.append(self.with_subject(request.validated()))
             except RequestError as error:
                 raise RequestError(f"request {line}: {error}" if len(requests) > 1 else str(error)) from None
+        requests = checked
         self.release()
         routed = self.model()
         for line, request in enumerate(requests, start=1):

@@ -387,6 +387,12 @@ def test_eval_summary_separates_restated_facts_from_unique_subjects():
     assert summary["generalization"] == 0.75 and summary["generalization_routed"] == 0.5
     assert summary["generalization_unique_subject"] == 0.5 and summary["n_unique_subject"] == 2
     assert summary["paraphrase_to_same_subject_edit"] == 1
+    # no record was probed on other relations (no subjects): not measured, rather than all changed
+    assert summary["locality_relation"] is None and summary["relation_probe_fires"] is None
+    assert summary["n_relation_probes"] == 0
+    records[2].locality_relation, records[2].relation_fired = 0.5, 1.0
+    probed = EvalResult({}, records).summary()
+    assert probed["locality_relation"] == 0.5 and probed["n_relation_probes"] == 1
 
 
 def test_eval_summary_gives_bootstrap_intervals_that_bracket_each_metric_and_narrow_with_more_edits():

@@ -19,6 +19,7 @@ from tests.test_cli import Sola
 PROMPT = "Danielle Darrieux's mother tongue is"
 SUBJECT = "Danielle Darrieux"
 SAME_SUBJECT_FIRST = "Danielle Darrieux plays the"  # shares the subject's tokens and position
+NAMELESS = "beef bourguignon was first cooked in"  # no capitalised name: no subject to infer
 TRAIN = TrainConfig(max_steps=100, lr=0.1, stop_loss=2.0)
 
 
@@ -119,15 +120,16 @@ def test_cli_subject_registry_records_its_key_and_refuses_a_missing_subject(tmp_
     error = cli.fails("edit", "--prompt", PROMPT, "--target", "English", "--subject", "Toko Yasuda", "--steps", "5")
     assert "does not occur in the prompt" in error
     assert len(cli.json("log")) == 1  # nothing was committed
-    # no subject at all: a key on the prompt's last tokens would fire on that wording about anyone
-    error = cli.fails("edit", "--prompt", PROMPT, "--target", "English", "--steps", "5")
-    assert "keys edits on their subject" in error and "--subject" in error
+    # no subject given and no name to find: a key on the prompt's last tokens would fire on that
+    # wording about anyone
+    error = cli.fails("edit", "--prompt", NAMELESS, "--target", "French", "--steps", "5")
+    assert "keys edits on their subject" in error and "none was found in the prompt" in error and "--subject" in error
     error = cli.fails("edit", "--prompt", PROMPT, "--target", "English", "--subject", SUBJECT,
                       "--rephrase", "Her mother tongue is", "--steps", "5")
     assert "rephrase 1" in error and "does not name the subject" in error
     lines = tmp_path / "no-subject.jsonl"
     lines.write_text(json.dumps({"prompt": "Toko Yasuda plays the", "target_new": "piano", "subject": "Toko Yasuda"}) + "\n"
-                     + json.dumps({"prompt": PROMPT, "target_new": "English"}) + "\n")
+                     + json.dumps({"prompt": NAMELESS, "target_new": "French"}) + "\n")
     error = cli.fails("edit", "--file", str(lines), "--steps", "5")
     assert "request 2" in error and "keys edits on their subject" in error and "nothing was edited" in error
     assert len(cli.json("log")) == 1  # none of the refused requests committed anything
@@ -139,6 +141,24 @@ def test_cli_subject_registry_records_its_key_and_refuses_a_missing_subject(tmp_
     assert fired["edit"] is not None and fired["distance"] < 1e-5
     blamed = cli.json("blame", SAME_SUBJECT_FIRST)  # blame scores the prompt's subject query, as routing does
     assert [(e["op"], e["edit"]) for e in blamed] == [("add", fired["edit"])]
+
+
+def test_cli_edit_without_a_subject_is_keyed_on_the_name_found_in_its_prompt(tmp_path, tiny_dirs):
+    cli = Sola(tmp_path / "subject")
+    cli("init", "--model", str(tiny_dirs["llama"]), "--key-function", "subject", "--layer", "2", "--threshold", "0.05")
+    made = cli.json("edit", "--prompt", PROMPT, "--target", "English", "--steps", "60")
+    assert (made["subject"], made["subject_inferred"]) == (SUBJECT, True)
+    shown = cli.json("show", made["edit"])
+    assert shown["subject"] == SUBJECT and shown["subject_inferred"] is True  # recorded as found, not given
+    # keyed on the subject's tokens, not the prompt's ending: another relation of the same subject,
+    # worded alike up to the subject, meets the key at distance 0 (a last-token key would not)
+    fired = cli.json("generate", SAME_SUBJECT_FIRST, "--max-new-tokens", "1")
+    assert fired["edit"] == made["edit"] and fired["distance"] < 1e-5
+    printed = cli("edit", "--prompt", "Toko Yasuda plays the", "--target", "piano", "--steps", "60").stdout
+    assert "subject 'Toko Yasuda' (found in the prompt" in printed
+    given = cli.json("edit", "--prompt", "The Eiffel Tower is in", "--target", "Rome", "--subject", "Eiffel Tower", "--steps", "60")
+    assert (given["subject"], given["subject_inferred"]) == ("Eiffel Tower", False)
+    assert cli.json("show", given["edit"])["subject_inferred"] is False
 
 
 def test_a_registry_recorded_before_subject_keys_routes_by_its_mean_key_without_a_start_token(tmp_path, tiny_dirs, tiny):

@@ -1,0 +1,118 @@
+"""Finding an edit's subject in its prompt when the request does not name it.
+
+A subject-keyed registry reads each edit's key from its subject's tokens (sola.keys). Requests
+often carry the subject (CounterFact, zsRE and EasyEdit files do), but `sola edit --prompt P
+--target T` may not. Reading the key from the prompt's last tokens instead makes it fire on
+every prompt of the same wording about other subjects (docs/results.md, "A subject key needs its
+subject"), so the subject is inferred here, from the text alone, before any model work.
+
+The rule is a proper-name rule for English prompts: the subject is the longest run of words that
+begin with a capital letter or a digit ("Danielle Darrieux", "NGC 6604", "U-270"), joined by the
+lower-case particles names contain ("Leonardo da Vinci", "Nauka i Zhizn"), without a leading
+function word ("The", "In", "What", ...) or a trailing possessive. A prompt without such a run
+has no inferable subject: the caller refuses the edit and asks for `--subject` rather than guess.
+Measured on ../shared/data (docs/results.md, "Inferring the subject"): the inferred subject is the
+record's own on about nine records in ten.
+"""
+
+from __future__ import annotations
+
+import re
+
+# capitalised words that start a sentence or a question without being part of a name
+FUNCTION_WORDS = frozenset("""
+a an the in on at by for from of to with into onto about after before during under over since until
+what which who whom whose when where why how is was are were did does do has have had can could
+it its this that these those his her their my our your
+""".split())
+ARTICLES = frozenset(("the", "a", "an"))  # "The Poodles", "A Tale of Two Cities": part of the name
+
+# lower-case words that occur inside names ("Leonardo da Vinci", "Bank of America", "March on Rome")
+NAME_PARTICLES = frozenset("""
+of the de la le les du des del della da di do dos das von van der den ten ter y i e af and & am zu
+in on at upon ibn bin al
+""".split())
+
+_CLOSING = "\"'“”‘’,;:?!"
+_WORD = re.compile(r"\S+")
+
+
+def _core(word: str) -> str:
+    """A word without quotes, brackets, punctuation and a possessive ("Inc." keeps its '.')."""
+    core = word.strip("\"'“”‘’()[]{},;:?!")
+    for suffix in ("'s", "’s"):
+        if core.endswith(suffix):
+            core = core[: -len(suffix)]
+    return core
+
+
+def _capitalised(core: str) -> bool:
+    return bool(core) and (core[0].isupper() or core[0].isdigit())
+
+
+def _ends_clause(word: str) -> bool:
+    """A name does not go on past a question mark or a colon (a possessive: see infer_subject)."""
+    return word.rstrip("\"'“”‘’").endswith(("?", ";", ":", "!"))
+
+
+def infer_subject(prompt: str) -> str | None:
+    """The prompt's subject by the proper-name rule above, as it is written in the prompt, or
+    None when the prompt holds no run of name-like words.
+
+    A capitalised word counts unless it opens a sentence as a function word ("In", "What");
+    an opening article counts when a name follows it ("The Poodles"). Particles and commas join
+    two name-like words ("Bank of America", "Fukuno, Toyama"), never end a name."""
+    words = [m.group() for m in _WORD.finditer(prompt)]
+    spans = [(m.start(), m.end()) for m in _WORD.finditer(prompt)]
+
+    def opens_sentence(i: int) -> bool:
+        return i == 0 or words[i - 1].rstrip("\"'“”‘’)").endswith((".", "?", "!"))
+
+    def name_like(i: int) -> bool:
+        core = _core(words[i])
+        if not _capitalised(core):
+            return False
+        if not opens_sentence(i) or core.lower() not in FUNCTION_WORDS:
+            return True
+        return core.lower() in ARTICLES and i + 1 < len(words) and _capitalised(_core(words[i + 1])) \
+            and _core(words[i + 1]).lower() not in FUNCTION_WORDS
+
+    runs: list[tuple[int, int]] = []  # (first word, last word), inclusive
+    i = 0
+    while i < len(words):
+        if not name_like(i):
+            i += 1
+            continue
+        first = last = i
+        i += 1
+        while i < len(words) and not _ends_clause(words[last]):
+            if name_like(i):  # "Rob Dyrdek's Fantasy Factory" goes on; "Darrieux's mother" ends
+                last, i = i, i + 1
+                continue
+            if words[last].endswith(("'s", "’s")):
+                break
+            ahead = i
+            while ahead < len(words) and _core(words[ahead]).lower() in NAME_PARTICLES and not _ends_clause(words[ahead]) \
+                    and not words[ahead].endswith(","):
+                ahead += 1
+            if i < ahead < len(words) and name_like(ahead):
+                last, i = ahead, ahead + 1
+                continue
+            break
+        runs.append((first, last))
+    if not runs:
+        return None
+    first, last = max(runs, key=lambda run: (spans[run[1]][1] - spans[run[0]][0], -run[0]))
+    text = prompt[spans[first][0]: spans[last][1]]
+    text = text.lstrip("\"'“”‘’([{")
+    for _ in range(2):
+        text = text.rstrip(_CLOSING)
+        for suffix in ("'s", "’s"):
+            if text.endswith(suffix):
+                text = text[: -len(suffix)]
+    for opening, closing in ("()", "[]"):  # a bracket the name opened stays closed, a stray one goes
+        if text.count(closing) > text.count(opening):
+            text = text.rstrip(closing)
+    if text.endswith(".") and len(text.rsplit(" ", 1)[-1]) > 5:  # a full stop, not "Inc." or "Jr."
+        text = text[:-1]
+    return text.strip() or None
