@@ -4,7 +4,8 @@ not fitted to, with the LoRA forced on (as if routing always fired).
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/value_side.py --records 40 --variants base,contexts,kl,contexts+kl
 
 For the first `--records` CounterFact (and `--zsre`) records: train the edit under each variant
-of `sola.config.TrainConfig` (contexts: the prompt is also fitted after generic context
+of `sola.config.TrainConfig` (with `--start-token registry`, every prompt starts with the token a
+subject-keyed registry records, as `sola init --key-function subject` does; contexts: the prompt is also fitted after generic context
 sentences; kl: the next-token distribution on other-relation prompts of the subject is held to
 the base model's), then, with that LoRA applied to every sequence:
 - success: teacher-forced token accuracy of the target after the prompt,
@@ -31,7 +32,7 @@ from sola.data import read_benchmark
 from sola.evaluate import bootstrap_interval
 from sola.modelio import load_base
 from sola.probes import relation_probes
-from sola.routed import RoutedModel
+from sola.routed import RoutedModel, start_token_for
 from sola.train import train_edit
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -46,6 +47,10 @@ VARIANTS = {
     "contexts+kl": {"contexts": 4, "relation_kl": 1.0, "relation_prompts": 4},
     "kl8": {"relation_kl": 1.0, "relation_prompts": 8},
     "contexts2+kl8": {"contexts": 2, "relation_kl": 1.0, "relation_prompts": 8},
+    # the LoRA's A factor drawn larger: B's first steps then move the output more
+    "init0.05": {"init_std": 0.05},
+    "init0.1": {"init_std": 0.1},
+    "init0.2": {"init_std": 0.2},
 }
 
 
@@ -62,6 +67,19 @@ def next_token(routed: RoutedModel, prompt: str) -> int:
     return int(routed.model(input_ids=routed.encode(prompt).input_ids, use_cache=False).logits[0, -1].argmax())
 
 
+def summarise(rows: list[dict]) -> dict:
+    """Means with 95% bootstrap intervals of per-edit rows ({success, generalisation, relation
+    (one 0/1 per probe), steps, seconds, converged}); relation locality is averaged per edit."""
+    summary = {}
+    for metric in ("success", "generalisation", "steps", "seconds"):
+        values = [r[metric] for r in rows if r[metric] is not None]
+        summary[metric] = {"mean": sum(values) / len(values), "ci95": bootstrap_interval(values)}
+    relation = [sum(r["relation"]) / len(r["relation"]) for r in rows if r["relation"]]
+    summary["relation_locality"] = {"mean": sum(relation) / len(relation), "ci95": bootstrap_interval(relation)}
+    summary["converged"] = sum(r["converged"] for r in rows) / len(rows)
+    return summary
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--records", type=int, default=40)
@@ -69,11 +87,16 @@ def main() -> None:
     parser.add_argument("--data", default="counterfact-1k.json")
     parser.add_argument("--variants", default="base,contexts,kl,contexts+kl")
     parser.add_argument("--key-function", default="subject")
+    parser.add_argument("--start-token", default="none",
+                        help="none, registry (the token `sola init --key-function subject` records), or a token id")
     parser.add_argument("--name", default="value_side")
     args = parser.parse_args()
     torch.set_num_threads(1)
     model, tokenizer, _ = load_base(None)
-    routing = RoutingConfig(key_function=args.key_function, **(SUBJECT_ROUTING_DEFAULTS if args.key_function == "subject" else {}))
+    start_token = {"none": -1, "registry": start_token_for(tokenizer)}.get(args.start_token)
+    start_token = int(args.start_token) if start_token is None else start_token
+    routing = RoutingConfig(key_function=args.key_function, start_token=start_token,
+                            **(SUBJECT_ROUTING_DEFAULTS if args.key_function == "subject" else {}))
     routed = RoutedModel(model, tokenizer, routing)
     _, requests = read_benchmark(DATA / args.data, args.offset + args.records)
     requests = requests[args.offset:]
@@ -96,13 +119,7 @@ def main() -> None:
             rows.append(row)
             print(f"{name} {index + 1}/{len(requests)} success {row['success']:.2f} gen {row['generalisation']} "
                   f"relation {row['relation']} steps {row['steps']} {row['seconds']:.1f}s", file=sys.stderr, flush=True)
-        summary = {}
-        for metric in ("success", "generalisation", "steps", "seconds"):
-            values = [r[metric] for r in rows if r[metric] is not None]
-            summary[metric] = {"mean": sum(values) / len(values), "ci95": bootstrap_interval(values)}
-        relation = [sum(r["relation"]) / len(r["relation"]) for r in rows if r["relation"]]
-        summary["relation_locality"] = {"mean": sum(relation) / len(relation), "ci95": bootstrap_interval(relation)}
-        summary["converged"] = sum(r["converged"] for r in rows) / len(rows)
+        summary = summarise(rows)
         results[name] = {"config": config.to_dict(), "summary": summary, "rows": rows, "load": os.getloadavg()}
         print(name, json.dumps(summary), file=sys.stderr, flush=True)
         RESULTS.mkdir(exist_ok=True)  # after every variant, so a stopped run keeps what it measured

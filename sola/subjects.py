@@ -8,11 +8,11 @@ subject"), so the subject is inferred here, from the text alone, before any mode
 
 The rule is a proper-name rule for English prompts: the subject is the longest run of words that
 begin with a capital letter or a digit ("Danielle Darrieux", "NGC 6604", "U-270"), joined by the
-lower-case particles names contain ("Leonardo da Vinci", "Nauka i Zhizn"), without a leading
-function word ("The", "In", "What", ...) or a trailing possessive. A prompt without such a run
-has no inferable subject: the caller refuses the edit and asks for `--subject` rather than guess.
+lower-case particles names contain ("Leonardo da Vinci", "Nauka i Zhizn"), without an opening
+function word ("In", "What", ...) or a trailing possessive. A prompt without such a run has no
+inferable subject: the caller refuses the edit and asks for `--subject` rather than guess.
 Measured on ../shared/data (docs/results.md, "Inferring the subject"): the inferred subject is the
-record's own on about nine records in ten.
+record's own for 96% of CounterFact and 92% of zsRE prompts, and routes as well as it.
 """
 
 from __future__ import annotations
@@ -55,15 +55,13 @@ def _ends_clause(word: str) -> bool:
     return word.rstrip("\"'“”‘’").endswith(("?", ";", ":", "!"))
 
 
-def infer_subject(prompt: str) -> str | None:
-    """The prompt's subject by the proper-name rule above, as it is written in the prompt, or
-    None when the prompt holds no run of name-like words.
+def _name_runs(words: list[str]) -> list[tuple[int, int]]:
+    """(first, last) word index, inclusive, of every run of name-like words.
 
     A capitalised word counts unless it opens a sentence as a function word ("In", "What");
     an opening article counts when a name follows it ("The Poodles"). Particles and commas join
-    two name-like words ("Bank of America", "Fukuno, Toyama"), never end a name."""
-    words = [m.group() for m in _WORD.finditer(prompt)]
-    spans = [(m.start(), m.end()) for m in _WORD.finditer(prompt)]
+    two name-like words ("Bank of America", "Fukuno, Toyama"), never end a name; a possessive
+    ends one unless a name goes on after it ("Rob Dyrdek's Fantasy Factory", not "Darrieux's mother")."""
 
     def opens_sentence(i: int) -> bool:
         return i == 0 or words[i - 1].rstrip("\"'“”‘’)").endswith((".", "?", "!"))
@@ -77,7 +75,10 @@ def infer_subject(prompt: str) -> str | None:
         return core.lower() in ARTICLES and i + 1 < len(words) and _capitalised(_core(words[i + 1])) \
             and _core(words[i + 1]).lower() not in FUNCTION_WORDS
 
-    runs: list[tuple[int, int]] = []  # (first word, last word), inclusive
+    def particle(i: int) -> bool:
+        return _core(words[i]).lower() in NAME_PARTICLES and not _ends_clause(words[i]) and not words[i].endswith(",")
+
+    runs: list[tuple[int, int]] = []
     i = 0
     while i < len(words):
         if not name_like(i):
@@ -86,33 +87,44 @@ def infer_subject(prompt: str) -> str | None:
         first = last = i
         i += 1
         while i < len(words) and not _ends_clause(words[last]):
-            if name_like(i):  # "Rob Dyrdek's Fantasy Factory" goes on; "Darrieux's mother" ends
+            if name_like(i):
                 last, i = i, i + 1
                 continue
             if words[last].endswith(("'s", "’s")):
                 break
             ahead = i
-            while ahead < len(words) and _core(words[ahead]).lower() in NAME_PARTICLES and not _ends_clause(words[ahead]) \
-                    and not words[ahead].endswith(","):
+            while ahead < len(words) and particle(ahead):
                 ahead += 1
-            if i < ahead < len(words) and name_like(ahead):
-                last, i = ahead, ahead + 1
-                continue
-            break
+            if not (i < ahead < len(words) and name_like(ahead)):
+                break
+            last, i = ahead, ahead + 1
         runs.append((first, last))
-    if not runs:
-        return None
-    first, last = max(runs, key=lambda run: (spans[run[1]][1] - spans[run[0]][0], -run[0]))
-    text = prompt[spans[first][0]: spans[last][1]]
+    return runs
+
+
+def _trimmed(text: str) -> str:
+    """A name without the quotes, punctuation and possessive around it ("Inc." and a bracket the
+    name opened stay)."""
     text = text.lstrip("\"'“”‘’([{")
     for _ in range(2):
         text = text.rstrip(_CLOSING)
         for suffix in ("'s", "’s"):
             if text.endswith(suffix):
                 text = text[: -len(suffix)]
-    for opening, closing in ("()", "[]"):  # a bracket the name opened stays closed, a stray one goes
+    for opening, closing in ("()", "[]"):
         if text.count(closing) > text.count(opening):
             text = text.rstrip(closing)
     if text.endswith(".") and len(text.rsplit(" ", 1)[-1]) > 5:  # a full stop, not "Inc." or "Jr."
         text = text[:-1]
-    return text.strip() or None
+    return text.strip()
+
+
+def infer_subject(prompt: str) -> str | None:
+    """The prompt's subject: its longest run of name-like words (the first of equal ones), as
+    written in the prompt; None when the prompt has no such run."""
+    matches = list(_WORD.finditer(prompt))
+    runs = _name_runs([m.group() for m in matches])
+    if not runs:
+        return None
+    first, last = max(runs, key=lambda run: (matches[run[1]].end() - matches[run[0]].start(), -run[0]))
+    return _trimmed(prompt[matches[first].start(): matches[last].end()]) or None
