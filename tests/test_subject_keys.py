@@ -20,6 +20,7 @@ PROMPT = "Danielle Darrieux's mother tongue is"
 SUBJECT = "Danielle Darrieux"
 SAME_SUBJECT_FIRST = "Danielle Darrieux plays the"  # shares the subject's tokens and position
 NAMELESS = "beef bourguignon was first cooked in"  # no capitalised name: no subject to infer
+NEWLINE = 199  # the tiny byte-level tokenizer's id for "\n"
 TRAIN = TrainConfig(max_steps=100, lr=0.1, stop_loss=2.0)
 
 
@@ -113,7 +114,8 @@ def test_cli_subject_registry_records_its_key_and_refuses_a_missing_subject(tmp_
     cli = Sola(tmp_path / "subject")
     made = cli.json("init", "--model", str(tiny_dirs["llama"]), "--key-function", "subject", "--layer", "2", "--threshold", "0.05")
     routing = made["routing"]
-    assert routing["key_function"] == "subject" and routing["key_layers"] == [2, 2] and routing["start_token"] == 0
+    assert routing["key_function"] == "subject" and routing["key_layers"] == [2, 2]
+    assert routing["start_token"] == NEWLINE  # the tokenizer's one-token newline
     assert routing["key_dim"] == 64  # two parts of the 32-wide projection input
     studied = Sola(tmp_path / "studied").json("init", "--model", str(tiny_dirs["llama"]), "--key-function", "subject")["routing"]
     assert (studied["threshold"], studied["radius_ratio"]) == (SUBJECT_ROUTING_DEFAULTS["threshold"], SUBJECT_ROUTING_DEFAULTS["radius_ratio"])
@@ -159,6 +161,19 @@ def test_cli_edit_without_a_subject_is_keyed_on_the_name_found_in_its_prompt(tmp
     given = cli.json("edit", "--prompt", "The Eiffel Tower is in", "--target", "Rome", "--subject", "Eiffel Tower", "--steps", "60")
     assert (given["subject"], given["subject_inferred"]) == ("Eiffel Tower", False)
     assert cli.json("show", given["edit"])["subject_inferred"] is False
+
+
+def test_a_subject_registry_recorded_with_another_start_token_keeps_it(tiny):
+    kind, model, tokenizer = tiny
+    assert start_token_for(tokenizer) == NEWLINE == tokenizer("\n", add_special_tokens=False)["input_ids"][0]
+    recorded = {"layer": 2, "module": default_module_for(model), "rank": 4, "alpha": 4.0, "threshold": 0.2,
+                "key_function": "subject", "duplicate_distance": 0.002, "radius_ratio": 0.5, "revoke_mode": "tombstone",
+                "key_layers": [2, 1], "max_window": 8, "start_token": 0}  # <|endoftext|>, the earlier default
+    routed = RoutedModel(model, tokenizer, RoutingConfig.from_record(recorded))
+    plain = tokenizer(PROMPT, add_special_tokens=False)["input_ids"]
+    prefix = routed.prefix
+    assert routed.encode(PROMPT).input_ids[0].tolist() == prefix + [0] + plain  # routes and edits as recorded
+    assert routed.subject_span(PROMPT, SUBJECT)[0] == len(prefix) + 1
 
 
 def test_a_registry_recorded_before_subject_keys_routes_by_its_mean_key_without_a_start_token(tmp_path, tiny_dirs, tiny):
