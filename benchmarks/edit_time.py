@@ -9,7 +9,7 @@ took, the seconds per training forward pass (each pass runs the edited block and
 it over every row of the edit: the prompt, then the prompt after each context) and, from a
 profile of one edit, the share of time in the backward pass and in the linear layers. Edit
 time here is training alone (keys and fit rows included); `sola edit` adds the collision
-check and the commit. Results: benchmarks/results/edit_time.json.
+check and the commit. Results: benchmarks/results/<name>.json (default edit_time).
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--records", type=int, default=12)
     parser.add_argument("--contexts", default="0,4")
+    parser.add_argument("--name", default="edit_time")
     args = parser.parse_args()
     torch.set_num_threads(1)
     model, tokenizer, _ = load_base(None)
@@ -70,7 +71,7 @@ def main() -> None:
         print(contexts, json.dumps({k: v for k, v in entry.items() if k not in ("seconds", "steps")}), flush=True)
     report["loadavg_after"] = os.getloadavg()
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "edit_time.json").write_text(json.dumps(report, indent=1) + "\n")
+    (RESULTS / f"{args.name}.json").write_text(json.dumps(report, indent=1) + "\n")
 
 
 if __name__ == "__main__":
