@@ -51,7 +51,7 @@ def _capitalised(core: str) -> bool:
 
 
 def _ends_clause(word: str) -> bool:
-    """A name does not go on past a question mark or a colon (a possessive: see infer_subject)."""
+    """A name does not go on past a question mark or a colon (a possessive: see _name_runs)."""
     return word.rstrip("\"'“”‘’").endswith(("?", ";", ":", "!"))
 
 
