@@ -34,17 +34,15 @@ from pathlib import Path
 
 import torch
 
-from sola.config import RoutingConfig, SUBJECT_ROUTING_DEFAULTS
+from sola.config import RoutingConfig, SUBJECT_ROUTING_DEFAULTS, TrainConfig
 from sola.data import read_benchmark
 from sola.modelio import load_base
 from sola.probes import relation_probes
-from sola.routed import RoutedModel, start_token_for
+from sola.routed import RoutedModel
+from sola.train import fresh_adapter, reached_target, target_loss
 
 sys.path.insert(0, str(Path(__file__).parent))
-from value_side import summarise  # noqa: E402  (the same summary as the value-side study)
-
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-RESULTS = Path(__file__).parent / "results"
+from value_side import DATA, RESULTS, start_token_choice, summarise  # noqa: E402  (as the value-side study reads them)
 
 
 def position_mask(length: int, span: tuple[int, int], rule: str) -> torch.Tensor:
@@ -88,14 +86,18 @@ def main() -> None:
     parser.add_argument("--positions", default="all,span,last,from")
     parser.add_argument("--lr", type=float, default=0.1)
     parser.add_argument("--layer", type=int, default=8)
+    parser.add_argument("--start-token", default="registry",
+                        help="none, registry (what `sola init --key-function subject` records now) or a token id; "
+                             "docs/results.md's numbers ran with 0 (<|endoftext|>), the registry's token then")
     parser.add_argument("--name", default="lora_positions")
     args = parser.parse_args()
     torch.set_num_threads(1)
     model, tokenizer, _ = load_base(None)
     settings = dict(SUBJECT_ROUTING_DEFAULTS, layer=args.layer)
-    routing = RoutingConfig(key_function="subject", start_token=start_token_for(tokenizer), **settings)
+    routing = RoutingConfig(key_function="subject", start_token=start_token_choice(tokenizer, args.start_token), **settings)
     routed = RoutedModel(model, tokenizer, routing)
     hook = MaskedLoRA(routed)
+    train = TrainConfig(lr=args.lr)  # sola's defaults otherwise: 40 steps, stop at loss < 0.05 with every target the argmax
     _, requests = read_benchmark(DATA / args.data, args.offset + args.records)
     requests = requests[args.offset:]
     probes = relation_probes(requests, per_edit=2)
@@ -116,16 +118,13 @@ def main() -> None:
             encoded = routed.encode(request.prompt, request.target)
             start, width = encoded.prompt_len - 1, len(encoded.target_ids)
             mask = masked(request.prompt, request.subject, encoded.input_ids.shape[1], rule)
-            generator = torch.Generator().manual_seed(0)
-            lora_a = (torch.randn(routing.rank, routed.layer.in_features, generator=generator) * 0.02).requires_grad_(True)
-            lora_b = torch.zeros(routed.layer.out_features, routing.rank).requires_grad_(True)
-            optimizer = torch.optim.Adam([lora_a, lora_b], lr=args.lr)
+            lora_a, lora_b, optimizer = fresh_adapter(routed, train)  # sola's start: seeded A, zero B, Adam
             hook.lora, hook.mask = (lora_a, lora_b), mask
             began, steps, converged = time.perf_counter(), 0, False
-            for steps in range(1, 41):
+            for steps in range(1, train.max_steps + 1):
                 logits = logits_of(encoded.input_ids)[start : start + width]
-                loss = torch.nn.functional.cross_entropy(logits, encoded.target_ids)
-                if float(loss.detach()) < 0.05 and bool((logits.argmax(-1) == encoded.target_ids).all()):
+                loss = target_loss(logits, encoded.target_ids)
+                if reached_target(float(loss.detach()), logits, encoded.target_ids, train):
                     converged = True
                     break
                 optimizer.zero_grad()

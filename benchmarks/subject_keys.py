@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -34,9 +35,12 @@ from sola.config import RoutingConfig
 from sola.data import read_benchmark
 from sola.modelio import load_base
 from sola.probes import relation_probes
-from sola.routed import RoutedModel, start_token_for
+from sola.routed import RoutedModel
 from sola.subjects import infer_subject
 from sola.train import routing_key
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from value_side import start_token_choice  # noqa: E402  (one reading of --start-token for every study)
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 RESULTS = Path(__file__).parent / "results"
@@ -137,8 +141,7 @@ def main() -> None:
     for key_function in args.key_functions.split(","):
         settings = {"key_function": key_function}
         if key_function == "subject":
-            start_token = {"none": -1, "registry": start_token_for(tokenizer)}.get(args.start_token)
-            settings.update(key_layers=[4, 3], start_token=int(args.start_token) if start_token is None else start_token)
+            settings.update(key_layers=[4, 3], start_token=start_token_choice(tokenizer, args.start_token))
         config = RoutingConfig.from_dict(settings)
         routed = RoutedModel(base, tokenizer, config) if key_function == args.key_functions.split(",")[0] else None
         if routed is None:  # a fresh copy of the model: attach wraps one layer per model

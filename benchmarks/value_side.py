@@ -67,6 +67,16 @@ def next_token(routed: RoutedModel, prompt: str) -> int:
     return int(routed.model(input_ids=routed.encode(prompt).input_ids, use_cache=False).logits[0, -1].argmax())
 
 
+def start_token_choice(tokenizer: object, choice: str) -> int:
+    """A study's `--start-token`: "none" (-1), "registry" (what `sola init --key-function subject`
+    records now, sola.routed.start_token_for) or a token id."""
+    if choice == "none":
+        return -1
+    if choice == "registry":
+        return start_token_for(tokenizer)
+    return int(choice)
+
+
 def summarise(rows: list[dict]) -> dict:
     """Means with 95% bootstrap intervals of per-edit rows ({success, generalisation, relation
     (one 0/1 per probe), steps, seconds, converged}); relation locality is averaged per edit."""
@@ -93,8 +103,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     model, tokenizer, _ = load_base(None)
-    start_token = {"none": -1, "registry": start_token_for(tokenizer)}.get(args.start_token)
-    start_token = int(args.start_token) if start_token is None else start_token
+    start_token = start_token_choice(tokenizer, args.start_token)
     routing = RoutingConfig(key_function=args.key_function, start_token=start_token,
                             **(SUBJECT_ROUTING_DEFAULTS if args.key_function == "subject" else {}))
     routed = RoutedModel(model, tokenizer, routing)
