@@ -60,6 +60,11 @@ class EditRequest:
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
     subject_inferred: bool = False  # the subject was found in the prompt (sola.subjects), not given
 
+    @property
+    def names_subject(self) -> bool:
+        """Whether the request has a subject at all (a blank one counts as none)."""
+        return bool(self.subject and self.subject.strip())
+
     def validated(self) -> "EditRequest":
         """The request, once every field has the type and size sola stores (RequestError if not)."""
         check_text("prompt", self.prompt)

@@ -69,7 +69,7 @@ def relation_probes(requests: list[EditRequest], per_edit: int = 2, seed: int = 
     templates = relation_templates()
     probes = []
     for index, request in enumerate(requests):
-        if not request.subject or not request.subject.strip():
+        if not request.names_subject:
             continue
         others = other_relations(request.prompt, request.subject, templates)
         for relation in random.Random(seed * 1_000_003 + index).sample(others, min(per_edit, len(others))):

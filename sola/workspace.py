@@ -609,7 +609,7 @@ class Workspace:
         sola.subjects infers from its prompt (recorded as inferred with the edit); unchanged when
         the registry keys on something else or no subject can be found (_check_request_tokens
         then refuses it). Model-free, so the CLI's preflight and the edit agree on it."""
-        if self.routing.key_function != "subject" or (request.subject and request.subject.strip()):
+        if self.routing.key_function != "subject" or request.names_subject:
             return request
         inferred = infer_subject(request.prompt)
         if inferred is None:
@@ -627,7 +627,7 @@ class Workspace:
         check_tokens(routed, request.prompt, "prompt with its target", target=request.target)
         subject_keyed = routed.config.key_function == "subject"
         needs_subject = subject_keyed and not carried
-        if needs_subject and not (request.subject and request.subject.strip()):
+        if needs_subject and not request.names_subject:
             raise RequestError("this registry keys edits on their subject (key function `subject`) and none was found "
                                "in the prompt (no capitalised name): give the edit's subject (--subject, or a `subject` "
                                "field); a key read from the prompt's last tokens would fire on the same wording about "
