@@ -39,6 +39,7 @@ class EditJob:
     target: str
     rephrases: tuple[str, ...] = ()
     subject: str | None = None  # what a subject key is read from (sola.train.routing_key)
+    prompt_key: torch.Tensor | None = field(default=None, compare=False)  # its routing_key, if already computed
 
 
 @dataclass
@@ -99,7 +100,7 @@ def pad_token_id(routed: RoutedModel) -> int:
 
 def _new_slot(routed: RoutedModel, index: int, job: EditJob, config: TrainConfig) -> _Slot:
     started = time.perf_counter()
-    encoded, block_input, keys = edit_inputs(routed, job.prompt, job.target, list(job.rephrases), job.subject)
+    encoded, block_input, keys = edit_inputs(routed, job.prompt, job.target, list(job.rephrases), job.subject, job.prompt_key)
     rows = fit_rows(routed, encoded, block_input, job.prompt, job.target, job.subject, config)
     lora_a, lora_b, optimizer = fresh_adapter(routed, config)
     return _Slot(index, rows, keys, lora_a, lora_b, optimizer, started)

@@ -70,15 +70,19 @@ def rephrase_key(routed: RoutedModel, prompt: str, subject: str | None) -> torch
 
 
 def edit_inputs(routed: RoutedModel, prompt: str, target: str, rephrases: list[str] | None = None,
-                subject: str | None = None) -> tuple[Encoded, torch.Tensor, torch.Tensor]:
+                subject: str | None = None, prompt_key: torch.Tensor | None = None) -> tuple[Encoded, torch.Tensor, torch.Tensor]:
     """(the prompt + target sequence, the edited block's input for it, the edit's keys).
 
     None of these depend on the LoRA being fitted, so they are computed once per edit, before
-    training, and a batched trainer computes them exactly as the one-at-a-time one does."""
+    training, and a batched trainer computes them exactly as the one-at-a-time one does.
+    `prompt_key`: the prompt's `routing_key`, when the caller already has it (the workspace
+    checks it for collisions first); a subject key is read from the prompt alone, so it is the
+    same tensor and its forward pass is not repeated. A mean key is pooled from the training
+    sequence's own capture, which costs nothing more."""
     encoded = routed.encode(prompt, target)  # on the model's device
     block_input, module_input = routed.capture(encoded.input_ids)
     if routed.config.key_function == "subject":
-        keys = [routing_key(routed, prompt, subject)]
+        keys = [prompt_key if prompt_key is not None else routing_key(routed, prompt, subject)]
     else:
         prompt_mask = torch.zeros_like(encoded.input_ids)
         prompt_mask[:, : encoded.prompt_len] = 1
@@ -193,12 +197,13 @@ def train_edit(
     config: TrainConfig = TrainConfig(),
     cache_lower_blocks: bool = True,
     subject: str | None = None,
+    prompt_key: torch.Tensor | None = None,
 ) -> TrainedEdit:
     """Fit one edit's LoRA until every target token is the argmax and the loss is under
     `stop_loss`: the batched trainer with a batch of one, so an edit trains the same alone or
-    beside others (sola.batch_train)."""
+    beside others (sola.batch_train). `prompt_key`: the prompt's routing_key, if already known."""
     from sola.batch_train import EditJob, train_edits
 
-    job = EditJob(prompt, target, tuple(rephrases or ()), subject)
+    job = EditJob(prompt, target, tuple(rephrases or ()), subject, prompt_key)
     [(_, trained)] = list(train_edits(routed, [job], config, batch_size=1, cache_lower_blocks=cache_lower_blocks))
     return trained

@@ -402,7 +402,8 @@ class Workspace:
         check_notes(author, reason, source)
         supersede_ids = self._supersedable(supersede or [], head, branch)
         seen_head = head.commit_id
-        self.release()
+        if self._routed is None:
+            self.release()  # loading the model takes seconds: no one waits on the catalog meanwhile
         routed = self.model()
         self._check_request_tokens(routed, request)
         key = routing_key(routed, request.prompt, request.subject)
@@ -411,7 +412,7 @@ class Workspace:
             return duplicate
         self.release()
         trained = train_edit(routed, request.prompt, request.target, list(request.rephrases), train_config,
-                             subject=request.subject)
+                             subject=request.subject, prompt_key=key)
         planned = PlannedEdit(request, author, reason, source, supersede_ids)
         outcome = self._record(planned, trained, key, close, force, train_config, branch,
                                recheck_unless=seen_head)
@@ -520,7 +521,8 @@ class Workspace:
         # made alone at their turn: the planned duplicates (confirmed, or trained after all, against
         # the real head), and with batch 1 (or a single edit) every edit, exactly as `edit` makes it
         alone = duplicates if batch > 1 and len(items) > 1 else set(range(len(items)))
-        jobs = [EditJob(item.request.prompt, item.request.target, tuple(item.request.rephrases), item.request.subject) for item in items]
+        jobs = [EditJob(item.request.prompt, item.request.target, tuple(item.request.rephrases), item.request.subject, key)
+                for item, key in zip(items, keys)]
         to_train = [i for i in range(len(items)) if i not in alone]
         results: dict[int, TrainedEdit] = {}
         outcomes: list[EditOutcome] = []
@@ -555,7 +557,7 @@ class Workspace:
         self.release()
         request = item.request
         trained = train_edit(routed, request.prompt, request.target, list(request.rephrases), train_config,
-                             subject=request.subject)
+                             subject=request.subject, prompt_key=key)
         return self._record(item, trained, key, close, force, train_config, branch, recheck_unless=head)
 
     def _plan_duplicates(self, routed: RoutedModel, items: list[PlannedEdit], keys: list[torch.Tensor],
