@@ -1,7 +1,8 @@
 """Where in the sequence an edit's LoRA acts, routing aside: every position (today), the subject's
-tokens only, the subject's last token only, or the subject and every position after it.
+tokens only, the subject's last token only, the subject and every position after it, or only the
+positions after the subject.
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/lora_positions.py --records 30 --positions all,span,last,from
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/lora_positions.py --records 30 --positions all,span,last,from,after
 
 Why: a LoRA that acts on every position of the one prompt it is fitted on can learn the prompt's
 wording (its last tokens) as much as its subject; a paraphrase then reaches the edit (subject keys
@@ -37,7 +38,7 @@ import torch
 from sola.config import RoutingConfig, SUBJECT_ROUTING_DEFAULTS, TrainConfig
 from sola.data import read_benchmark
 from sola.modelio import load_base
-from sola.probes import relation_probes
+from sola.probes import relation_probes, training_prompts
 from sola.routed import RoutedModel
 from sola.train import fresh_adapter, reached_target, target_loss
 
@@ -57,6 +58,8 @@ def position_mask(length: int, span: tuple[int, int], rule: str) -> torch.Tensor
         mask[0, end - 1] = 1
     elif rule == "from":
         mask[0, start:] = 1
+    elif rule == "after":  # the relation's words and the answer: the subject's own states stay the base's
+        mask[0, end:] = 1
     else:
         raise ValueError(f"unknown position rule {rule!r}")
     return mask
@@ -89,6 +92,9 @@ def main() -> None:
     parser.add_argument("--start-token", default="registry",
                         help="none, registry (what `sola init --key-function subject` records now) or a token id; "
                              "docs/results.md's numbers ran with 0 (<|endoftext|>), the registry's token then")
+    parser.add_argument("--relation-prompts", type=int, default=0,
+                        help="other-relation prompts of the subject (training templates) held to the base model")
+    parser.add_argument("--relation-kl", type=float, default=1.0, help="weight of their KL term (as sola edit's)")
     parser.add_argument("--name", default="lora_positions")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -119,12 +125,24 @@ def main() -> None:
             start, width = encoded.prompt_len - 1, len(encoded.target_ids)
             mask = masked(request.prompt, request.subject, encoded.input_ids.shape[1], rule)
             lora_a, lora_b, optimizer = fresh_adapter(routed, train)  # sola's start: seeded A, zero B, Adam
+            held_texts = training_prompts(request.prompt, request.subject, args.relation_prompts)
+            held = [routed.encode(text).input_ids for text in held_texts]
+            held_masks = [masked(text, request.subject, ids.shape[1], rule) for text, ids in zip(held_texts, held)]
+            with torch.no_grad():
+                held_base = [logits_of(ids)[-1].log_softmax(-1) for ids in held]
             hook.lora, hook.mask = (lora_a, lora_b), mask
             began, steps, converged = time.perf_counter(), 0, False
             for steps in range(1, train.max_steps + 1):
+                hook.mask = mask
                 logits = logits_of(encoded.input_ids)[start : start + width]
                 loss = target_loss(logits, encoded.target_ids)
-                if reached_target(float(loss.detach()), logits, encoded.target_ids, train):
+                reached = reached_target(float(loss.detach()), logits, encoded.target_ids, train)
+                for ids, held_mask, base in zip(held, held_masks, held_base):  # as sola.train.edit_loss holds them
+                    hook.mask = held_mask
+                    moved = logits_of(ids)[-1].log_softmax(-1)
+                    loss = loss + args.relation_kl / len(held) * torch.nn.functional.kl_div(moved, base, log_target=True, reduction="sum")
+                    reached = reached and int(moved.argmax()) == int(base.argmax())
+                if reached:
                     converged = True
                     break
                 optimizer.zero_grad()
@@ -164,6 +182,7 @@ def main() -> None:
         RESULTS.mkdir(exist_ok=True)
         out = RESULTS / f"{args.name}.json"
         out.write_text(json.dumps({"records": args.records, "offset": args.offset, "data": args.data, "lr": args.lr,
+                                   "relation_prompts": args.relation_prompts, "relation_kl": args.relation_kl,
                                    "routing": routing.to_dict(), "positions": results}, indent=1) + "\n")
         print(f"-> {out}", file=sys.stderr)
 
