@@ -8,13 +8,15 @@ Trains the first `--records` CounterFact records (`../shared/data`) one at a tim
 took, the seconds per training forward pass (each pass runs the edited block and those above
 it over every row of the edit: the prompt, then the prompt after each context) and, from a
 profile of one edit, the share of time in the backward pass and in the linear layers. Edit
-time here is training alone (keys and fit rows included); `sola edit` adds the collision
-check and the commit. Results: benchmarks/results/<name>.json (default edit_time).
+time here is training alone (keys and fit rows included; `--rephrases none` trains the prompt
+alone, as `sola eval`'s edits are made); `sola edit` adds the collision check and the commit.
+Results: benchmarks/results/<name>.json (default edit_time).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import cProfile
 import json
 import os
@@ -39,6 +41,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--records", type=int, default=12)
     parser.add_argument("--contexts", default="0,4")
+    parser.add_argument("--rephrases", choices=("keyed", "none"), default="keyed",
+                        help="keyed: each record's rephrases are keyed with it (one lower-block pass each, as "
+                             "`sola edit` with rephrases); none: the prompt alone, as `sola eval` edits")
     parser.add_argument("--name", default="edit_time")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -46,7 +51,9 @@ def main() -> None:
     config = RoutingConfig(key_function="subject", start_token=start_token_for(tokenizer), **SUBJECT_ROUTING_DEFAULTS)
     routed = RoutedModel(model, tokenizer, config)
     _, requests = read_benchmark(DATA / "counterfact-1k.json", args.records)
-    report: dict[str, object] = {"records": args.records, "loadavg_before": os.getloadavg()}
+    if args.rephrases == "none":
+        requests = [dataclasses.replace(request, rephrases=()) for request in requests]
+    report: dict[str, object] = {"records": args.records, "rephrases": args.rephrases, "loadavg_before": os.getloadavg()}
     for contexts in (int(c) for c in args.contexts.split(",")):
         train = TrainConfig(contexts=contexts)
         seconds, steps = [], []
