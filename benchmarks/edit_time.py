@@ -16,8 +16,8 @@ Results: benchmarks/results/<name>.json (default edit_time).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import cProfile
+import dataclasses
 import json
 import os
 import pstats

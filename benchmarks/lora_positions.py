@@ -40,7 +40,7 @@ from sola.data import read_benchmark
 from sola.modelio import load_base
 from sola.probes import relation_probes, training_prompts
 from sola.routed import RoutedModel
-from sola.train import fresh_adapter, reached_target, target_loss
+from sola.train import edit_loss, fit_rows, fresh_adapter
 
 sys.path.insert(0, str(Path(__file__).parent))
 from value_side import DATA, RESULTS, start_token_choice, summarise  # noqa: E402  (as the value-side study reads them)
@@ -103,7 +103,8 @@ def main() -> None:
     routing = RoutingConfig(key_function="subject", start_token=start_token_choice(tokenizer, args.start_token), **settings)
     routed = RoutedModel(model, tokenizer, routing)
     hook = MaskedLoRA(routed)
-    train = TrainConfig(lr=args.lr)  # sola's defaults otherwise: 40 steps, stop at loss < 0.05 with every target the argmax
+    # sola's defaults otherwise: 40 steps, stop at loss < 0.05 with every target the argmax
+    train = TrainConfig(lr=args.lr, relation_prompts=args.relation_prompts, relation_kl=args.relation_kl)
     _, requests = read_benchmark(DATA / args.data, args.offset + args.records)
     requests = requests[args.offset:]
     probes = relation_probes(requests, per_edit=2)
@@ -122,26 +123,24 @@ def main() -> None:
         rows = []
         for index, request in enumerate(requests):
             encoded = routed.encode(request.prompt, request.target)
-            start, width = encoded.prompt_len - 1, len(encoded.target_ids)
             mask = masked(request.prompt, request.subject, encoded.input_ids.shape[1], rule)
             lora_a, lora_b, optimizer = fresh_adapter(routed, train)  # sola's start: seeded A, zero B, Adam
-            held_texts = training_prompts(request.prompt, request.subject, args.relation_prompts)
-            held = [routed.encode(text).input_ids for text in held_texts]
-            held_masks = [masked(text, request.subject, ids.shape[1], rule) for text, ids in zip(held_texts, held)]
-            with torch.no_grad():
-                held_base = [logits_of(ids)[-1].log_softmax(-1) for ids in held]
-            hook.lora, hook.mask = (lora_a, lora_b), mask
+            # the rows sola edit fits (prompt + target, then held other-relation prompts of the subject)
+            # and its loss over them (sola.train.edit_loss: the KL term and the held argmax in the stop)
+            rows_fit = fit_rows(routed, encoded, routed.capture(encoded.input_ids)[0], request.prompt, request.target,
+                                request.subject, train)
+            held_texts = training_prompts(request.prompt, request.subject, train.relation_prompts, train.seed)
+            masks = [mask, *(masked(text, request.subject, len(ids), rule) for text, ids in zip(held_texts, rows_fit.ids[1:]))]
+            reference = None  # the held rows' base log-probabilities, from the first step (B starts at zero)
+            hook.lora = (lora_a, lora_b)
             began, steps, converged = time.perf_counter(), 0, False
             for steps in range(1, train.max_steps + 1):
-                hook.mask = mask
-                logits = logits_of(encoded.input_ids)[start : start + width]
-                loss = target_loss(logits, encoded.target_ids)
-                reached = reached_target(float(loss.detach()), logits, encoded.target_ids, train)
-                for ids, held_mask, base in zip(held, held_masks, held_base):  # as sola.train.edit_loss holds them
-                    hook.mask = held_mask
-                    moved = logits_of(ids)[-1].log_softmax(-1)
-                    loss = loss + args.relation_kl / len(held) * torch.nn.functional.kl_div(moved, base, log_target=True, reduction="sum")
-                    reached = reached and int(moved.argmax()) == int(base.argmax())
+                logits = []
+                for ids, row_mask, positions in zip(rows_fit.ids, masks, rows_fit.positions):
+                    hook.mask = row_mask
+                    logits.append(logits_of(ids[None])[positions])
+                step, reference = edit_loss(rows_fit, logits, reference, train)
+                loss, reached = step.loss, step.reached
                 if reached:
                     converged = True
                     break
