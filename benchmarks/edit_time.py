@@ -16,6 +16,7 @@ Results: benchmarks/results/<name>.json (default edit_time).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import cProfile
 import dataclasses
 import json
@@ -44,6 +45,9 @@ def main() -> None:
     parser.add_argument("--rephrases", choices=("keyed", "none"), default="keyed",
                         help="keyed: each record's rephrases are keyed with it (one lower-block pass each, as "
                              "`sola edit` with rephrases); none: the prompt alone, as `sola eval` edits")
+    parser.add_argument("--compare-linears", action="store_true",
+                        help="also train every record with nn.Linear's own layout (no transposed weights, "
+                             "sola.linears), alternating the order per record, and report both")
     parser.add_argument("--name", default="edit_time")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -54,6 +58,9 @@ def main() -> None:
     if args.rephrases == "none":
         requests = [dataclasses.replace(request, rephrases=()) for request in requests]
     report: dict[str, object] = {"records": args.records, "rephrases": args.rephrases, "loadavg_before": os.getloadavg()}
+    if args.compare_linears:
+        report["linears"] = compare_linears(routed, requests)
+        print("linears", json.dumps(report["linears"]), flush=True)
     for contexts in (int(c) for c in args.contexts.split(",")):
         train = TrainConfig(contexts=contexts)
         seconds, steps = [], []
@@ -73,12 +80,36 @@ def main() -> None:
             "median_s": statistics.median(seconds), "seconds": seconds, "steps": steps,
             "median_steps": statistics.median(steps), "seconds_per_forward_pass": sum(seconds) / passes,
             "profile_share_backward": by_name.get("<method 'run_backward' of 'torch._C._EngineBase' objects>", 0.0) / total,
-            "profile_share_linear": by_name.get("<built-in method torch._C._nn.linear>", 0.0) / total,
+            # nn.Linear's own product, or (training's transposed layers, sola.linears) the matmul
+            # and its backward: the forward's `@` is attributed to the Python function calling it
+            "profile_share_linear": (by_name.get("<built-in method torch._C._nn.linear>", 0.0) + sum(
+                entry[2] for func, entry in stats.stats.items() if func[0].endswith("sola/linears.py"))) / total,
         }
         print(contexts, json.dumps({k: v for k, v in entry.items() if k not in ("seconds", "steps")}), flush=True)
     report["loadavg_after"] = os.getloadavg()
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{args.name}.json").write_text(json.dumps(report, indent=1) + "\n")
+
+
+def compare_linears(routed: RoutedModel, requests: list) -> dict[str, dict[str, float]]:
+    """Each record trained twice, with training's transposed linear layers and with
+    nn.Linear's own (the routed model's `training_linears` replaced by a no-op on this instance),
+    in alternating order so that drifting machine speed hits both alike."""
+    swapping = routed.training_linears
+    seconds: dict[str, list[float]] = {"transposed": [], "nn.Linear": []}
+    steps: dict[str, list[int]] = {"transposed": [], "nn.Linear": []}
+    for number, request in enumerate(requests):
+        order = ["transposed", "nn.Linear"] if number % 2 == 0 else ["nn.Linear", "transposed"]
+        for label in order:
+            routed.training_linears = swapping if label == "transposed" else contextlib.nullcontext
+            started = time.perf_counter()
+            trained = train_edit(routed, request.prompt, request.target, list(request.rephrases), TrainConfig(), subject=request.subject)
+            seconds[label].append(time.perf_counter() - started)
+            steps[label].append(trained.steps)
+    routed.training_linears = swapping
+    return {label: {"median_s": statistics.median(seconds[label]), "median_steps": statistics.median(steps[label]),
+                    "seconds_per_forward_pass": sum(seconds[label]) / (sum(steps[label]) + len(steps[label]))}
+            for label in seconds}
 
 
 if __name__ == "__main__":

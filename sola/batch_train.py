@@ -127,7 +127,7 @@ def train_edits(routed: RoutedModel, jobs: Sequence[EditJob], config: TrainConfi
         stacked_a = torch.stack([s.lora_a for s in slots]).index_select(0, owner)
         stacked_b = torch.stack([s.lora_b for s in slots]).index_select(0, owner)
         replay = routed.upper_stack(hidden) if cache_lower_blocks else nullcontext()
-        with replay, layer.training_adapter(stacked_a, stacked_b):
+        with replay, routed.training_linears(), layer.training_adapter(stacked_a, stacked_b):
             # the model's own head (any final norm, soft-capping) on those positions only: the
             # vocabulary projection of every other position is never read (rows flattened in order)
             logits = routed.model(input_ids=ids, attention_mask=attention, use_cache=False, logits_to_keep=keep).logits

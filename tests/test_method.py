@@ -308,3 +308,19 @@ def test_neighbours_look_past_tombstones_to_the_nearest_active_edit(tmp_path, ti
         ws.set_active(revoked, False, "wrong")
         key = routing_key(ws.model(), PROMPT)
         assert [n.edit for n in ws.neighbours(key, 0.5, k=1)] == [active]  # the tombstone at distance 0 is not one
+
+
+def test_training_swaps_only_the_upper_blocks_linears_and_puts_them_back(tiny):
+    kind, model, tokenizer = tiny
+    routed = routed_model(kind, model, tokenizer)
+    before = {name: type(module) for name, module in model.named_modules()}
+    with routed.training_linears() as swapped:
+        changed = {name for name, module in model.named_modules() if before.get(name) is not type(module)}
+    upper = range(routed.config.layer, model.config.num_hidden_layers)
+    if kind == "gpt2":  # Conv1D already multiplies by an (in, out) weight: nothing to swap
+        assert swapped == 0 and not changed
+    else:  # q, k, v, o, gate, up (the routed layer's base), down of every upper block
+        assert swapped == 7 * len(upper)
+        assert changed and all(int(name.split(".")[2]) in upper for name in changed)
+    train_edit(routed, PROMPT, "Madrid", config=TRAIN)
+    assert {name: type(module) for name, module in model.named_modules()} == before
