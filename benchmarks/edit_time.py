@@ -48,16 +48,18 @@ def main() -> None:
     parser.add_argument("--compare-linears", action="store_true",
                         help="also train every record with nn.Linear's own layout (no transposed weights, "
                              "sola.linears), alternating the order per record, and report both")
+    parser.add_argument("--layer", type=int, default=RoutingConfig.layer, help="the edited block (subject keys read blocks 4 and 3 whatever it is)")
     parser.add_argument("--name", default="edit_time")
     args = parser.parse_args()
     torch.set_num_threads(1)
     model, tokenizer, _ = load_base(None)
-    config = RoutingConfig(key_function="subject", start_token=start_token_for(tokenizer), **SUBJECT_ROUTING_DEFAULTS)
+    config = RoutingConfig(key_function="subject", start_token=start_token_for(tokenizer), layer=args.layer, **SUBJECT_ROUTING_DEFAULTS)
     routed = RoutedModel(model, tokenizer, config)
     _, requests = read_benchmark(DATA / "counterfact-1k.json", args.records)
     if args.rephrases == "none":
         requests = [dataclasses.replace(request, rephrases=()) for request in requests]
-    report: dict[str, object] = {"records": args.records, "rephrases": args.rephrases, "loadavg_before": os.getloadavg()}
+    report: dict[str, object] = {"records": args.records, "rephrases": args.rephrases, "layer": args.layer,
+                                 "loadavg_before": os.getloadavg()}
     if args.compare_linears:
         report["linears"] = compare_linears(routed, requests)
         print("linears", json.dumps(report["linears"]), flush=True)

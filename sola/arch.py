@@ -30,6 +30,10 @@ class Architecture:
     # routing settings chosen by a routing study on this family's model (docs/results.md); what
     # is not named here takes RoutingConfig's default. Read-only.
     routing_defaults: dict[str, Any] = field(default_factory=dict)
+    # what a subject-keyed registry (`--key-function subject`) takes instead: its keys read blocks
+    # 4 and 3 whatever block is edited, so the edited block is free to be the one whose LoRA
+    # carries the target to paraphrases best (the value-side layer study, docs/results.md)
+    subject_routing_defaults: dict[str, Any] = field(default_factory=dict)
     studied_on: str | None = None  # the model the routing defaults were measured on
 
     @property
@@ -46,7 +50,8 @@ ARCHITECTURES = (
                  routing_defaults={"layer": 12, "threshold": 0.035, "radius_ratio": 0.5}, studied_on="gemma-3-270m"),
     # Llama, SmolLM2, Qwen, Mistral. Defaults: the routing study on SmolLM2-135M (results.md, section 3).
     Architecture("llama", ("llama",), "model", "layers", "mlp.up_proj", False,
-                 routing_defaults={"layer": 8, "threshold": 0.04, "radius_ratio": 0.5}, studied_on="SmolLM2-135M-Instruct"),
+                 routing_defaults={"layer": 8, "threshold": 0.04, "radius_ratio": 0.5},
+                 subject_routing_defaults={"layer": 20}, studied_on="SmolLM2-135M-Instruct"),
     Architecture("gpt2", ("gpt2",), "transformer", "h", "mlp.c_fc", True, context_attribute="n_positions"),
 )
 
@@ -115,11 +120,13 @@ def prompt_prefix(model: Any, tokenizer: Any) -> list[int]:
     return []
 
 
-def routing_defaults(model: Any) -> dict[str, Any]:
-    """`init`'s defaults for this model: the family's module and studied settings; a default layer
-    the model does not have (a small model of the family) becomes its middle block."""
+def routing_defaults(model: Any, key_function: str = "mean") -> dict[str, Any]:
+    """`init`'s defaults for this model and key function: the family's module and studied
+    settings (with a subject key, its subject settings over them); a default layer the model
+    does not have (a small model of the family) becomes its middle block."""
     arch = architecture_of(model)
-    defaults = {"module": arch.default_module, **arch.routing_defaults}
+    defaults = {"module": arch.default_module, **arch.routing_defaults,
+                **(arch.subject_routing_defaults if key_function == "subject" else {})}
     blocks = len(decoder_blocks(model))
     from sola.config import RoutingConfig
 

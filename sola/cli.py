@@ -265,7 +265,7 @@ def main(ctx: click.Context, registry: str, witness: Path | None = None) -> None
 
 @main.command()
 @click.option("--model", default=None, help="Base model: default (SmolLM2), gemma3 (Gemma 3 270M), a .gguf file or a Hugging Face directory.")
-@click.option("--layer", type=click.IntRange(0, MAX_LAYER), default=None, help="Block whose MLP projection is edited (default: the model family's).")
+@click.option("--layer", type=click.IntRange(0, MAX_LAYER), default=None, help="Block whose MLP projection is edited (default: the model family's studied block for the key function; docs/concepts.md, Model families).")
 @click.option("--module", default=None, help="Projection inside the block (default mlp.up_proj, GPT-2 mlp.c_fc).")
 @click.option("--rank", type=click.IntRange(1, MAX_RANK), default=None, help="LoRA rank per edit.")
 @click.option("--threshold", type=FiniteFloat(0.0, 2.0, low_open=True), default=None, help="Routing radius (cosine distance, in (0, 2]; default: the model family's).")

@@ -218,12 +218,14 @@ class Workspace:
         RoutingConfig.from_dict(settings)  # ranges and types, before the model loads
         base, tokenizer, identity = load_base(model)
         base = base.to(device)
-        if settings.get("key_function", RoutingConfig.key_function) == "subject":
+        key_function = settings.get("key_function", RoutingConfig.key_function)
+        if key_function == "subject":
             for name, value in SUBJECT_ROUTING_DEFAULTS.items():  # before the family's mean-key defaults
                 settings.setdefault(name, value)
-        for name, value in routing_defaults(base).items():  # the family's studied defaults (sola.arch)
+        # the family's studied defaults for this key function (sola.arch): a subject key's edited block
+        for name, value in routing_defaults(base, key_function).items():
             settings.setdefault(name, value)
-        if settings.get("key_function", RoutingConfig.key_function) == "subject":  # recorded explicitly
+        if key_function == "subject":  # recorded explicitly
             # unset (or carried over as unset from a mean-keyed registry): resolved and recorded now
             if not settings.get("key_layers"):
                 settings["key_layers"] = list(RoutingConfig.from_dict(settings).subject_layers)

@@ -87,3 +87,21 @@ def test_exported_gemma_edit_loads_with_stock_peft_and_matches_the_routed_model(
         peft_logits = PeftModel.from_pretrained(base, tmp_path / "adapter").eval()(input_ids=ids).logits[0, -1]
     assert not torch.allclose(peft_logits, base_logits, atol=1e-3)
     torch.testing.assert_close(peft_logits, routed_logits, rtol=1e-4, atol=1e-5)
+
+
+def test_a_subject_keyed_llama_registry_edits_the_familys_subject_block():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from sola.arch import by_name, routing_defaults
+
+    config = LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=24, num_attention_heads=2,
+                         num_key_value_heads=1, max_position_embeddings=32)
+    model = LlamaForCausalLM(config)
+    llama = by_name("llama")
+    assert routing_defaults(model)["layer"] == llama.routing_defaults["layer"] == 8  # the mean key's block
+    subject = routing_defaults(model, "subject")
+    assert subject["layer"] == llama.subject_routing_defaults["layer"] == 20
+    assert RoutingConfig.from_dict(subject | {"key_function": "subject"}).subject_layers == (4, 3)  # keys stay low
+    small = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=6,
+                                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=32))
+    assert routing_defaults(small, "subject")["layer"] == 3  # past the model: its middle block

@@ -219,3 +219,23 @@ def test_a_large_bank_searches_a_projection_first_and_still_finds_the_exhaustive
     assert np.allclose(sims, [subject_similarity(q, keys).max() for q in queries], atol=1e-5)  # the exact score decides
     again = SubjectIndex(ids, keys)
     assert np.array_equal(again.projection, index.projection)  # the same keys, the same index
+
+
+def test_init_with_subject_keys_records_the_familys_subject_block_and_a_mean_key_its_own(tmp_path):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from tests.conftest import build_tokenizer
+
+    tokenizer = build_tokenizer()
+    torch.manual_seed(0)
+    deep = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=24,
+                                        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=128,
+                                        eos_token_id=0, bos_token_id=0, pad_token_id=0))
+    deep.save_pretrained(tmp_path / "deep")
+    tokenizer.save_pretrained(tmp_path / "deep")
+    subject = Sola(tmp_path / "subject").json("init", "--model", str(tmp_path / "deep"), "--key-function", "subject")["routing"]
+    assert (subject["layer"], subject["key_layers"]) == (20, [4, 3])
+    mean = Sola(tmp_path / "mean").json("init", "--model", str(tmp_path / "deep"))["routing"]
+    assert mean["layer"] == 8
+    chosen = Sola(tmp_path / "chosen").json("init", "--model", str(tmp_path / "deep"), "--key-function", "subject", "--layer", "8")
+    assert chosen["routing"]["layer"] == 8  # a given --layer is kept
