@@ -2,9 +2,10 @@
 
 An edit trains on one prompt of 8-25 tokens, so every matrix product of its passes multiplies a
 few rows by a large frozen weight. On the CPU, `F.linear` hands BLAS the weight as stored
-(out, in) and asks for its transpose; for so few rows that product runs at about half the speed
-of the same product against a weight stored (in, out), whatever the cache state (measured in
-docs/results.md, "Edit time: where it goes"). `TransposedLinear` keeps such a copy next to the
+(out, in) and asks for its transpose; for so few rows that product alone runs at about half the
+speed of the same product against a weight stored (in, out). A whole training pass, which also
+streams every weight from memory and runs many small operations, gets about 8% faster
+(docs/results.md, "Edit time: where it goes"). `TransposedLinear` keeps such a copy next to the
 layer's own weight and uses it forward; the backward pass needs only the gradient of the input
 (the base model is frozen), `grad @ W`, which already reads the stored layout.
 

@@ -333,8 +333,8 @@ class RoutedModel:
     @contextmanager
     def training_linears(self) -> Iterator[int]:
         """The frozen linear layers of the blocks from the edited one upward compute against
-        transposed copies of their weights (sola.linears: about twice as fast for a training
-        pass's few rows on a CPU; elsewhere nothing is swapped). Yields how many were swapped."""
+        transposed copies of their weights (sola.linears: on a CPU, a training pass about 8%
+        faster; on other devices nothing is swapped). Yields how many were swapped."""
         upper = list(decoder_blocks(self.model))[self.config.layer:]
         with transposed_linears(upper, self._transposed) as swapped:
             yield swapped
