@@ -122,13 +122,16 @@ def prompt_prefix(model: Any, tokenizer: Any) -> list[int]:
 
 def routing_defaults(model: Any, key_function: str = "mean") -> dict[str, Any]:
     """`init`'s defaults for this model and key function: the family's module and studied
-    settings (with a subject key, its subject settings over them); a default layer the model
-    does not have (a small model of the family) becomes its middle block."""
+    settings; with a subject key, the subject threshold and radius ratio every family shares
+    (sola.config.SUBJECT_ROUTING_DEFAULTS) and the family's subject settings over them. A default
+    layer the model does not have (a small model of the family) becomes its middle block."""
+    from sola.config import SUBJECT_ROUTING_DEFAULTS, RoutingConfig
+
     arch = architecture_of(model)
-    defaults = {"module": arch.default_module, **arch.routing_defaults,
-                **(arch.subject_routing_defaults if key_function == "subject" else {})}
+    defaults = {"module": arch.default_module, **arch.routing_defaults}
+    if key_function == "subject":
+        defaults.update({**SUBJECT_ROUTING_DEFAULTS, **arch.subject_routing_defaults})
     blocks = len(decoder_blocks(model))
-    from sola.config import RoutingConfig
 
     layer = defaults.get("layer", RoutingConfig.layer)
     defaults["layer"] = layer if layer < blocks else blocks // 2

@@ -23,7 +23,7 @@ from registry.routing import nearest_active, same_answer
 from registry.storage import Storage, registry_exists
 from registry.store import Commit, Registry, RegistryError, iso, utcnow
 from sola.arch import architecture_of, context_length as model_context, decoder_blocks, prompt_prefix, routing_defaults
-from sola.config import SUBJECT_ROUTING_DEFAULTS, RoutingConfig, TrainConfig, default_author
+from sola.config import RoutingConfig, TrainConfig, default_author
 from sola.data import EditRequest, RequestError, check_notes, check_text
 from sola.layer import EditBank, Routing
 from sola.modelio import ModelError, load_base, load_for_inference
@@ -219,10 +219,7 @@ class Workspace:
         base, tokenizer, identity = load_base(model)
         base = base.to(device)
         key_function = settings.get("key_function", RoutingConfig.key_function)
-        if key_function == "subject":
-            for name, value in SUBJECT_ROUTING_DEFAULTS.items():  # before the family's mean-key defaults
-                settings.setdefault(name, value)
-        # the family's studied defaults for this key function (sola.arch): a subject key's edited block
+        # the family's studied defaults for this key function (sola.arch), where not given
         for name, value in routing_defaults(base, key_function).items():
             settings.setdefault(name, value)
         if key_function == "subject":  # recorded explicitly
