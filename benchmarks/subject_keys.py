@@ -12,6 +12,8 @@ is evaluated over a grid; per point:
 - false_fire: share of unrelated probes that fire any edit (the records' locality prompts and
   known-1000 prompts, minus those naming an edited subject)
 - relation_fire: share of other-relation probes of edited subjects (sola/probes.py) that fire
+- locality_fire: share of the records' own locality prompts that fire any edit, none left out
+  (the prompts `sola eval`'s unrelated locality scores; a fired one nearly always changes)
 
 Routing only: whether the LoRA then produces the target is `sola eval`'s business. Never reads
 ../shared/holdout. Results: benchmarks/results/<name>.json.
@@ -44,7 +46,7 @@ from value_side import start_token_choice  # noqa: E402  (one reading of --start
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 RESULTS = Path(__file__).parent / "results"
-THRESHOLDS = [0.02, 0.04, 0.06, 0.08, 0.1, 0.12, 0.14, 0.16, 0.18, 0.2, 0.22, 0.25]
+THRESHOLDS = [0.02, 0.04, 0.06, 0.08, 0.1, 0.12, 0.14, 0.15, 0.16, 0.17, 0.18, 0.19, 0.2, 0.22, 0.25]
 RATIOS = [0.0, 0.5, 0.75, 1.0]
 
 
@@ -96,7 +98,9 @@ def study(routed: RoutedModel, banks: dict[str, list], known: list[dict], infer:
         unrelated = [p for p in unrelated if not any(s in p.lower() for s in subjects)]
         probes = relation_probes(requests)
         para = [(i, r.rephrases[0]) for i, r in enumerate(requests) if r.rephrases]
-        groups = {"paraphrase": [p for _, p in para], "unrelated": unrelated, "relation": [p.prompt for p in probes]}
+        locality = [r.locality_prompt for r in requests if r.locality_prompt]
+        groups = {"paraphrase": [p for _, p in para], "unrelated": unrelated, "relation": [p.prompt for p in probes],
+                  "locality": locality}
         measured = {g: nearest(search, key_edit, queries_of(routed, prompts, cache)) for g, prompts in groups.items()}
         own = np.array([edits[i] for i, _ in para])
         grid = []
@@ -108,7 +112,8 @@ def study(routed: RoutedModel, banks: dict[str, list], known: list[dict], infer:
                     return distance < radius
                 recall = float((fires("paraphrase") & (np.array(measured["paraphrase"][1]) == own)).mean())
                 grid.append({"threshold": threshold, "radius_ratio": ratio, "recall": recall,
-                             "false_fire": float(fires("unrelated").mean()), "relation_fire": float(fires("relation").mean())})
+                             "false_fire": float(fires("unrelated").mean()), "relation_fire": float(fires("relation").mean()),
+                             "locality_fire": float(fires("locality").mean())})
         ok = [g for g in grid if g["false_fire"] <= 0.01]
         best = max(ok, key=lambda g: g["recall"]) if ok else None
         out[name] = {"n_edits": len(requests), "n_paraphrases": len(para), "n_unrelated": len(unrelated), "n_relation": len(probes),
@@ -122,6 +127,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=1000, help="edits per bank (mixed: n/2 of each)")
     parser.add_argument("--name", default="subject_keys")
     parser.add_argument("--key-functions", default="mean,subject")
+    parser.add_argument("--banks", default="counterfact,zsre,mixed", help="which banks to study, comma-separated")
     parser.add_argument("--infer-subjects", action="store_true",
                         help="key every edit on the subject inferred from its prompt (sola.subjects), not the record's")
     parser.add_argument("--start-token", default="registry",
@@ -134,7 +140,8 @@ def main() -> None:
     _, zsre = read_benchmark(DATA / "zsre-eval-1037.json", args.n)
     mixed = [r for pair in zip(zsre[: args.n // 2], counterfact[: args.n // 2]) for r in pair]
     known = json.loads((DATA / "known-1000.json").read_text())
-    banks = {"counterfact": counterfact, "zsre": zsre, "mixed": mixed}
+    banks = {name: bank for name, bank in {"counterfact": counterfact, "zsre": zsre, "mixed": mixed}.items()
+             if name in args.banks.split(",")}
     results = {"protocol": {"n": args.n, "model": identity.to_dict(), "thresholds": THRESHOLDS, "ratios": RATIOS,
                             "load": os.getloadavg(), "threads": 1,
                             "note": "other sessions were running on the same 2-core machine"}}

@@ -34,6 +34,10 @@ class Architecture:
     # 4 and 3 whatever block is edited, so the edited block is free to be the one whose LoRA
     # carries the target to paraphrases best (the value-side layer study, docs/results.md)
     subject_routing_defaults: dict[str, Any] = field(default_factory=dict)
+    # the key function a new registry on this family takes when none is given: "subject" where
+    # a study on the family's model measured it (paraphrase reach against relation specificity,
+    # docs/results.md "One default for every kind of fact"), else "mean"
+    default_key_function: str = "mean"
     studied_on: str | None = None  # the model the routing defaults were measured on
 
     @property
@@ -51,7 +55,7 @@ ARCHITECTURES = (
     # Llama, SmolLM2, Qwen, Mistral. Defaults: the routing study on SmolLM2-135M (results.md, section 3).
     Architecture("llama", ("llama",), "model", "layers", "mlp.up_proj", False,
                  routing_defaults={"layer": 8, "threshold": 0.04, "radius_ratio": 0.5},
-                 subject_routing_defaults={"layer": 20}, studied_on="SmolLM2-135M-Instruct"),
+                 subject_routing_defaults={"layer": 20}, default_key_function="subject", studied_on="SmolLM2-135M-Instruct"),
     Architecture("gpt2", ("gpt2",), "transformer", "h", "mlp.c_fc", True, context_attribute="n_positions"),
 )
 
@@ -120,15 +124,17 @@ def prompt_prefix(model: Any, tokenizer: Any) -> list[int]:
     return []
 
 
-def routing_defaults(model: Any, key_function: str = "mean") -> dict[str, Any]:
-    """`init`'s defaults for this model and key function: the family's module and studied
-    settings; with a subject key, the subject threshold and radius ratio every family shares
+def routing_defaults(model: Any, key_function: str | None = None) -> dict[str, Any]:
+    """`init`'s defaults for this model and key function (None: the family's default key
+    function, which the result names): the family's module and studied settings; with a
+    subject key, the subject threshold and radius ratio every family shares
     (sola.config.SUBJECT_ROUTING_DEFAULTS) and the family's subject settings over them. A default
     layer the model does not have (a small model of the family) becomes its middle block."""
     from sola.config import SUBJECT_ROUTING_DEFAULTS, RoutingConfig
 
     arch = architecture_of(model)
-    defaults = {"module": arch.default_module, **arch.routing_defaults}
+    key_function = key_function or arch.default_key_function
+    defaults = {"module": arch.default_module, "key_function": key_function, **arch.routing_defaults}
     if key_function == "subject":
         defaults.update({**SUBJECT_ROUTING_DEFAULTS, **arch.subject_routing_defaults})
     blocks = len(decoder_blocks(model))

@@ -272,7 +272,9 @@ def main(ctx: click.Context, registry: str, witness: Path | None = None) -> None
 @click.option("--radius-ratio", type=FiniteFloat(0.0, MAX_RADIUS_RATIO), default=None,
               help="Shrink a key's radius to this times its distance to the nearest other edit's key (0 = off; default 0.5).")
 @click.option("--key-function", type=click.Choice(list(KEY_FUNCTIONS)), default=None,
-              help="How the prompt becomes a key: mean (default), last, or subject (a two-part key on the edit's --subject).")
+              help="How the prompt becomes a key: subject (a two-part key on the edit's --subject, inferred from the "
+                   "prompt when not given; the default for Llama-family models such as the bundled SmolLM2), mean "
+                   "(the default for other families; keeps an edited subject's other relations), or last.")
 @click.option("--revoke-mode", type=click.Choice(["tombstone", "delete"]), default=None,
               help="tombstone (default): a revoked edit's keys keep their inputs and send them to the base model; "
                    "delete: the keys leave routing, so a neighbouring edit may answer those inputs.")
@@ -334,6 +336,9 @@ def _print_outcome(outcome: dict[str, Any]) -> None:
     click.echo(f"edit {outcome['edit'][:12]}  commit {outcome['commit'][:12]}  ({outcome['steps']} steps, loss {outcome['loss']:.4f}, {outcome['seconds']:.2f}s)")
     if outcome["subject_inferred"]:
         click.echo(f"  subject {outcome['subject']!r} (found in the prompt; give --subject to choose another)")
+    if outcome.get("keyed_on_last_tokens"):
+        click.echo("  no subject found in the prompt: keyed on its last tokens, so it fires on this wording "
+                   "(give --subject to key it on one)")
     for old in outcome["superseded"]:
         click.echo(f"  superseded {old[:12]}")
     for near in outcome["neighbours"]:

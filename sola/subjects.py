@@ -9,8 +9,12 @@ subject"), so the subject is inferred here, from the text alone, before any mode
 The rule is a proper-name rule for English prompts: the subject is the longest run of words that
 begin with a capital letter or a digit ("Danielle Darrieux", "NGC 6604", "U-270"), joined by the
 lower-case particles names contain ("Leonardo da Vinci", "Nauka i Zhizn"), without an opening
-function word ("In", "What", ...) or a trailing possessive. A prompt without such a run has no
-inferable subject: the caller refuses the edit and asks for `--subject` rather than guess.
+function word ("In", "What", ...) or a trailing possessive. A prompt that names nobody ("beef
+bourguignon was first cooked in") takes its first run of lower-case content words instead (words
+that are neither function words nor auxiliaries, at most four; the three nameless CounterFact
+prompts put their subject first: "cepelinai, that originated in"). A prompt with
+neither (symbols, function words only) has no inferable subject: a subject-keyed registry then keys
+it on its last tokens (sola.keys.subject_span), which fires on its own wording.
 Measured on ../shared/data (docs/results.md, "Inferring the subject"): the inferred subject is the
 record's own for 96% of CounterFact and 92% of zsRE prompts, and routes as well as it.
 """
@@ -25,6 +29,13 @@ a an the in on at by for from of to with into onto about after before during und
 what which who whom whose when where why how is was are were did does do has have had can could
 it its this that these those his her their my our your
 """.split())
+# words a nameless prompt's subject never contains: the function words and the auxiliaries,
+# copulas and connectives that join its parts ("water boils at", "the sky is")
+NOT_SUBJECT_WORDS = FUNCTION_WORDS | frozenset("""
+be been being am will would shall should may might must not no nor or and but as than so very also
+there then here one ones something someone
+""".split())
+MAX_COMMON_SUBJECT_WORDS = 4
 ARTICLES = frozenset(("the", "a", "an"))  # "The Poodles", "A Tale of Two Cities": part of the name
 
 # lower-case words that occur inside names ("Leonardo da Vinci", "Bank of America", "March on Rome")
@@ -119,11 +130,36 @@ def _trimmed(text: str) -> str:
     return text.strip()
 
 
+def _content_runs(words: list[str]) -> list[tuple[int, int]]:
+    """(first, last) word index, inclusive, of every run of lower-case content words (letters,
+    hyphens and apostrophes only; not in NOT_SUBJECT_WORDS), at most MAX_COMMON_SUBJECT_WORDS
+    long; punctuation after a word ends its run."""
+    def content(word: str) -> bool:
+        core = _core(word)
+        return bool(core) and core.replace("-", "").replace("'", "").isalpha() and core.lower() not in NOT_SUBJECT_WORDS
+
+    runs: list[tuple[int, int]] = []
+    i = 0
+    while i < len(words):
+        if not content(words[i]):
+            i += 1
+            continue
+        first = i
+        while i + 1 < len(words) and i + 1 - first < MAX_COMMON_SUBJECT_WORDS and content(words[i + 1]) \
+                and _core(words[i]) == words[i]:
+            i += 1
+        runs.append((first, i))
+        i += 1
+    return runs
+
+
 def infer_subject(prompt: str) -> str | None:
     """The prompt's subject: its longest run of name-like words (the first of equal ones), as
-    written in the prompt; None when the prompt has no such run."""
+    written in the prompt; else its first run of lower-case content words; None when it has
+    neither."""
     matches = list(_WORD.finditer(prompt))
-    runs = _name_runs([m.group() for m in matches])
+    words = [m.group() for m in matches]
+    runs = _name_runs(words) or _content_runs(words)[:1]
     if not runs:
         return None
     first, last = max(runs, key=lambda run: (matches[run[1]].end() - matches[run[0]].start(), -run[0]))

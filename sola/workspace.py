@@ -109,6 +109,7 @@ class EditOutcome:
     seconds: float = 0.0
     subject: str | None = None  # what the edit is keyed on in a subject-keyed registry
     subject_inferred: bool = False  # found in the prompt (sola.subjects) rather than given
+    keyed_on_last_tokens: bool = False  # a subject-keyed registry found no subject: keyed on the prompt's end
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -116,6 +117,7 @@ class EditOutcome:
             "commit": self.commit,
             "subject": self.subject,
             "subject_inferred": self.subject_inferred,
+            "keyed_on_last_tokens": self.keyed_on_last_tokens,
             "duplicate": self.duplicate,
             "superseded": self.superseded,
             "neighbours": [n.to_dict() for n in self.neighbours],
@@ -218,10 +220,10 @@ class Workspace:
         RoutingConfig.from_dict(settings)  # ranges and types, before the model loads
         base, tokenizer, identity = load_base(model)
         base = base.to(device)
-        key_function = settings.get("key_function", RoutingConfig.key_function)
-        # the family's studied defaults for this key function (sola.arch), where not given
-        for name, value in routing_defaults(base, key_function).items():
+        # the family's studied defaults for the key function given, or for its default one (sola.arch)
+        for name, value in routing_defaults(base, settings.get("key_function")).items():
             settings.setdefault(name, value)
+        key_function = settings["key_function"]
         if key_function == "subject":  # recorded explicitly
             # unset (or carried over as unset from a mean-keyed registry): resolved and recorded now
             if not settings.get("key_layers"):
@@ -469,6 +471,7 @@ class Workspace:
             seconds=trained.seconds,
             subject=request.subject,
             subject_inferred=request.subject_inferred,
+            keyed_on_last_tokens=self.routing.key_function == "subject" and not request.names_subject,
         )
 
     def edit_many(
@@ -511,7 +514,7 @@ class Workspace:
         routed = self.model()
         for line, item in enumerate(items, start=1):
             try:
-                self._check_request_tokens(routed, item.request, carried="derived_from" in item.provenance)
+                self._check_request_tokens(routed, item.request)
             except RequestError as error:
                 raise RequestError(f"request {line}: {error}; nothing was edited" if numbered else str(error)) from None
         keys = [routing_key(routed, item.request.prompt, item.request.subject) for item in items]
@@ -608,8 +611,9 @@ class Workspace:
     def with_subject(self, request: EditRequest) -> EditRequest:
         """The request a subject-keyed registry trains: with its own subject, or else the one
         sola.subjects infers from its prompt (recorded as inferred with the edit); unchanged when
-        the registry keys on something else or no subject can be found (_check_request_tokens
-        then refuses it). Model-free, so the CLI's preflight and the edit agree on it."""
+        the registry keys on something else or the prompt has no word to key on (then the key
+        is read from its last tokens, sola.keys.subject_span). Model-free, so the CLI's
+        preflight and the edit agree on it."""
         if self.routing.key_function != "subject" or request.names_subject:
             return request
         inferred = infer_subject(request.prompt)
@@ -618,21 +622,13 @@ class Workspace:
         return dataclasses.replace(request, subject=inferred, subject_inferred=True)
 
     @staticmethod
-    def _check_request_tokens(routed: RoutedModel, request: EditRequest, carried: bool = False) -> None:
+    def _check_request_tokens(routed: RoutedModel, request: EditRequest) -> None:
         """Everything about a request that needs the tokenizer, before any training. A subject
-        key needs the edit's subject, in its prompt and in every rephrase: keyed on its last
-        tokens instead, an edit fires on the same wording about any other subject (79% of
-        same-template prompts of other subjects in a CounterFact study, docs/results.md
-        section 7), so such a request is refused. `carried`: a rebased edit, re-keyed the way it
-        was made (edits recorded before the refusal may lack a subject)."""
+        key is read from the edit's subject, in its prompt and in every rephrase: a rephrase that
+        does not name it would be keyed on other words, so such a request is refused. A request
+        with no subject at all (none given, none inferable) is keyed on its prompt's last tokens."""
         check_tokens(routed, request.prompt, "prompt with its target", target=request.target)
-        subject_keyed = routed.config.key_function == "subject"
-        needs_subject = subject_keyed and not carried
-        if needs_subject and not request.names_subject:
-            raise RequestError("this registry keys edits on their subject (key function `subject`) and none was found "
-                               "in the prompt (no capitalised name): give the edit's subject (--subject, or a `subject` "
-                               "field); a key read from the prompt's last tokens would fire on the same wording about "
-                               "any other subject")
+        subject_keyed = routed.config.key_function == "subject" and request.names_subject
         if subject_keyed:
             try:
                 routed.subject_span(request.prompt, request.subject)
@@ -640,7 +636,7 @@ class Workspace:
                 raise RequestError(f"{error}: a subject key is read from the subject's tokens") from None
         for number, text in enumerate(request.rephrases, start=1):
             check_tokens(routed, text, "rephrase prompt")
-            if needs_subject:  # the subject is there: refused above otherwise
+            if subject_keyed:
                 try:
                     routed.subject_span(text, request.subject)
                 except ValueError:

@@ -84,7 +84,10 @@ def test_exported_edit_loads_with_stock_peft_and_matches_the_routed_model(tmp_pa
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_dirs["llama"])
     base = AutoModelForCausalLM.from_pretrained(tiny_dirs["llama"]).eval()
-    ids = tokenizer(PROMPT, add_special_tokens=False, return_tensors="pt").input_ids
+    # the default (subject-keyed) registry puts its recorded start token before every prompt
+    start = json.loads((tmp_path / "adapter" / "sola_routing.json").read_text())["routing"]["start_token"]
+    assert start >= 0
+    ids = torch.tensor([[start, *tokenizer(PROMPT, add_special_tokens=False).input_ids]])
     with torch.no_grad():
         base_logits = base(input_ids=ids).logits[0, -1]
         peft_model = PeftModel.from_pretrained(base, tmp_path / "adapter").eval()

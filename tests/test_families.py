@@ -98,9 +98,11 @@ def test_a_subject_keyed_llama_registry_edits_the_familys_subject_block():
                          num_key_value_heads=1, max_position_embeddings=32)
     model = LlamaForCausalLM(config)
     llama = by_name("llama")
-    assert routing_defaults(model)["layer"] == llama.routing_defaults["layer"] == 8  # the mean key's block
+    assert routing_defaults(model, "mean")["layer"] == llama.routing_defaults["layer"] == 8  # the mean key's block
     subject = routing_defaults(model, "subject")
     assert subject["layer"] == llama.subject_routing_defaults["layer"] == 20
+    assert routing_defaults(model) == subject  # the family's default key function is the subject key
+    assert subject["key_function"] == "subject" and subject["threshold"] == 0.2
     assert RoutingConfig.from_dict(subject | {"key_function": "subject"}).subject_layers == (4, 3)  # keys stay low
     small = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=6,
                                          num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=32))

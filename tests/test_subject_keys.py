@@ -19,7 +19,8 @@ from tests.test_cli import Sola
 PROMPT = "Danielle Darrieux's mother tongue is"
 SUBJECT = "Danielle Darrieux"
 SAME_SUBJECT_FIRST = "Danielle Darrieux plays the"  # shares the subject's tokens and position
-NAMELESS = "beef bourguignon was first cooked in"  # no capitalised name: no subject to infer
+NAMELESS = "beef bourguignon was first cooked in"  # no capitalised name: its first content words are the subject
+WORDLESS = "<b>?</b> =>"  # no word to key on at all: keyed on the prompt's last tokens
 NEWLINE = 199  # the tiny byte-level tokenizer's id for "\n"
 TRAIN = TrainConfig(max_steps=100, lr=0.1, stop_loss=2.0)
 
@@ -110,7 +111,7 @@ def test_two_stage_search_finds_the_exhaustive_best(tmp_path):
         assert np.allclose(sims, [subject_similarity(q, keys).max() for q in queries], atol=1e-5)
 
 
-def test_cli_subject_registry_records_its_key_and_refuses_a_missing_subject(tmp_path, tiny_dirs):
+def test_cli_subject_registry_records_its_key_and_refuses_a_subject_its_prompt_or_rephrase_lacks(tmp_path, tiny_dirs):
     cli = Sola(tmp_path / "subject")
     made = cli.json("init", "--model", str(tiny_dirs["llama"]), "--key-function", "subject", "--layer", "2", "--threshold", "0.05")
     routing = made["routing"]
@@ -122,18 +123,14 @@ def test_cli_subject_registry_records_its_key_and_refuses_a_missing_subject(tmp_
     error = cli.fails("edit", "--prompt", PROMPT, "--target", "English", "--subject", "Toko Yasuda", "--steps", "5")
     assert "does not occur in the prompt" in error
     assert len(cli.json("log")) == 1  # nothing was committed
-    # no subject given and no name to find: a key on the prompt's last tokens would fire on that
-    # wording about anyone
-    error = cli.fails("edit", "--prompt", NAMELESS, "--target", "French", "--steps", "5")
-    assert "keys edits on their subject" in error and "none was found in the prompt" in error and "--subject" in error
     error = cli.fails("edit", "--prompt", PROMPT, "--target", "English", "--subject", SUBJECT,
                       "--rephrase", "Her mother tongue is", "--steps", "5")
     assert "rephrase 1" in error and "does not name the subject" in error
-    lines = tmp_path / "no-subject.jsonl"
+    lines = tmp_path / "bad-rephrase.jsonl"
     lines.write_text(json.dumps({"prompt": "Toko Yasuda plays the", "target_new": "piano", "subject": "Toko Yasuda"}) + "\n"
-                     + json.dumps({"prompt": NAMELESS, "target_new": "French"}) + "\n")
+                     + json.dumps({"prompt": PROMPT, "target_new": "French", "rephrase_prompt": "Her mother tongue is"}) + "\n")
     error = cli.fails("edit", "--file", str(lines), "--steps", "5")
-    assert "request 2" in error and "keys edits on their subject" in error and "nothing was edited" in error
+    assert "request 2" in error and "does not name the subject" in error and "nothing was edited" in error
     assert len(cli.json("log")) == 1  # none of the refused requests committed anything
     edits = tmp_path / "edits.jsonl"
     edits.write_text(json.dumps({"prompt": PROMPT, "target_new": "English", "subject": SUBJECT}) + "\n"
@@ -161,6 +158,24 @@ def test_cli_edit_without_a_subject_is_keyed_on_the_name_found_in_its_prompt(tmp
     given = cli.json("edit", "--prompt", "The Eiffel Tower is in", "--target", "Rome", "--subject", "Eiffel Tower", "--steps", "60")
     assert (given["subject"], given["subject_inferred"]) == ("Eiffel Tower", False)
     assert cli.json("show", given["edit"])["subject_inferred"] is False
+
+
+def test_cli_edit_of_a_prompt_without_a_name_is_keyed_on_its_first_words_or_else_its_last_tokens(tmp_path, tiny_dirs):
+    cli = Sola(tmp_path / "default")
+    assert cli.json("init", "--model", str(tiny_dirs["llama"]), "--layer", "2", "--threshold", "0.05")["routing"]["key_function"] == "subject"
+    made = cli.json("edit", "--prompt", NAMELESS, "--target", "Paris", "--steps", "60")
+    assert (made["subject"], made["subject_inferred"], made["keyed_on_last_tokens"]) == ("beef bourguignon", True, False)
+    # keyed on "beef bourguignon": another relation of it, worded alike up to the subject, meets the key
+    fired = cli.json("generate", "beef bourguignon is served with", "--max-new-tokens", "1")
+    assert fired["edit"] == made["edit"] and fired["distance"] < 1e-5
+    printed = cli("edit", "--prompt", WORDLESS, "--target", "yes", "--steps", "60").stdout
+    assert "no subject found in the prompt: keyed on its last tokens" in printed
+    edit = cli.json("log")[0]
+    wordless = cli.json("generate", WORDLESS, "--max-new-tokens", "1")
+    assert wordless["edit"] is not None and wordless["edit"] != made["edit"] and wordless["distance"] < 1e-5
+    shown = cli.json("show", wordless["edit"])
+    assert shown["subject"] is None and shown["subject_inferred"] is False
+    assert edit["op"] == "add" and len(cli.json("log")) == 3
 
 
 def test_a_subject_registry_recorded_with_another_start_token_keeps_it(tiny):
@@ -235,7 +250,9 @@ def test_init_with_subject_keys_records_the_familys_subject_block_and_a_mean_key
     tokenizer.save_pretrained(tmp_path / "deep")
     subject = Sola(tmp_path / "subject").json("init", "--model", str(tmp_path / "deep"), "--key-function", "subject")["routing"]
     assert (subject["layer"], subject["key_layers"]) == (20, [4, 3])
-    mean = Sola(tmp_path / "mean").json("init", "--model", str(tmp_path / "deep"))["routing"]
-    assert mean["layer"] == 8
+    default = Sola(tmp_path / "default").json("init", "--model", str(tmp_path / "deep"))["routing"]
+    assert {k: v for k, v in default.items()} == subject  # a Llama-family registry is subject-keyed by default
+    mean = Sola(tmp_path / "mean").json("init", "--model", str(tmp_path / "deep"), "--key-function", "mean")["routing"]
+    assert (mean["layer"], mean["key_function"], mean["threshold"]) == (8, "mean", 0.04)
     chosen = Sola(tmp_path / "chosen").json("init", "--model", str(tmp_path / "deep"), "--key-function", "subject", "--layer", "8")
     assert chosen["routing"]["layer"] == 8  # a given --layer is kept

@@ -1,4 +1,4 @@
-"""Inferring an edit's subject from its prompt (sola.subjects): the proper-name rule."""
+"""Inferring an edit's subject from its prompt (sola.subjects): the proper-name rule, then the first content words."""
 
 from __future__ import annotations
 
@@ -26,7 +26,18 @@ def test_the_longest_capitalised_name_is_the_subject(prompt, subject):
     assert subject in prompt  # written as in the prompt, so its tokens can be found there
 
 
-@pytest.mark.parametrize("prompt", ["beef bourguignon, that was formulated in", "application bundle was developed by",
-                                    "What is the capital of", "the city of"])
-def test_a_prompt_without_a_name_has_no_subject(prompt):
+@pytest.mark.parametrize("prompt, subject", [
+    ("beef bourguignon, that was formulated in", "beef bourguignon"),  # a comma ends the run
+    ("application bundle was developed by", "application bundle"),  # an auxiliary ends it
+    ("cepelinai, that originated in", "cepelinai"),
+    ("What is the capital of", "capital"),  # function words are never part of it
+    ("the sky is", "sky"),
+    ("the many ancient lost coastal cities are", "many ancient lost coastal"),  # at most four words
+])
+def test_a_prompt_without_a_name_takes_its_first_content_words(prompt, subject):
+    assert infer_subject(prompt) == subject
+
+
+@pytest.mark.parametrize("prompt", ["<b>?</b> =>", "what is it?", "it is", "   "])
+def test_a_prompt_without_a_content_word_has_no_subject(prompt):
     assert infer_subject(prompt) is None
