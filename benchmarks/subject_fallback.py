@@ -8,8 +8,10 @@ record of up to `--groups` groups, a one-edit bank is keyed (sola.train.routing_
 record's subject and once without it (the prompt's last tokens stand in), under the studied
 subject routing (threshold 0.2, radius ratio 0.5, start token); then it counts how often the
 edit fires on up to 3 other records' prompts of the same template (other subjects: every fire is
-a locality failure) and on the record's own rephrase. Routing only, no training. Results:
-benchmarks/results/subject_fallback.json.
+a locality failure) and on the record's own rephrase. A third row writes every prompt in lower
+case, so that it names nobody, and keys the edit on what sola.subjects infers from it then (its
+first content words): what `sola edit` does with a prompt that has no capitalised name. Routing
+only, no training. Results: benchmarks/results/subject_fallback.json.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from sola.config import SUBJECT_ROUTING_DEFAULTS, RoutingConfig
 from sola.layer import EditBank
 from sola.modelio import load_base
 from sola.routed import RoutedModel, start_token_for
+from sola.subjects import infer_subject
 from sola.train import routing_key
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -51,17 +54,23 @@ def main() -> None:
         return routed.route(routed.encode(prompt).input_ids[0].tolist(), bank=bank).edits[0] == "e"
 
     report = {}
-    for keyed_on in ("subject", "last tokens"):
-        other_fires = others = own_fires = 0
+    for keyed_on in ("subject", "last tokens", "inferred, lower case"):
+        lower = keyed_on == "inferred, lower case"
+        text = str.lower if lower else (lambda prompt: prompt)
+        other_fires = others = own_fires = found = 0
         for edit, same_template in groups:
-            key = routing_key(routed, edit["prompt"], edit["subject"] if keyed_on == "subject" else None)
+            subject = infer_subject(text(edit["prompt"])) if lower else edit["subject"] if keyed_on == "subject" else None
+            found += lower and subject == edit["subject"].lower()
+            key = routing_key(routed, text(edit["prompt"]), subject)
             bank = EditBank.from_tensors({"e": (*no_lora, key[None])})
-            own_fires += fires(bank, edit["rephrase_prompt"])
+            own_fires += fires(bank, text(edit["rephrase_prompt"]))
             for other in same_template:
-                other_fires += fires(bank, other["prompt"])
+                other_fires += fires(bank, text(other["prompt"]))
                 others += 1
         report[keyed_on] = {"other_subject_fire_rate": other_fires / others, "other_subject_prompts": others,
                             "own_rephrase_fire_rate": own_fires / len(groups), "edits": len(groups)}
+        if lower:
+            report[keyed_on]["inferred_is_the_subject"] = found / len(groups)
         print(keyed_on, json.dumps(report[keyed_on]), flush=True)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "subject_fallback.json").write_text(json.dumps({"records": args.records, "routing": config.to_dict(), "report": report}, indent=1) + "\n")

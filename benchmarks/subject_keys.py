@@ -47,7 +47,7 @@ from value_side import start_token_choice  # noqa: E402  (one reading of --start
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 RESULTS = Path(__file__).parent / "results"
 THRESHOLDS = [0.02, 0.04, 0.06, 0.08, 0.1, 0.12, 0.14, 0.15, 0.16, 0.17, 0.18, 0.19, 0.2, 0.22, 0.25]
-RATIOS = [0.0, 0.5, 0.75, 1.0]
+RATIOS = [0.0, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0]
 
 
 def queries_of(routed: RoutedModel, prompts: list[str], cache: dict) -> list:

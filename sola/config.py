@@ -16,11 +16,13 @@ from typing import Any
 KEY_FUNCTIONS = ("mean", "last", "subject")
 MAX_WINDOW = 64
 REVOKE_MODES = ("tombstone", "delete")
-# `init --key-function subject` without --threshold/--radius-ratio: the subject-key study's choice
-# on SmolLM2-135M (docs/results.md section 7; benchmarks/results/subject_keys.json), which serves
-# CounterFact, zsRE and a mixed bank alike. Subject distances are larger than mean-key ones: the
-# two parts are read at lower blocks and a paraphrase matches the subject, not the template.
-SUBJECT_ROUTING_DEFAULTS = {"threshold": 0.2, "radius_ratio": 0.5}
+# A subject-keyed `init` without --threshold/--radius-ratio: the subject-key study's choice at
+# 1000 keys on SmolLM2-135M (docs/results.md, "Subject routing at 1000 keys";
+# benchmarks/results/subject_keys_1000_*.json), which serves CounterFact, zsRE and a mixed bank
+# alike. Subject distances are larger than mean-key ones: the two parts are read at lower blocks
+# and a paraphrase matches the subject, not the template. Ratio 1 rather than 0.5: more
+# paraphrases reach their edit at the same share of other-relation probes firing.
+SUBJECT_ROUTING_DEFAULTS = {"threshold": 0.14, "radius_ratio": 1.0}
 AFTER_TARGET = ("refresh", "stop", "keep")
 
 # Upper bounds the CLI and these records share: a typo (`--steps 4000000`, `--lr 1e9`) is refused
@@ -193,7 +195,10 @@ class RoutingConfig:
         # records before radius_ratio routed by the global threshold only; before revoke_mode, a
         # revoke deleted the keys
         # before after_target, a routed edit's LoRA stayed on for the whole generation
-        return cls.from_dict({"radius_ratio": 0.0, "revoke_mode": "delete", "after_target": "keep", **record})
+        # and every record names its key function, but one without it was keyed by the mean (the
+        # default for new Llama-family registries is the subject key now: sola.arch)
+        return cls.from_dict({"radius_ratio": 0.0, "revoke_mode": "delete", "after_target": "keep", "key_function": "mean",
+                              **record})
 
 
 @dataclass(frozen=True)

@@ -10,9 +10,9 @@ The rule is a proper-name rule for English prompts: the subject is the longest r
 begin with a capital letter or a digit ("Danielle Darrieux", "NGC 6604", "U-270"), joined by the
 lower-case particles names contain ("Leonardo da Vinci", "Nauka i Zhizn"), without an opening
 function word ("In", "What", ...) or a trailing possessive. A prompt that names nobody ("beef
-bourguignon was first cooked in") takes its first run of lower-case content words instead (words
-that are neither function words nor auxiliaries, at most four; the three nameless CounterFact
-prompts put their subject first: "cepelinai, that originated in"). A prompt with
+bourguignon was first cooked in") takes a run of lower-case content words instead (words that
+are neither function words nor auxiliaries, at most four): the first one that a relation link
+("of", "by", "does") does not follow, so "the capital of france is" is about "france". A prompt with
 neither (symbols, function words only) has no inferable subject: a subject-keyed registry then keys
 it on its last tokens (sola.keys.subject_span), which fires on its own wording.
 Measured on ../shared/data (docs/results.md, "Inferring the subject"): the inferred subject is the
@@ -36,6 +36,9 @@ be been being am will would shall should may might must not no nor or and but as
 there then here one ones something someone
 """.split())
 MAX_COMMON_SUBJECT_WORDS = 4
+# words after which a nameless prompt's subject follows rather than precedes: "the capital of
+# france", "the genre played by x", "what sport does x play"
+RELATION_LINKS = frozenset("of by in does do did for from".split())
 ARTICLES = frozenset(("the", "a", "an"))  # "The Poodles", "A Tale of Two Cities": part of the name
 
 # lower-case words that occur inside names ("Leonardo da Vinci", "Bank of America", "March on Rome")
@@ -153,13 +156,22 @@ def _content_runs(words: list[str]) -> list[tuple[int, int]]:
     return runs
 
 
+def _nameless_subject(words: list[str]) -> list[tuple[int, int]]:
+    """The run of content words a prompt without a name is about: the first that no relation
+    link follows ("capital" in "the capital of france is" relates; "france" is the subject),
+    else the last; [] when there is none."""
+    runs = _content_runs(words)
+    about = [run for run in runs if run[1] + 1 >= len(words) or _core(words[run[1] + 1]).lower() not in RELATION_LINKS]
+    return (about or runs[-1:])[:1]
+
+
 def infer_subject(prompt: str) -> str | None:
     """The prompt's subject: its longest run of name-like words (the first of equal ones), as
-    written in the prompt; else its first run of lower-case content words; None when it has
-    neither."""
+    written in the prompt; else the run of lower-case content words it is about
+    (_nameless_subject); None when it has neither."""
     matches = list(_WORD.finditer(prompt))
     words = [m.group() for m in matches]
-    runs = _name_runs(words) or _content_runs(words)[:1]
+    runs = _name_runs(words) or _nameless_subject(words)
     if not runs:
         return None
     first, last = max(runs, key=lambda run: (matches[run[1]].end() - matches[run[0]].start(), -run[0]))

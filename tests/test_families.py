@@ -14,7 +14,7 @@ import torch
 from click.testing import CliRunner
 
 from sola.cli import main
-from sola.config import RoutingConfig, TrainConfig
+from sola.config import SUBJECT_ROUTING_DEFAULTS, RoutingConfig, TrainConfig
 from sola.routed import RoutedModel
 from sola.train import train_edit
 
@@ -102,7 +102,7 @@ def test_a_subject_keyed_llama_registry_edits_the_familys_subject_block():
     subject = routing_defaults(model, "subject")
     assert subject["layer"] == llama.subject_routing_defaults["layer"] == 20
     assert routing_defaults(model) == subject  # the family's default key function is the subject key
-    assert subject["key_function"] == "subject" and subject["threshold"] == 0.2
+    assert subject["key_function"] == "subject" and subject["threshold"] == SUBJECT_ROUTING_DEFAULTS["threshold"] == 0.14
     assert RoutingConfig.from_dict(subject | {"key_function": "subject"}).subject_layers == (4, 3)  # keys stay low
     small = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=6,
                                          num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=32))

@@ -178,6 +178,22 @@ def test_cli_edit_of_a_prompt_without_a_name_is_keyed_on_its_first_words_or_else
     assert edit["op"] == "add" and len(cli.json("log")) == 3
 
 
+def test_a_mean_keyed_registry_keeps_routing_by_its_mean_key_now_that_subject_is_the_default(tmp_path, tiny_dirs):
+    assert RoutingConfig.from_record({"threshold": 0.04}).key_function == "mean"  # a record from before the field
+    old = Sola(tmp_path / "old")
+    routing = old.json("init", "--model", str(tiny_dirs["llama"]), "--key-function", "mean", "--layer", "2")["routing"]
+    made = old.json("edit", "--prompt", PROMPT, "--target", "English", "--steps", "60")
+    assert made["subject"] is None and made["subject_inferred"] is False  # a mean key infers no subject
+    assert routing["key_function"] == "mean" and routing["key_dim"] == 32  # one vector, not two parts
+    assert old.json("generate", PROMPT, "--max-new-tokens", "1")["edit"] == made["edit"]
+    # another relation of the same subject, worded alike up to the subject: a subject key meets it
+    # at distance 0 (test_cli_edit_without_a_subject_...); the mean key of the whole prompt does not
+    other = old.json("generate", SAME_SUBJECT_FIRST, "--max-new-tokens", "1")
+    assert other["edit"] is None or other["distance"] > 1e-3
+    default = Sola(tmp_path / "new").json("init", "--model", str(tiny_dirs["llama"]), "--layer", "2")["routing"]
+    assert default["key_function"] == "subject" and default["key_dim"] == 64
+
+
 def test_a_subject_registry_recorded_with_another_start_token_keeps_it(tiny):
     kind, model, tokenizer = tiny
     assert start_token_for(tokenizer) == NEWLINE == tokenizer("\n", add_special_tokens=False)["input_ids"][0]

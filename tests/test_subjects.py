@@ -31,10 +31,12 @@ def test_the_longest_capitalised_name_is_the_subject(prompt, subject):
     ("application bundle was developed by", "application bundle"),  # an auxiliary ends it
     ("cepelinai, that originated in", "cepelinai"),
     ("What is the capital of", "capital"),  # function words are never part of it
+    ("the capital of france is", "france"),  # a relation noun before "of" is not what the prompt is about
+    ("the genre played by the rolling stones is", "rolling stones"),
     ("the sky is", "sky"),
     ("the many ancient lost coastal cities are", "many ancient lost coastal"),  # at most four words
 ])
-def test_a_prompt_without_a_name_takes_its_first_content_words(prompt, subject):
+def test_a_prompt_without_a_name_takes_the_content_words_it_is_about(prompt, subject):
     assert infer_subject(prompt) == subject
 
 
