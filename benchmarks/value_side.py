@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from sola.arch import routing_defaults
 from sola.config import RoutingConfig, SUBJECT_ROUTING_DEFAULTS, TrainConfig
 from sola.data import read_benchmark
 from sola.evaluate import bootstrap_interval
@@ -99,12 +100,15 @@ def main() -> None:
     parser.add_argument("--key-function", default="subject")
     parser.add_argument("--start-token", default="none",
                         help="none, registry (the token `sola init --key-function subject` records), or a token id")
+    parser.add_argument("--layer", type=int, default=None,
+                        help="edited block (default: what `sola init` records for the key function; 8 before it chose 20)")
     parser.add_argument("--name", default="value_side")
     args = parser.parse_args()
     torch.set_num_threads(1)
     model, tokenizer, _ = load_base(None)
     start_token = start_token_choice(tokenizer, args.start_token)
-    routing = RoutingConfig(key_function=args.key_function, start_token=start_token,
+    layer = args.layer if args.layer is not None else routing_defaults(model, args.key_function)["layer"]
+    routing = RoutingConfig(key_function=args.key_function, start_token=start_token, layer=layer,
                             **(SUBJECT_ROUTING_DEFAULTS if args.key_function == "subject" else {}))
     routed = RoutedModel(model, tokenizer, routing)
     _, requests = read_benchmark(DATA / args.data, args.offset + args.records)
