@@ -268,9 +268,10 @@ def main(ctx: click.Context, registry: str, witness: Path | None = None) -> None
 @click.option("--layer", type=click.IntRange(0, MAX_LAYER), default=None, help="Block whose MLP projection is edited (default: the model family's studied block for the key function; docs/concepts.md, Model families).")
 @click.option("--module", default=None, help="Projection inside the block (default mlp.up_proj, GPT-2 mlp.c_fc).")
 @click.option("--rank", type=click.IntRange(1, MAX_RANK), default=None, help="LoRA rank per edit.")
-@click.option("--threshold", type=FiniteFloat(0.0, 2.0, low_open=True), default=None, help="Routing radius (cosine distance, in (0, 2]; default: the model family's).")
+@click.option("--threshold", type=FiniteFloat(0.0, 2.0, low_open=True), default=None, help="Routing radius (cosine distance, in (0, 2]; default: 0.14 for subject keys, the model family's for mean keys).")
 @click.option("--radius-ratio", type=FiniteFloat(0.0, MAX_RADIUS_RATIO), default=None,
-              help="Shrink a key's radius to this times its distance to the nearest other edit's key (0 = off; default 0.5).")
+              help="Shrink a key's radius to this times its distance to the nearest other edit's key (0 = off; "
+                   "default: 1 for subject keys, 0.5 for mean keys).")
 @click.option("--key-function", type=click.Choice(list(KEY_FUNCTIONS)), default=None,
               help="How the prompt becomes a key: subject (a two-part key on the edit's --subject, inferred from the "
                    "prompt when not given; the default for Llama-family models such as the bundled SmolLM2), mean "
