@@ -11,24 +11,29 @@ long the history.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
 from registry.graph import first_parents
 from registry.lineage import follow
 from registry.model import ACTIVE, TOMBSTONE, Commit
-from registry.routing import SubjectQuery, subject_similarity
+from registry.routing import SubjectQuery, subject_scores, subject_winner
 from registry.store import Registry
 
 
 def _decide(candidates: list[tuple[int, float]], neighbours: dict[int, list[tuple[int, float]]], owner: list[str],
-            states: dict[str, str | None], threshold: float, ratio: float) -> tuple[str | None, str | None, float]:
-    """(edit answering or None, tombstone holding the input or None, distance) for the present keys."""
+            states: dict[str, str | None], threshold: float, ratio: float,
+            tie: Callable[[list[int]], int] | None) -> tuple[str | None, str | None, float]:
+    """(edit answering or None, tombstone holding the input or None, distance) for the present
+    keys; `tie` picks among keys a subject query meets equally well (registry.routing.subject_winner)."""
     present = [(k, d) for k, d in candidates if states.get(owner[k]) in (ACTIVE, TOMBSTONE)]
     if not present:
         return None, None, float("inf")
     key, distance = min(present, key=lambda item: (item[1], item[0]))
+    if tie is not None:
+        key = tie([k for k, _ in present])
+        distance = dict(present)[key]
     radius = threshold
     if ratio > 0:
         own = owner[key]
@@ -49,8 +54,16 @@ def blame(registry: Registry, query: "np.ndarray | SubjectQuery", head: Commit) 
     key_ids, owners, matrix = registry.all_keys()
     if not len(key_ids):
         return []
+    tie: Callable[[list[int]], int] | None = None
     if isinstance(query, SubjectQuery):  # a prompt's subject query: scored by the subject rule
-        distances = np.maximum(0.0, 1.0 - subject_similarity(query, matrix))
+        similarities, lengths = subject_scores(query, matrix)
+        distances = np.maximum(0.0, 1.0 - similarities)
+        ids = np.asarray(key_ids)
+
+        def subject_tie(present: list[int]) -> int:
+            return present[subject_winner(similarities[present], lengths[present], ids[present])]
+
+        tie = subject_tie
     else:
         query = np.asarray(query, dtype=np.float32).reshape(-1)
         query = query / max(float(np.linalg.norm(query)), 1e-12)
@@ -80,7 +93,7 @@ def blame(registry: Registry, query: "np.ndarray | SubjectQuery", head: Commit) 
             continue
         for edit_id, state in touching[commit_id]:
             states[edit_id] = state
-        edit, holder, distance = _decide(candidates, neighbours, owners, states, rule.threshold, rule.radius_ratio)
+        edit, holder, distance = _decide(candidates, neighbours, owners, states, rule.threshold, rule.radius_ratio, tie)
         if (edit, holder) != answer:
             answer = (edit, holder)
             moments.append((commit_id, edit, holder, distance))

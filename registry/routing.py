@@ -5,7 +5,8 @@ module: the routed layer at inference (`sola.layer.EditBank`), `edit`'s collisio
 `show`'s neighbours, `conflicts`, revoke's reroute report, merge and cherry-pick checks, blame.
 
 The rule: a query (a pooled, L2-normalised vector, or for subject keys a `SubjectQuery`: the
-prompt's token and window vectors, scored by `subject_similarity`) goes to its nearest key. That key's edit
+prompt's token and window vectors, scored by `subject_scores`) goes to its nearest key (for
+subject keys, near-ties go to the key met by the longer window: `subject_winner`). That key's edit
 fires when the cosine distance is under the key's radius, min(threshold, radius_ratio x the
 key's isolation: its distance to the nearest key of another edit), unless the edit is a
 tombstone (revoked): then the base model answers. Neighbours of a vector are the *active* edits
@@ -83,9 +84,30 @@ PROJECT_FROM = 4096
 PROJECTED_DIMS = 128
 
 
-def subject_similarity(query: SubjectQuery, keys: np.ndarray) -> np.ndarray:
-    """Cosine similarity of a query to subject keys (n, 2d): the mean of its best token's
-    cosine to each key's token part and its best window's cosine to the key's span part.
+# Subject keys a query meets equally well (similarities within SUBJECT_TIE) are told apart by the
+# window that meets them: the longer one wins, then the lower key id. In "Manila Bay, in" the
+# best token and window meet a key on "Manila" exactly as they meet the key on "Manila Bay"; the
+# query is about the longer subject, and without this rule an edit on the name inside another
+# edit's subject could take that edit's prompts, or keep them after that edit is revoked.
+SUBJECT_TIE = 1e-5
+
+
+def window_lengths(query: SubjectQuery) -> np.ndarray:
+    """The token count of each of the query's windows (sola.keys lays them out by length: every
+    1-token window, then every 2-token window, ...)."""
+    tokens, remaining, lengths, width = len(query.tokens), len(query.windows), [], 1
+    while remaining > 0 and width <= tokens:
+        count = min(tokens - width + 1, remaining)
+        lengths += [width] * count
+        remaining -= count
+        width += 1
+    return np.asarray(lengths, dtype=np.int64)
+
+
+def subject_scores(query: SubjectQuery, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(similarity, best window's token count) of a query to each subject key (n, 2d). The
+    similarity is the mean of its best token's cosine to each key's token part and its best
+    window's cosine to the key's span part.
 
     A subject key is [token part; span part] / sqrt(2), each part unit length, so the inner
     product of two keys is the same mean of two cosines: a stored key compared with another (a
@@ -94,8 +116,22 @@ def subject_similarity(query: SubjectQuery, keys: np.ndarray) -> np.ndarray:
     half = keys.shape[1] // 2
     token_parts, span_parts = keys[:, :half] * np.float32(np.sqrt(2.0)), keys[:, half:] * np.float32(np.sqrt(2.0))
     best_token = (query.tokens.astype(np.float32) @ token_parts.T).max(axis=0)
-    best_window = (query.windows.astype(np.float32) @ span_parts.T).max(axis=0)
-    return ((best_token + best_window) / 2.0).astype(np.float32)
+    windows = query.windows.astype(np.float32) @ span_parts.T
+    best = windows.argmax(axis=0)
+    best_window = windows[best, np.arange(windows.shape[1])]
+    return ((best_token + best_window) / 2.0).astype(np.float32), window_lengths(query)[best]
+
+
+def subject_similarity(query: SubjectQuery, keys: np.ndarray) -> np.ndarray:
+    """Cosine similarity of a query to subject keys (n, 2d): subject_scores without the windows."""
+    return subject_scores(query, keys)[0]
+
+
+def subject_winner(similarities: np.ndarray, lengths: np.ndarray, key_ids: np.ndarray) -> int:
+    """The position of the key a subject query goes to: the most similar; among keys within
+    SUBJECT_TIE of it, the one met by the longest window, then the lowest key id."""
+    tied = np.flatnonzero(similarities >= similarities.max() - SUBJECT_TIE)
+    return int(min(tied, key=lambda i: (-int(lengths[i]), int(key_ids[i]))))
 
 
 class SubjectIndex:
@@ -144,8 +180,8 @@ class SubjectIndex:
                 chosen = np.argpartition(-best_token, candidates - 1)[:candidates]
             else:
                 chosen = np.arange(len(best_token))
-            scores = subject_similarity(query, self.keys[chosen])
-            best = int(scores.argmax())
+            scores, lengths = subject_scores(query, self.keys[chosen])
+            best = subject_winner(scores, lengths, self.key_ids[chosen])
             sims[row], ids[row] = scores[best], self.key_ids[chosen[best]]
         return sims, ids
 

@@ -194,6 +194,28 @@ def test_a_mean_keyed_registry_keeps_routing_by_its_mean_key_now_that_subject_is
     assert default["key_function"] == "subject" and default["key_dim"] == 64
 
 
+def test_a_name_inside_another_edits_subject_does_not_take_its_prompt_nor_keep_it_after_a_revoke(tmp_path, tiny_dirs):
+    cli = Sola(tmp_path / "nested")
+    cli("init", "--model", str(tiny_dirs["llama"]), "--layer", "2", "--threshold", "0.05")
+    inner = cli.json("edit", "--prompt", "Manila is a twin city of", "--target", "Hamburg", "--steps", "60")
+    outer = cli.json("edit", "--prompt", "Manila Bay, in", "--target", "Italy", "--steps", "60", "--force")
+    assert (inner["subject"], outer["subject"]) == ("Manila", "Manila Bay")
+    # the query of "Manila Bay, in" meets both keys at distance 0 (its "Manila" window is the
+    # inner key's exact span); the longer window decides, whichever edit came first
+    fired = cli.json("generate", "Manila Bay, in", "--max-new-tokens", "1")
+    assert fired["edit"] == outer["edit"] and fired["distance"] < 1e-5
+    assert cli.json("generate", "Manila is a twin city of", "--max-new-tokens", "1")["edit"] == inner["edit"]
+    cli("revoke", outer["edit"], "--reason", "wrong bay")
+    held = cli.json("generate", "Manila Bay, in", "--max-new-tokens", "1")
+    assert held["edit"] is None and held["nearest_edit"] == outer["edit"]  # its tombstone holds it for the base model
+    base = Sola(tmp_path / "base")
+    base("init", "--model", str(tiny_dirs["llama"]), "--layer", "2", "--threshold", "0.05")
+    assert held["text"] == base.json("generate", "Manila Bay, in", "--max-new-tokens", "1")["text"]
+    # blame agrees: the inner edit answered it until the outer one was added, then the outer one
+    answers = [(e["op"], e["edit"]) for e in cli.json("blame", "Manila Bay, in")]
+    assert answers == [("add", inner["edit"]), ("add", outer["edit"]), ("revoke", None)]
+
+
 def test_a_subject_registry_recorded_with_another_start_token_keeps_it(tiny):
     kind, model, tokenizer = tiny
     assert start_token_for(tokenizer) == NEWLINE == tokenizer("\n", add_special_tokens=False)["input_ids"][0]
