@@ -356,11 +356,15 @@ def _final_metrics(routed: RoutedModel, requests: list[EditRequest], records: li
 
 def _rollback(workspace: Workspace, routed: RoutedModel, requests: list[EditRequest], records: list[RecordResult],
               base: _Base, seed: int, notify: Progress) -> None:
+    """Revoke half the records' edits. A record that duplicated an earlier one shares its edit,
+    so an edit is revoked once and every record answered by it counts as revoked."""
     chosen = sorted(random.Random(seed).sample(range(len(records)), len(records) // 2))
-    for done, index in enumerate(chosen, start=1):
-        workspace.set_active(records[index].edit, False, "sola eval rollback", "sola-eval")
-        records[index].revoked = True
-        notify("revoking", done, len(chosen))
+    edits = list(dict.fromkeys(records[index].edit for index in chosen))
+    for done, edit in enumerate(edits, start=1):
+        workspace.set_active(edit, False, "sola eval rollback", "sola-eval")
+        notify("revoking", done, len(edits))
+    for record in records:
+        record.revoked = record.edit in edits
     routed.set_bank(workspace.head_bank())
     for done, (request, record) in enumerate(zip(requests, records), start=1):
         if record.revoked:
@@ -375,14 +379,16 @@ def _rollback(workspace: Workspace, routed: RoutedModel, requests: list[EditRequ
 
 def _restore(workspace: Workspace, routed: RoutedModel, requests: list[EditRequest], records: list[RecordResult],
              base: _Base, seed: int, notify: Progress) -> None:
-    """Restore commits are the other half of rollback: history says the fact is live again."""
-    revoked = [r.index for r in records if r.revoked]
+    """Restore commits are the other half of rollback: history says the fact is live again (an
+    edit once, with every record it answers)."""
+    revoked = list(dict.fromkeys(r.edit for r in records if r.revoked))
     count = max(len(revoked) // 5, 1) if len(revoked) >= 2 else 0  # 100 of 500; keep one revoked at least
-    chosen = sorted(random.Random(seed + 1).sample(revoked, count))
-    for done, index in enumerate(chosen, start=1):
-        workspace.set_active(records[index].edit, True, "sola eval restore", "sola-eval")
-        records[index].restored = True
+    chosen = random.Random(seed + 1).sample(revoked, count)
+    for done, edit in enumerate(chosen, start=1):
+        workspace.set_active(edit, True, "sola eval restore", "sola-eval")
         notify("restoring", done, len(chosen))
+    for record in records:
+        record.restored = record.revoked and record.edit in chosen
     routed.set_bank(workspace.head_bank())
     for done, (request, record) in enumerate(zip(requests, records), start=1):
         if record.revoked and not record.restored:

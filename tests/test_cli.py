@@ -347,6 +347,23 @@ def test_eval_restore_brings_edits_back_and_leaves_the_rest_revoked(tiny_dirs, t
     assert summary["n_restored"] == 1 and summary["restored_retention"] == 1.0
 
 
+def test_eval_revokes_an_edit_that_answers_several_records_once_and_counts_them_all(tiny_dirs, tmp_path):
+    """A record that duplicates an earlier one is answered by that edit: rollback once crashed
+    revoking it a second time ("already revoked") 40 minutes into a zsRE 1000 eval."""
+    from sola.evaluate import run_eval
+
+    fact = {"prompt": "Toko Yasuda plays the", "target_new": "piano", "subject": "Toko Yasuda"}
+    data = tmp_path / "repeated.json"
+    data.write_text(json.dumps([fact] * 4))
+    result = run_eval(data, str(tiny_dirs["llama"]), {"threshold": 0.05}, limit=4,
+                      train=TrainConfig(max_steps=100), scratch=tmp_path)
+    assert len({r.edit for r in result.records}) == 1  # the repeats are duplicates of the first edit
+    assert all(r.revoked for r in result.records)  # revoking it revokes every record it answers
+    assert all(r.rollback_exact for r in result.records)
+    summary = result.summary()
+    assert (summary["n_revoked"], summary["n_restored"], summary["rollback_fidelity"]) == (4, 0, 1.0)
+
+
 def test_eval_generalisation_credits_a_restatement_with_the_same_target_as_the_field_does(tiny_dirs, tmp_path):
     """EasyEdit's rephrase accuracy scores the edited model, whichever edit answers; the strict
     variant also requires the paraphrase to fire its own edit."""
