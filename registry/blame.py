@@ -24,16 +24,14 @@ from registry.store import Registry
 
 def _decide(candidates: list[tuple[int, float]], neighbours: dict[int, list[tuple[int, float]]], owner: list[str],
             states: dict[str, str | None], threshold: float, ratio: float,
-            tie: Callable[[list[int]], int] | None) -> tuple[str | None, str | None, float]:
+            nearest: Callable[[list[int]], int]) -> tuple[str | None, str | None, float]:
     """(edit answering or None, tombstone holding the input or None, distance) for the present
-    keys; `tie` picks among keys a subject query meets equally well (registry.routing.subject_winner)."""
-    present = [(k, d) for k, d in candidates if states.get(owner[k]) in (ACTIVE, TOMBSTONE)]
+    keys; `nearest` picks the key the query goes to among them (as registry.routing does)."""
+    present = dict((k, d) for k, d in candidates if states.get(owner[k]) in (ACTIVE, TOMBSTONE))
     if not present:
         return None, None, float("inf")
-    key, distance = min(present, key=lambda item: (item[1], item[0]))
-    if tie is not None:
-        key = tie([k for k, _ in present])
-        distance = dict(present)[key]
+    key = nearest(list(present))
+    distance = present[key]
     radius = threshold
     if ratio > 0:
         own = owner[key]
@@ -54,20 +52,20 @@ def blame(registry: Registry, query: "np.ndarray | SubjectQuery", head: Commit) 
     key_ids, owners, matrix = registry.all_keys()
     if not len(key_ids):
         return []
-    tie: Callable[[list[int]], int] | None = None
     if isinstance(query, SubjectQuery):  # a prompt's subject query: scored by the subject rule
         similarities, lengths = subject_scores(query, matrix)
         distances = np.maximum(0.0, 1.0 - similarities)
         ids = np.asarray(key_ids)
 
-        def subject_tie(present: list[int]) -> int:
+        def nearest(present: list[int]) -> int:  # near-ties: the longer window (subject_winner)
             return present[subject_winner(similarities[present], lengths[present], ids[present])]
-
-        tie = subject_tie
     else:
         query = np.asarray(query, dtype=np.float32).reshape(-1)
         query = query / max(float(np.linalg.norm(query)), 1e-12)
         distances = np.maximum(0.0, 1.0 - matrix @ query)
+
+        def nearest(present: list[int]) -> int:
+            return min(present, key=lambda k: (float(distances[k]), k))
     close = np.flatnonzero(distances < rule.threshold)
     candidates = [(int(k), float(distances[k])) for k in close]
     neighbours: dict[int, list[tuple[int, float]]] = {}
@@ -93,7 +91,7 @@ def blame(registry: Registry, query: "np.ndarray | SubjectQuery", head: Commit) 
             continue
         for edit_id, state in touching[commit_id]:
             states[edit_id] = state
-        edit, holder, distance = _decide(candidates, neighbours, owners, states, rule.threshold, rule.radius_ratio, tie)
+        edit, holder, distance = _decide(candidates, neighbours, owners, states, rule.threshold, rule.radius_ratio, nearest)
         if (edit, holder) != answer:
             answer = (edit, holder)
             moments.append((commit_id, edit, holder, distance))

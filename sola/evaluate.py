@@ -363,8 +363,9 @@ def _rollback(workspace: Workspace, routed: RoutedModel, requests: list[EditRequ
     for done, edit in enumerate(edits, start=1):
         workspace.set_active(edit, False, "sola eval rollback", "sola-eval")
         notify("revoking", done, len(edits))
+    revoked = set(edits)
     for record in records:
-        record.revoked = record.edit in edits
+        record.revoked = record.edit in revoked
     routed.set_bank(workspace.head_bank())
     for done, (request, record) in enumerate(zip(requests, records), start=1):
         if record.revoked:
@@ -383,8 +384,8 @@ def _restore(workspace: Workspace, routed: RoutedModel, requests: list[EditReque
     edit once, with every record it answers)."""
     revoked = list(dict.fromkeys(r.edit for r in records if r.revoked))
     count = max(len(revoked) // 5, 1) if len(revoked) >= 2 else 0  # 100 of 500; keep one revoked at least
-    chosen = random.Random(seed + 1).sample(revoked, count)
-    for done, edit in enumerate(chosen, start=1):
+    chosen = set(random.Random(seed + 1).sample(revoked, count))
+    for done, edit in enumerate((e for e in revoked if e in chosen), start=1):  # in record order
         workspace.set_active(edit, True, "sola eval restore", "sola-eval")
         notify("restoring", done, len(chosen))
     for record in records:
