@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from sola.config import RoutingConfig, TrainConfig
+from sola.config import RoutingConfig
 from sola.evaluate import run_eval
 
 RESULTS = Path(__file__).parent / "results"
@@ -48,7 +48,6 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     batches = [int(b) for b in args.batches.split(",")]
     routing = RoutingConfig().to_dict()
-    train = TrainConfig()
     runs = []
     for batch in batches:
         load_before = os.getloadavg()
@@ -58,7 +57,7 @@ def main() -> None:
             if stage == "editing" and (done == total or done % 16 == 0):
                 print(f"batch {batch}: {stage} {done}/{total} ({time.perf_counter() - started:.0f} s)", file=sys.stderr, flush=True)
 
-        result = run_eval(args.data, None, routing, limit=args.limit, train=train, progress=progress, batch=batch, device=args.device)
+        result = run_eval(args.data, None, routing, limit=args.limit, progress=progress, batch=batch, device=args.device)
         summary = result.summary()
         runs.append({
             "batch": batch,

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from sola.config import RoutingConfig, TrainConfig
+from sola.config import RoutingConfig
 from sola.evaluate import EvalResult, RecordResult, run_eval
 from sola.plots import plot_eval
 
@@ -38,12 +38,12 @@ def main() -> None:
     parser.add_argument("--start-token", type=int, default=-1,
                         help="subject keys: the token put before every prompt (-1: the registry's default)")
     parser.add_argument("--revoke-mode", default=RoutingConfig.revoke_mode, choices=["tombstone", "delete"])
-    parser.add_argument("--stop-loss", type=float, default=TrainConfig.stop_loss, help="training early stop (loss under it, targets argmax)")
-    parser.add_argument("--max-steps", type=int, default=TrainConfig.max_steps)
-    parser.add_argument("--lr", type=float, default=TrainConfig.lr)
-    parser.add_argument("--contexts", type=int, default=TrainConfig.contexts, help="generic contexts each edit is also fitted after")
-    parser.add_argument("--relation-prompts", type=int, default=TrainConfig.relation_prompts)
-    parser.add_argument("--relation-kl", type=float, default=TrainConfig.relation_kl)
+    parser.add_argument("--stop-loss", type=float, default=None, help="training early stop (loss under it, targets argmax; default: what init records)")
+    parser.add_argument("--max-steps", type=int, default=None)
+    parser.add_argument("--lr", type=float, default=None)
+    parser.add_argument("--contexts", type=int, default=None, help="generic contexts each edit is also fitted after")
+    parser.add_argument("--relation-prompts", type=int, default=None)
+    parser.add_argument("--relation-kl", type=float, default=None)
     parser.add_argument("--every", type=int, default=0, help="retention of all past edits every K edits")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch", type=int, default=1, help="edits trained at once (sola.batch_train); 1 = one at a time")
@@ -64,9 +64,10 @@ def main() -> None:
         if done == total or done % 10 == 0:
             print(f"{stage}: {done}/{total}", file=sys.stderr, flush=True)
 
-    train = TrainConfig(stop_loss=args.stop_loss, max_steps=args.max_steps, lr=args.lr, contexts=args.contexts,
-                        relation_prompts=args.relation_prompts, relation_kl=args.relation_kl)
-    result = run_eval(args.data, None, routing, limit=args.limit, every=args.every, progress=progress, train=train,
+    given = {"stop_loss": args.stop_loss, "max_steps": args.max_steps, "lr": args.lr, "contexts": args.contexts,
+             "relation_prompts": args.relation_prompts, "relation_kl": args.relation_kl}
+    training = {name: value for name, value in given.items() if value is not None}  # the rest: what init records
+    result = run_eval(args.data, None, routing, limit=args.limit, every=args.every, progress=progress, training=training,
                       batch=args.batch)
     summary = result.summary()
     summary["protocol"]["machine"] = {"cpus": torch.get_num_threads(), "platform": platform.platform(), "python": platform.python_version()}

@@ -100,7 +100,7 @@ def main() -> None:
     torch.set_num_threads(1)
     model, tokenizer, _ = load_base(None)
     settings = dict(SUBJECT_ROUTING_DEFAULTS, layer=args.layer)
-    routing = RoutingConfig(key_function="subject", start_token=start_token_choice(tokenizer, args.start_token), **settings)
+    routing = RoutingConfig(key_function="subject", start_token=start_token_choice(model, tokenizer, args.start_token), **settings)
     routed = RoutedModel(model, tokenizer, routing)
     hook = MaskedLoRA(routed)
     # sola's defaults otherwise: 40 steps, stop at loss < 0.05 with every target the argmax

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from registry.routing import ExactKeySearch, RoutingRule, decide, isolation
+from sola.arch import routing_defaults
 from sola.config import RoutingConfig
 from sola.data import read_benchmark
 from sola.modelio import load_base
@@ -133,9 +134,11 @@ def main() -> None:
     parser.add_argument("--start-token", default="registry",
                         help="subject keys' start token: registry (what `sola init --key-function subject` "
                              "records), none, or a token id")
+    parser.add_argument("--key-layers", default="4,3", help="subject keys' token block and span block (DESIGN.md 3b: 4,3 on SmolLM2)")
+    parser.add_argument("--model", default=None, help="a model spec as `sola init --model` takes it (default: the bundled SmolLM2)")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    base, tokenizer, identity = load_base(None)
+    base, tokenizer, identity = load_base(args.model)
     _, counterfact = read_benchmark(DATA / "counterfact-1k.json", args.n)
     _, zsre = read_benchmark(DATA / "zsre-eval-1037.json", args.n)
     mixed = [r for pair in zip(zsre[: args.n // 2], counterfact[: args.n // 2]) for r in pair]
@@ -146,13 +149,13 @@ def main() -> None:
                             "load": os.getloadavg(), "threads": 1,
                             "note": "other sessions were running on the same 2-core machine"}}
     for key_function in args.key_functions.split(","):
-        settings = {"key_function": key_function}
-        if key_function == "subject":
-            settings.update(key_layers=[4, 3], start_token=start_token_choice(tokenizer, args.start_token))
+        settings = {"key_function": key_function, "layer": routing_defaults(base, key_function)["layer"]}
+        if key_function == "subject":  # the rest of the rule is the grid's
+            settings.update(key_layers=[int(b) for b in args.key_layers.split(",")], start_token=start_token_choice(base, tokenizer, args.start_token))
         config = RoutingConfig.from_dict(settings)
         routed = RoutedModel(base, tokenizer, config) if key_function == args.key_functions.split(",")[0] else None
         if routed is None:  # a fresh copy of the model: attach wraps one layer per model
-            base2, tokenizer2, _ = load_base(None)
+            base2, tokenizer2, _ = load_base(args.model)
             routed = RoutedModel(base2, tokenizer2, config)
         print(f"key function {key_function}: {config.to_dict()}", flush=True)
         results[key_function] = {"routing": config.to_dict(), "banks": study(routed, banks, known, args.infer_subjects),

@@ -28,12 +28,12 @@ from pathlib import Path
 import torch
 
 from sola.arch import routing_defaults
-from sola.config import RoutingConfig, SUBJECT_ROUTING_DEFAULTS, TrainConfig
+from sola.config import RoutingConfig, TrainConfig
 from sola.data import read_benchmark
 from sola.evaluate import bootstrap_interval
 from sola.modelio import load_base
 from sola.probes import relation_probes
-from sola.routed import RoutedModel, start_token_for
+from sola.routed import RoutedModel, subject_start_token
 from sola.train import train_edit
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -52,6 +52,13 @@ VARIANTS = {
     "init0.05": {"init_std": 0.05},
     "init0.1": {"init_std": 0.1},
     "init0.2": {"init_std": 0.2},
+    # fitted further past the stop loss, or after fewer/more context sentences
+    "stop0.01": {"stop_loss": 0.01},
+    "stop0.003": {"stop_loss": 0.003},
+    "stop0.001": {"stop_loss": 0.001},
+    "contexts2": {"contexts": 2},
+    "contexts8": {"contexts": 8},
+    "contexts+stop0.01": {"contexts": 4, "stop_loss": 0.01},
 }
 
 
@@ -68,13 +75,13 @@ def next_token(routed: RoutedModel, prompt: str) -> int:
     return int(routed.model(input_ids=routed.encode(prompt).input_ids, use_cache=False).logits[0, -1].argmax())
 
 
-def start_token_choice(tokenizer: object, choice: str) -> int:
+def start_token_choice(model: object, tokenizer: object, choice: str) -> int:
     """A study's `--start-token`: "none" (-1), "registry" (what `sola init --key-function subject`
-    records now, sola.routed.start_token_for) or a token id."""
+    records for this model, sola.routed.subject_start_token) or a token id."""
     if choice == "none":
         return -1
     if choice == "registry":
-        return start_token_for(tokenizer)
+        return subject_start_token(model, tokenizer)
     return int(choice)
 
 
@@ -106,10 +113,11 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     model, tokenizer, _ = load_base(None)
-    start_token = start_token_choice(tokenizer, args.start_token)
-    layer = args.layer if args.layer is not None else routing_defaults(model, args.key_function)["layer"]
-    routing = RoutingConfig(key_function=args.key_function, start_token=start_token, layer=layer,
-                            **(SUBJECT_ROUTING_DEFAULTS if args.key_function == "subject" else {}))
+    start_token = start_token_choice(model, tokenizer, args.start_token)
+    defaults = routing_defaults(model, args.key_function)  # what `sola init --key-function` records
+    if args.layer is not None:
+        defaults["layer"] = args.layer
+    routing = RoutingConfig(**{**defaults, "start_token": start_token})
     routed = RoutedModel(model, tokenizer, routing)
     _, requests = read_benchmark(DATA / args.data, args.offset + args.records)
     requests = requests[args.offset:]

@@ -318,8 +318,7 @@ def init(ctx: click.Context, model: str | None, layer: int | None, module: str |
         routing = {k: v for k, v in {"layer": layer, "module": module, "rank": rank, "threshold": threshold,
                                       "radius_ratio": radius_ratio, "key_function": key_function,
                                       "revoke_mode": revoke_mode}.items() if v is not None}
-        workspace = Workspace.init(registry_path(ctx), model, routing, author or default_author(), TrainConfig.resolve({}, **training),
-                                   storage=storage)
+        workspace = Workspace.init(registry_path(ctx), model, routing, author or default_author(), training, storage=storage)
         with workspace:
             head = workspace.registry.head()
             document = {"registry": str(registry_path(ctx)), "base_model": workspace.registry.base_model,
@@ -824,10 +823,10 @@ def eval_command(ctx: click.Context, data: Path, limit: int, threshold: float | 
                      "revoke_mode": revoke_mode}
         routing.update({k: v for k, v in overrides.items() if v is not None})
         RoutingConfig.from_dict(routing)  # validate the overrides before loading anything
-        train = TrainConfig.resolve(recorded_training, **training)
+        TrainConfig.resolve(recorded_training, **training)  # validated before anything loads
         with StageProgress() as progress:
-            result = run_eval(data, spec, routing, limit=limit, seed=seed, every=every, train=train, progress=progress,
-                              batch=batch, device=resolve_device(device))
+            result = run_eval(data, spec, routing, limit=limit, seed=seed, every=every, training={**recorded_training, **training},
+                              progress=progress, batch=batch, device=resolve_device(device))
         document = result.summary()
         if plot is not None:
             from sola.plots import plot_eval

@@ -212,12 +212,15 @@ def run_eval(
     limit: int = 100,
     seed: int = 0,
     every: int = 0,
-    train: TrainConfig = TrainConfig(),
+    training: dict[str, Any] | None = None,
     progress: Progress | None = None,
     scratch: Path | None = None,
     batch: int = 1,
     device: str = "cpu",
 ) -> EvalResult:
+    """Edit the first `limit` records of `data` into a scratch registry and measure them.
+    `routing` and `training` are the settings chosen; the rest are what `sola init` would record
+    for the model and key function (a subject registry's stricter stop loss among them)."""
     import transformers
 
     kind, requests = read_benchmark(data, limit)
@@ -225,8 +228,9 @@ def run_eval(
     notify = progress or (lambda stage, done, total: None)
     with tempfile.TemporaryDirectory(prefix="sola-eval-") as temporary:
         root = Path(scratch or temporary) / "registry"
-        workspace = Workspace.init(root, model_spec, routing, "sola-eval", device=device)
+        workspace = Workspace.init(root, model_spec, routing, "sola-eval", training, device=device)
         with workspace:
+            train = TrainConfig.from_dict(workspace.registry.training)  # the caller's, over the key function's defaults
             routed = workspace.model()
             protocol = {
                 "data": str(data), "data_sha256": _file_sha256(data), "format": kind, "n": len(requests),

@@ -133,7 +133,7 @@ def _target(into: Path, onto: str | None, routing: dict[str, Any], author: str, 
     """The registry to rebase into: new (made on the new model), or the one an interrupted rebase
     left (its base model must be `onto`'s)."""
     if not registry_exists(into):
-        return Workspace.init(into, onto, routing, author, training, device=device), False
+        return Workspace.init(into, onto, routing, author, training.to_dict(), device=device), False
     workspace = Workspace.open(into, writable=True, device=device)
     from sola.modelio import identify
 

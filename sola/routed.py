@@ -46,6 +46,13 @@ def start_token_for(tokenizer: object) -> int:
     return -1
 
 
+def subject_start_token(model: nn.Module, tokenizer: object) -> int:
+    """The start token `sola init` records for a subject-keyed registry of this model: none (-1)
+    for a family whose prompts already open with a fixed prefix (Gemma's `<bos>`), else
+    `start_token_for(tokenizer)`."""
+    return -1 if prompt_prefix(model, tokenizer) else start_token_for(tokenizer)
+
+
 def attach(model: nn.Module, config: RoutingConfig) -> RoutedLoRA:
     """Replace `blocks[layer].<module>` with a RoutedLoRA around it (idempotent)."""
     blocks = decoder_blocks(model)

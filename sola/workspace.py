@@ -22,12 +22,12 @@ from registry.model import MAIN
 from registry.routing import nearest_active, same_answer
 from registry.storage import Storage, registry_exists
 from registry.store import Commit, Registry, RegistryError, iso, utcnow
-from sola.arch import architecture_of, context_length as model_context, decoder_blocks, prompt_prefix, routing_defaults
+from sola.arch import architecture_of, context_length as model_context, decoder_blocks, routing_defaults
 from sola.config import RoutingConfig, TrainConfig, default_author
 from sola.data import EditRequest, RequestError, check_notes, check_text
 from sola.layer import EditBank, Routing
 from sola.modelio import ModelError, load_base, load_for_inference
-from sola.routed import RoutedModel, start_token_for
+from sola.routed import RoutedModel, subject_start_token
 from sola.snapshots import snapshot_bank
 from sola.subjects import infer_subject
 from sola.batch_train import EditJob, train_edits
@@ -209,15 +209,19 @@ class Workspace:
     # --- lifecycle ----------------------------------------------------------------------------
     @classmethod
     def init(cls, root: Path, model: str | None, routing: dict[str, Any], author: str,
-             training: TrainConfig | None = None, device: str = "cpu", storage: Storage = Storage()) -> "Workspace":
+             training: dict[str, Any] | None = None, device: str = "cpu", storage: Storage = Storage()) -> "Workspace":
         """Create a registry for a base model; loading it once also warms the conversion cache.
-        The settings, the target directory and the storage URLs are checked before the model loads."""
+        `routing` and `training` hold the settings the caller chose; the rest take the model
+        family's defaults for the key function (sola.arch.routing_defaults,
+        TrainConfig.defaults_for), and all of them are recorded. The settings, the target
+        directory and the storage URLs are checked before the model loads."""
         if registry_exists(root):
             raise RegistryError(f"a registry already exists at {root}")
         storage.check()
         settings = dict(routing)
         settings.setdefault("alpha", float(settings.get("rank", RoutingConfig.rank)))  # scale alpha/rank = 1
         RoutingConfig.from_dict(settings)  # ranges and types, before the model loads
+        TrainConfig.resolve({}, **(training or {}))
         base, tokenizer, identity = load_base(model)
         base = base.to(device)
         # the family's studied defaults for the key function given, or for its default one (sola.arch)
@@ -229,7 +233,7 @@ class Workspace:
             if not settings.get("key_layers"):
                 settings["key_layers"] = list(RoutingConfig.from_dict(settings).subject_layers)
             if settings.get("start_token", -1) == -1:  # a family with a fixed prefix (Gemma's <bos>) needs none
-                settings["start_token"] = -1 if prompt_prefix(base, tokenizer) else start_token_for(tokenizer)
+                settings["start_token"] = subject_start_token(base, tokenizer)
         config = RoutingConfig.from_dict(settings)
         _check_module(base, config)
         try:
@@ -238,8 +242,8 @@ class Workspace:
             raise ModelError(f"--module {config.module}: {error}") from None
         family = architecture_of(base)
         routing_record = dict(config.to_dict(), key_dim=routed.key_dim, block_path=family.block_path, family=family.name)
-        registry = Registry.create(root, identity.to_dict(), routing_record, author, training.to_dict() if training is not None else None,
-                                   storage)
+        train = TrainConfig.resolve(TrainConfig.defaults_for(key_function), **(training or {}))
+        registry = Registry.create(root, identity.to_dict(), routing_record, author, train.to_dict(), storage)
         workspace = cls(root, registry, writable=True, device=device)
         workspace._routed = routed
         return workspace

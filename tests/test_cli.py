@@ -335,7 +335,7 @@ def test_eval_restore_brings_edits_back_and_leaves_the_rest_revoked(tiny_dirs, t
 
     data = Path(__file__).parent / "fixtures" / "counterfact-4.json"
     result = run_eval(data, str(tiny_dirs["llama"]), {"threshold": 0.001}, limit=4, every=2,
-                      train=TrainConfig(max_steps=100), scratch=tmp_path)
+                      training={"max_steps": 100}, scratch=tmp_path)
     restored = [r for r in result.records if r.restored]
     still_revoked = [r for r in result.records if r.revoked and not r.restored]
     assert len(restored) == 1 and len(still_revoked) == 1
@@ -356,7 +356,7 @@ def test_eval_revokes_an_edit_that_answers_several_records_once_and_counts_them_
     data = tmp_path / "repeated.json"
     data.write_text(json.dumps([fact] * 4))
     result = run_eval(data, str(tiny_dirs["llama"]), {"threshold": 0.05}, limit=4,
-                      train=TrainConfig(max_steps=100), scratch=tmp_path)
+                      training={"max_steps": 100}, scratch=tmp_path)
     assert len({r.edit for r in result.records}) == 1  # the repeats are duplicates of the first edit
     assert all(r.revoked for r in result.records)  # revoking it revokes every record it answers
     assert all(r.rollback_exact for r in result.records)
@@ -378,7 +378,7 @@ def test_eval_generalisation_credits_a_restatement_with_the_same_target_as_the_f
     data = tmp_path / "restated.json"
     data.write_text(json.dumps(restated))
     result = run_eval(data, str(tiny_dirs["llama"]), {"threshold": 0.001}, limit=2,
-                      train=TrainConfig(max_steps=100), scratch=tmp_path)
+                      training={"max_steps": 100}, scratch=tmp_path)
     first = result.records[0]
     assert first.paraphrase_fired == result.records[1].edit  # its paraphrase is the second edit's prompt
     assert first.generalization == 1.0 and first.generalization_routed == 0.0

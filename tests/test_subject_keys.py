@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,7 +11,7 @@ import torch
 
 from registry.keyindex import FaissKeySearch
 from registry.routing import PROJECT_FROM, PROJECTED_DIMS, ExactKeySearch, SubjectIndex, SubjectQuery, nearest_subject, subject_similarity
-from sola.config import SUBJECT_ROUTING_DEFAULTS, RoutingConfig, TrainConfig
+from sola.config import SUBJECT_ROUTING_DEFAULTS, SUBJECT_TRAINING_DEFAULTS, RoutingConfig, TrainConfig
 from sola.layer import EditBank
 from sola.routed import RoutedModel, default_module_for, start_token_for
 from sola.train import routing_key, train_edit
@@ -109,6 +110,34 @@ def test_two_stage_search_finds_the_exhaustive_best(tmp_path):
         exhaustive = [int(ids[subject_similarity(q, keys).argmax()]) for q in queries]
         assert found.tolist() == exhaustive == [1003, 1077, 1499]
         assert np.allclose(sims, [subject_similarity(q, keys).max() for q in queries], atol=1e-5)
+
+
+def test_a_subject_registry_fits_its_edits_to_the_subject_stop_loss_unless_it_was_given_one(tmp_path, tiny_dirs):
+    """A subject key reaches the paraphrases; how many get the target is the fit, so subject
+    registries record a stricter stop loss; a mean-keyed one keeps TrainConfig's."""
+    model = str(tiny_dirs["llama"])
+    subject = Sola(tmp_path / "subject")
+    made = subject.json("init", "--model", model, "--key-function", "subject", "--layer", "2", "--lr", "0.2")
+    assert made["training"]["stop_loss"] == SUBJECT_TRAINING_DEFAULTS["stop_loss"] < TrainConfig().stop_loss
+    assert made["training"]["lr"] == 0.2  # what was given stays
+    edit = subject.json("edit", "--prompt", PROMPT, "--target", "English", "--subject", SUBJECT, "--steps", "80")
+    assert subject.json("show", edit["edit"])["provenance"]["training"]["stop_loss"] == SUBJECT_TRAINING_DEFAULTS["stop_loss"]
+    mean = Sola(tmp_path / "mean").json("init", "--model", model, "--key-function", "mean")
+    assert mean["training"]["stop_loss"] == TrainConfig().stop_loss
+    chosen = Sola(tmp_path / "chosen").json("init", "--model", model, "--key-function", "subject", "--stop-loss", "0.3")
+    assert chosen["training"]["stop_loss"] == 0.3
+    from sola.evaluate import run_eval  # an eval's scratch registry is made as `init` makes one
+
+    data = Path(__file__).parent / "fixtures" / "counterfact-4.json"
+    evaluated = run_eval(data, model, {"key_function": "subject", "layer": 2}, limit=1, training={"max_steps": 20}, scratch=tmp_path)
+    assert (evaluated.protocol["training"]["stop_loss"], evaluated.protocol["training"]["max_steps"]) == (SUBJECT_TRAINING_DEFAULTS["stop_loss"], 20)
+
+
+def test_a_subject_registry_on_a_family_whose_prompts_open_with_bos_records_no_start_token(tmp_path, tiny_gemma_dir):
+    """Gemma's `<bos>` already keeps a subject at the prompt's start off position 0; a second
+    fixed token would only move every prompt."""
+    routing = Sola(tmp_path / "gemma").json("init", "--model", str(tiny_gemma_dir), "--key-function", "subject", "--layer", "2")["routing"]
+    assert routing["key_function"] == "subject" and routing["start_token"] == -1
 
 
 def test_cli_subject_registry_records_its_key_and_refuses_a_subject_its_prompt_or_rephrase_lacks(tmp_path, tiny_dirs):
