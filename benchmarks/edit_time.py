@@ -3,7 +3,8 @@
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/edit_time.py --records 12 --contexts 0,4
 
 Trains the first `--records` CounterFact records (`../shared/data`) one at a time
-(sola.train.train_edit, default training, subject keys with the studied routing) at each
+(sola.train.train_edit, with the routing and training `sola init` records for subject keys:
+block 20, stop loss 0.01; `--layer` and `--stop-loss` override them) at each
 `--contexts` setting, on one thread, and reports the median edit time, the steps each edit
 took, the seconds per training forward pass (each pass runs the edited block and those above
 it over every row of the edit: the prompt, then the prompt after each context) and, from a
@@ -28,10 +29,11 @@ from pathlib import Path
 
 import torch
 
-from sola.config import SUBJECT_ROUTING_DEFAULTS, RoutingConfig, TrainConfig
+from sola.arch import routing_defaults
+from sola.config import RoutingConfig, TrainConfig
 from sola.data import read_benchmark
 from sola.modelio import load_base
-from sola.routed import RoutedModel, start_token_for
+from sola.routed import RoutedModel, subject_start_token
 from sola.train import train_edit
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -48,23 +50,32 @@ def main() -> None:
     parser.add_argument("--compare-linears", action="store_true",
                         help="also train every record with nn.Linear's own layout (no transposed weights, "
                              "sola.linears), alternating the order per record, and report both")
-    parser.add_argument("--layer", type=int, default=RoutingConfig.layer, help="the edited block (subject keys read blocks 4 and 3 whatever it is)")
+    parser.add_argument("--layer", type=int, default=None,
+                        help="the edited block (default: the subject registry's; subject keys read blocks 4 and 3 whatever it is)")
+    parser.add_argument("--stop-loss", type=float, default=None, help="training early stop (default: the subject registry's)")
     parser.add_argument("--name", default="edit_time")
     args = parser.parse_args()
     torch.set_num_threads(1)
     model, tokenizer, _ = load_base(None)
-    config = RoutingConfig(key_function="subject", start_token=start_token_for(tokenizer), layer=args.layer, **SUBJECT_ROUTING_DEFAULTS)
+    settings = routing_defaults(model, "subject")  # what `sola init --key-function subject` records
+    if args.layer is not None:
+        settings["layer"] = args.layer
+    config = RoutingConfig(**{**settings, "start_token": subject_start_token(model, tokenizer)})
+    training = TrainConfig.defaults_for("subject")
+    if args.stop_loss is not None:
+        training["stop_loss"] = args.stop_loss
     routed = RoutedModel(model, tokenizer, config)
     _, requests = read_benchmark(DATA / "counterfact-1k.json", args.records)
     if args.rephrases == "none":
         requests = [dataclasses.replace(request, rephrases=()) for request in requests]
-    report: dict[str, object] = {"records": args.records, "rephrases": args.rephrases, "layer": args.layer,
+    report: dict[str, object] = {"records": args.records, "rephrases": args.rephrases, "layer": config.layer,
+                                 "stop_loss": training["stop_loss"],
                                  "loadavg_before": os.getloadavg()}
     if args.compare_linears:
-        report["linears"] = compare_linears(routed, requests)
+        report["linears"] = compare_linears(routed, requests, TrainConfig.from_dict(training))
         print("linears", json.dumps(report["linears"]), flush=True)
     for contexts in (int(c) for c in args.contexts.split(",")):
-        train = TrainConfig(contexts=contexts)
+        train = TrainConfig.from_dict({**training, "contexts": contexts})
         seconds, steps = [], []
         for request in requests:
             started = time.perf_counter()
@@ -93,7 +104,7 @@ def main() -> None:
     (RESULTS / f"{args.name}.json").write_text(json.dumps(report, indent=1) + "\n")
 
 
-def compare_linears(routed: RoutedModel, requests: list) -> dict[str, dict[str, float]]:
+def compare_linears(routed: RoutedModel, requests: list, train: TrainConfig) -> dict[str, dict[str, float]]:
     """Each record trained twice, with training's transposed linear layers and with
     nn.Linear's own (the routed model's `training_linears` replaced by a no-op on this instance),
     in alternating order so that drifting machine speed hits both alike."""
@@ -105,7 +116,7 @@ def compare_linears(routed: RoutedModel, requests: list) -> dict[str, dict[str, 
         for label in order:
             routed.training_linears = swapping if label == "transposed" else contextlib.nullcontext
             started = time.perf_counter()
-            trained = train_edit(routed, request.prompt, request.target, list(request.rephrases), TrainConfig(), subject=request.subject)
+            trained = train_edit(routed, request.prompt, request.target, list(request.rephrases), train, subject=request.subject)
             seconds[label].append(time.perf_counter() - started)
             steps[label].append(trained.steps)
     routed.training_linears = swapping
