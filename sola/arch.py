@@ -49,12 +49,14 @@ ARCHITECTURES = (
     # Gemma 3 text (gemma-3-270m): same block layout as Llama, but prompts need <bos>
     # ("The capital of France is" -> " France. The The The ..." without it) and each block's
     # attention kind (sliding or full, with its own RoPE base) is looked up by block position.
-    # Defaults: the routing study on gemma-3-270m (docs/results.md, section 8). Its subject keys
-    # sit closer together than SmolLM2's: at SmolLM2's subject threshold (0.14) a third of
-    # unrelated CounterFact prompts fire, at 0.04 under 1% in every bank (section 8, "Subject keys").
+    # Defaults: the routing studies on gemma-3-270m (docs/results.md, section 8). Subject keys are
+    # its default as on Llama (100-edit streams: CounterFact generalisation 0.04 -> 0.58, zsRE
+    # 0.42 -> 0.80), but they sit closer together than SmolLM2's: at SmolLM2's subject threshold
+    # (0.14) a third of unrelated CounterFact prompts fire, at 0.04 under 1% in every bank.
     Architecture("gemma3", ("gemma3_text", "gemma3"), "model", "layers", "mlp.up_proj", False, starts_with_bos=True,
                  routing_defaults={"layer": 12, "threshold": 0.035, "radius_ratio": 0.5},
-                 subject_routing_defaults={"threshold": 0.04, "radius_ratio": 1.0}, studied_on="gemma-3-270m"),
+                 subject_routing_defaults={"threshold": 0.04, "radius_ratio": 1.0}, default_key_function="subject",
+                 studied_on="gemma-3-270m"),
     # Llama, SmolLM2, Qwen, Mistral. Defaults: the routing study on SmolLM2-135M (results.md, section 3).
     Architecture("llama", ("llama",), "model", "layers", "mlp.up_proj", False,
                  routing_defaults={"layer": 8, "threshold": 0.04, "radius_ratio": 0.5},

@@ -66,16 +66,19 @@ def test_init_records_the_family_and_its_defaults(tmp_path, tiny_gemma_dir, tiny
     assert (made["family"], made["module"], made["block_path"]) == ("gpt2", "mlp.c_fc", "transformer.h")
 
 
-def test_a_subject_keyed_gemma_registry_takes_gemmas_own_subject_threshold(tmp_path, tiny_gemma_dir, tiny_dirs):
-    """Subject keys on Gemma 3 lie closer together than on SmolLM2, so the family table's
-    subject threshold replaces the shared one; a Llama subject registry keeps the shared one."""
+def test_a_gemma_registry_is_subject_keyed_at_gemmas_own_subject_threshold(tmp_path, tiny_gemma_dir, tiny_dirs):
+    """Subject keys are Gemma 3's default too, but they lie closer together than on SmolLM2, so
+    the family table's subject threshold replaces the shared one; a Llama subject registry keeps
+    the shared one, and `--key-function mean` still gives Gemma's mean-key defaults."""
     from sola.arch import by_name
 
     gemma = json.loads(cli(tmp_path / "gemma", "init", "--model", str(tiny_gemma_dir), "--key-function", "subject",
                            "--json").output)["routing"]
     assert (gemma["threshold"], gemma["radius_ratio"]) == (0.04, 1.0) == tuple(by_name("gemma3").subject_routing_defaults.values())
     assert gemma["key_function"] == "subject" and gemma["start_token"] == -1  # its prompts already open with <bos>
-    assert json.loads(cli(tmp_path / "gemma-mean", "init", "--model", str(tiny_gemma_dir), "--json").output)["routing"]["threshold"] == 0.035
+    assert json.loads(cli(tmp_path / "gemma-default", "init", "--model", str(tiny_gemma_dir), "--json").output)["routing"] == gemma
+    mean = json.loads(cli(tmp_path / "gemma-mean", "init", "--model", str(tiny_gemma_dir), "--key-function", "mean", "--json").output)
+    assert mean["routing"]["threshold"] == 0.035 and mean["routing"]["key_function"] == "mean"
     llama = json.loads(cli(tmp_path / "llama", "init", "--model", str(tiny_dirs["llama"]), "--key-function", "subject",
                            "--json").output)["routing"]
     assert llama["threshold"] == SUBJECT_ROUTING_DEFAULTS["threshold"] == 0.14

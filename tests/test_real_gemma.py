@@ -43,7 +43,9 @@ def test_gemma_registry_records_the_family_its_defaults_and_the_float32_conversi
     routing, model = ws.registry.routing, ws.registry.base_model
     assert (model["spec"], model["name"]) == ("gemma3", "gemma-3-270m")
     assert routing["family"] == "gemma3"
-    assert {k: routing[k] for k in by_name("gemma3").routing_defaults} == by_name("gemma3").routing_defaults
+    assert routing["key_function"] == by_name("gemma3").default_key_function == "subject"
+    assert {k: routing[k] for k in by_name("gemma3").subject_routing_defaults} == by_name("gemma3").subject_routing_defaults
+    assert routing["layer"] == by_name("gemma3").routing_defaults["layer"]
     cached = cache_root() / "models" / model["sha256"]
     assert json.loads((cached / "config.json").read_text())["dtype"] == "float32"
     assert ws.model().model.lm_head.weight.data_ptr() == ws.model().model.model.embed_tokens.weight.data_ptr()  # tied
