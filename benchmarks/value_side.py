@@ -109,10 +109,11 @@ def main() -> None:
                         help="none, registry (the token `sola init --key-function subject` records), or a token id")
     parser.add_argument("--layer", type=int, default=None,
                         help="edited block (default: what `sola init` records for the key function; 8 before it chose 20)")
+    parser.add_argument("--model", default=None, help="a model spec as `sola init --model` takes it (default: the bundled SmolLM2)")
     parser.add_argument("--name", default="value_side")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    model, tokenizer, _ = load_base(None)
+    model, tokenizer, _ = load_base(args.model)
     start_token = start_token_choice(model, tokenizer, args.start_token)
     defaults = routing_defaults(model, args.key_function)  # what `sola init --key-function` records
     if args.layer is not None:
@@ -145,7 +146,7 @@ def main() -> None:
         print(name, json.dumps(summary), file=sys.stderr, flush=True)
         RESULTS.mkdir(exist_ok=True)  # after every variant, so a stopped run keeps what it measured
         out = RESULTS / f"{args.name}.json"
-        out.write_text(json.dumps({"records": args.records, "offset": args.offset, "data": args.data,
+        out.write_text(json.dumps({"records": args.records, "offset": args.offset, "data": args.data, "model": args.model,
                                    "routing": routing.to_dict(), "variants": results}, indent=1) + "\n")
         print(f"-> {out}", file=sys.stderr)
 
