@@ -37,6 +37,7 @@ def main() -> None:
     parser.add_argument("--key-function", default=RoutingConfig.key_function)
     parser.add_argument("--start-token", type=int, default=-1,
                         help="subject keys: the token put before every prompt (-1: the registry's default)")
+    parser.add_argument("--name-ends", action="store_true", help="subject queries end only where a name may end (RoutingConfig.name_ends)")
     parser.add_argument("--revoke-mode", default=RoutingConfig.revoke_mode, choices=["tombstone", "delete"])
     parser.add_argument("--stop-loss", type=float, default=None, help="training early stop (loss under it, targets argmax; default: what init records)")
     parser.add_argument("--max-steps", type=int, default=None)
@@ -58,7 +59,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     routing = RoutingConfig(layer=args.layer, threshold=args.threshold, radius_ratio=args.radius_ratio,
                             key_function=args.key_function, revoke_mode=args.revoke_mode,
-                            start_token=args.start_token).to_dict()
+                            start_token=args.start_token, name_ends=args.name_ends).to_dict()
 
     def progress(stage: str, done: int, total: int) -> None:
         if done == total or done % 10 == 0:

@@ -73,6 +73,9 @@ class SubjectQuery:
 
     tokens: np.ndarray  # (n tokens, d)
     windows: np.ndarray  # (n windows, d)
+    # the token count of each window, where the query keeps only some of them (windows that end
+    # where a name may end, sola.keys.name_ends); None: every window, laid out by length
+    lengths: np.ndarray | None = None
 
 
 # Keys the first stage passes to the exact two-part score (docs/scaling.md, "Subject keys").
@@ -94,7 +97,9 @@ SUBJECT_TIE = 1e-5
 
 def window_lengths(query: SubjectQuery) -> np.ndarray:
     """The token count of each of the query's windows (sola.keys lays them out by length: every
-    1-token window, then every 2-token window, ...)."""
+    1-token window, then every 2-token window, ...), or as the query records them."""
+    if query.lengths is not None:
+        return np.asarray(query.lengths, dtype=np.int64)
     tokens, remaining, lengths, width = len(query.tokens), len(query.windows), [], 1
     while remaining > 0 and width <= tokens:
         count = min(tokens - width + 1, remaining)

@@ -279,6 +279,9 @@ def main(ctx: click.Context, registry: str, witness: Path | None = None) -> None
 @click.option("--revoke-mode", type=click.Choice(["tombstone", "delete"]), default=None,
               help="tombstone (default): a revoked edit's keys keep their inputs and send them to the base model; "
                    "delete: the keys leave routing, so a neighbouring edit may answer those inputs.")
+@click.option("--name-ends/--no-name-ends", "name_ends", default=None,
+              help="Subject keys: a query meets a key only where a name may end, so a \"David\" edit does not fire on "
+                   "\"David Bowie plays\" (default: on for subject keys).")
 @training_options
 @click.option("--author", default=None, help="Who creates the registry (default: $SOLA_AUTHOR or the login name).")
 @click.option("--catalog", default=None, metavar="URL",
@@ -290,7 +293,7 @@ def main(ctx: click.Context, registry: str, witness: Path | None = None) -> None
 @click.pass_context
 def init(ctx: click.Context, model: str | None, layer: int | None, module: str | None, rank: int | None,
          threshold: float | None, radius_ratio: float | None, key_function: str | None, revoke_mode: str | None,
-         training: dict[str, Any], author: str | None, catalog: str | None,
+         name_ends: bool | None, training: dict[str, Any], author: str | None, catalog: str | None,
          objects: str | None, join: bool, as_json: bool) -> None:
     """Create a registry on a base model (the bundled SmolLM2-135M-Instruct by default), in the
     directory or on shared backends (docs/scaling.md); `--join` attaches a directory to one."""
@@ -302,7 +305,8 @@ def init(ctx: click.Context, model: str | None, layer: int | None, module: str |
         if join:
             chosen = [name for name, value in (("--model", model), ("--layer", layer), ("--module", module), ("--rank", rank),
                                                ("--threshold", threshold), ("--radius-ratio", radius_ratio),
-                                               ("--key-function", key_function), ("--revoke-mode", revoke_mode))
+                                               ("--key-function", key_function), ("--revoke-mode", revoke_mode),
+                                               ("--name-ends", name_ends))
                       if value is not None] + [f"--{name.replace('_', '-')}" for name in training]
             if chosen:
                 raise RequestError(f"--join attaches to a registry that has its settings; {chosen[0]} cannot change them")
@@ -317,7 +321,7 @@ def init(ctx: click.Context, model: str | None, layer: int | None, module: str |
         check_notes(author, None)
         routing = {k: v for k, v in {"layer": layer, "module": module, "rank": rank, "threshold": threshold,
                                       "radius_ratio": radius_ratio, "key_function": key_function,
-                                      "revoke_mode": revoke_mode}.items() if v is not None}
+                                      "revoke_mode": revoke_mode, "name_ends": name_ends}.items() if v is not None}
         workspace = Workspace.init(registry_path(ctx), model, routing, author or default_author(), training, storage=storage)
         with workspace:
             head = workspace.registry.head()
@@ -795,6 +799,8 @@ def export_edit(ctx: click.Context, edit: str, directory: Path, as_json: bool) -
 @click.option("--key-function", type=click.Choice(list(KEY_FUNCTIONS)), default=None, help="Key function (default: the registry's).")
 @click.option("--revoke-mode", type=click.Choice(["tombstone", "delete"]), default=None,
               help="What the rollback's revokes do to keys (default: the registry's).")
+@click.option("--name-ends/--no-name-ends", "name_ends", default=None,
+              help="Subject queries meet keys only where a name may end (default: the registry's).")
 @click.option("--model", default=None, help="Base model when there is no registry (default: the registry's).")
 @training_options
 @batch_option
@@ -802,7 +808,8 @@ def export_edit(ctx: click.Context, edit: str, directory: Path, as_json: bool) -
 @json_option
 @click.pass_context
 def eval_command(ctx: click.Context, data: Path, limit: int, threshold: float | None, radius_ratio: float | None, seed: int, every: int,
-                 plot: Path | None, layer: int | None, key_function: str | None, revoke_mode: str | None, model: str | None,
+                 plot: Path | None, layer: int | None, key_function: str | None, revoke_mode: str | None,
+                 name_ends: bool | None, model: str | None,
                  training: dict[str, Any], batch: int, device: str, as_json: bool) -> None:
     """Edit the first N records into a scratch registry and report the field's metrics."""
     from sola.config import RoutingConfig
@@ -820,7 +827,7 @@ def eval_command(ctx: click.Context, data: Path, limit: int, threshold: float | 
                 recorded_training = registry.training
                 spec = spec or registry.base_model["spec"]
         overrides = {"threshold": threshold, "radius_ratio": radius_ratio, "layer": layer, "key_function": key_function,
-                     "revoke_mode": revoke_mode}
+                     "revoke_mode": revoke_mode, "name_ends": name_ends}
         routing.update({k: v for k, v in overrides.items() if v is not None})
         RoutingConfig.from_dict(routing)  # validate the overrides before loading anything
         TrainConfig.resolve(recorded_training, **training)  # validated before anything loads

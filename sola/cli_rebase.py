@@ -17,7 +17,7 @@ from sola.cli import (MAX_LAYER, MAX_RADIUS_RATIO, FiniteFloat, StageProgress, b
 # carried over from the origin's routing: what does not depend on the model's geometry (the layer,
 # module, threshold and radius ratio are chosen for the new model as `sola init` chooses them,
 # from its family's routing study, unless given)
-CARRIED_ROUTING = ("rank", "alpha", "key_function", "revoke_mode", "duplicate_distance")
+CARRIED_ROUTING = ("rank", "alpha", "key_function", "revoke_mode", "duplicate_distance", "name_ends")
 
 
 @main.command()

@@ -21,8 +21,11 @@ REVOKE_MODES = ("tombstone", "delete")
 # benchmarks/results/subject_keys_1000_*.json), which serves CounterFact, zsRE and a mixed bank
 # alike. Subject distances are larger than mean-key ones: the two parts are read at lower blocks
 # and a paraphrase matches the subject, not the template. Ratio 1 rather than 0.5: more
-# paraphrases reach their edit at the same share of other-relation probes firing.
-SUBJECT_ROUTING_DEFAULTS = {"threshold": 0.14, "radius_ratio": 1.0}
+# paraphrases reach their edit at the same share of other-relation probes firing. Name ends on:
+# a name inside a longer one ("David" in "David Bowie plays") no longer meets its key, which was
+# 11 of the 48 CounterFact locality prompts a 1000-edit bank moved (docs/results.md, "Which
+# locality prompts an edit moves"; benchmarks/results/locality_anatomy_*.json).
+SUBJECT_ROUTING_DEFAULTS = {"threshold": 0.14, "radius_ratio": 1.0, "name_ends": True}
 # A subject-keyed `init` without --stop-loss: a subject key reaches nearly every paraphrase
 # (0.91 of CounterFact's over 1000 edits), so how many then get the target is the LoRA's fit
 # alone. Fitting on to a loss of 0.01 rather than 0.05 carries the target to 0.83 of CounterFact
@@ -93,6 +96,9 @@ class RoutingConfig:
     query scores its best token and its best window of 1..`max_window` tokens against them.
     `start_token` (a token id, -1 for none) is put before every prompt the registry encodes, so
     that no subject starts at position 0, whose state is nearly the same for every prompt.
+    `name_ends` (subject keys): a query's tokens and windows take part only where a name may end,
+    not where the next token carries the name on ("David" in "David Bowie plays" does not meet a
+    "David" edit; sola.keys.name_ends).
 
     `after_target` says how long a fired edit's LoRA applies while generating: "refresh" (the
     default for new registries: once its target's tokens have been generated the LoRA goes
@@ -129,6 +135,7 @@ class RoutingConfig:
     max_window: int = 8
     start_token: int = -1
     after_target: str = "refresh"
+    name_ends: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "key_layers", tuple(self.key_layers) if isinstance(self.key_layers, (list, tuple)) else self.key_layers)
@@ -168,6 +175,8 @@ class RoutingConfig:
             raise ValueError(f"after_target must be one of {AFTER_TARGET}, got {str(self.after_target)[:80]!r}")
         if self.start_token < -1:
             raise ValueError(f"start_token must be a token id or -1 (none), got {self.start_token}")
+        if not isinstance(self.name_ends, bool):
+            raise ValueError(f"name_ends must be true or false, got {str(self.name_ends)[:80]!r}")
 
     @property
     def subject_layers(self) -> tuple[int, int]:
@@ -204,8 +213,9 @@ class RoutingConfig:
         # before after_target, a routed edit's LoRA stayed on for the whole generation
         # and every record names its key function, but one without it was keyed by the mean (the
         # default for new Llama-family registries is the subject key now: sola.arch)
+        # before name_ends, a subject query's every token and window took part
         return cls.from_dict({"radius_ratio": 0.0, "revoke_mode": "delete", "after_target": "keep", "key_function": "mean",
-                              **record})
+                              "name_ends": False, **record})
 
 
 @dataclass(frozen=True)

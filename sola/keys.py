@@ -84,16 +84,54 @@ def subject_key(token_states: torch.Tensor, span_states: torch.Tensor, mask: tor
     return torch.cat([token_part, span_part]) / math.sqrt(2.0)
 
 
+def continues_name(token_text: str) -> bool:
+    """Whether text that follows a token carries on the name that token might end: a piece
+    inside a word ("ie" of " Bow|ie", "3" of "A|310"), or a capitalised or numbered next word
+    (" Bowie" after "David", " State" after "Moscow", " 737" after "Boeing"). Punctuation,
+    possessives, line breaks, special tokens and lower-case words do not ("Robinson|'s",
+    "Oslo|,", "Putin| speaks"); nor does a bare space with nothing after it."""
+    if token_text.startswith(" "):
+        rest = token_text[1:]
+        return bool(rest) and (rest[0].isupper() or rest[0].isdigit())
+    return bool(token_text) and token_text[0].isalnum()
+
+
+def name_ends(token_texts: list[list[str]], query_mask: torch.Tensor | None) -> torch.Tensor:
+    """(batch, tokens) bool: the positions where a subject may end, for routing with
+    `name_ends` on (`token_texts`: each token of each row decoded on its own). A position may not
+    end one when the query's next token carries the name on (continues_name); a tokenizer's bare
+    space token is judged with the token after it ("Boeing| |7|3|7", but "KANU| |ar|e"). The
+    query's last position, and one whose next token lies outside the query mask (a target, a chat
+    template's closing tokens), may end one, so the decision never depends on what follows the
+    prompt. A causal model's state at "David" is the same in "David Bowie plays" as in "David
+    plays": only what comes next tells them apart."""
+    batch, tokens = len(token_texts), len(token_texts[0]) if token_texts else 0
+    inside = (query_mask.detach().cpu() > 0).tolist() if query_mask is not None else [[True] * tokens for _ in range(batch)]
+    ends = torch.ones(batch, tokens, dtype=torch.bool)
+    for b, texts in enumerate(token_texts):
+        for t in range(tokens - 1):
+            if not inside[b][t + 1]:
+                continue
+            following = texts[t + 1]
+            if following == " " and t + 2 < tokens and inside[b][t + 2]:
+                following += texts[t + 2]
+            ends[b, t] = not continues_name(following)
+    return ends
+
+
 def subject_queries(token_states: torch.Tensor, span_states: torch.Tensor, query_mask: torch.Tensor | None,
-                    max_window: int) -> list[SubjectQuery]:
+                    max_window: int, ends: torch.Tensor | None = None) -> list[SubjectQuery]:
     """One SubjectQuery per sequence (states (batch, tokens, d)): each readable prompt token at
     the token layer, and every window of 1..max_window consecutive readable tokens (its mean
     at the span layer), unit length. The query does not know where the subject is: its best
-    token and best window are what meet the key (registry.routing.subject_similarity)."""
+    token and best window are what meet the key (registry.routing.subject_similarity).
+    With `ends` (name_ends), only tokens and windows that end where a name may end take part."""
     batch, tokens, _ = token_states.shape
     mask = query_mask if query_mask is not None else torch.ones(batch, tokens, dtype=torch.long)
     if tuple(mask.shape) != (batch, tokens):
         raise ValueError(f"query mask shape {tuple(mask.shape)} does not match inputs {(batch, tokens)}")
+    if ends is not None and tuple(ends.shape) != (batch, tokens):
+        raise ValueError(f"name-end mask shape {tuple(ends.shape)} does not match inputs {(batch, tokens)}")
     found = []
     for b in range(batch):
         positions = key_positions(mask[b].cpu()).to(token_states.device)
@@ -102,6 +140,18 @@ def subject_queries(token_states: torch.Tensor, span_states: torch.Tensor, query
         token_rows = _unit(token_states[b, positions].detach())
         span_rows = span_states[b, positions].detach().to(torch.float32)
         sums = torch.cat([torch.zeros(1, span_rows.shape[1], device=span_rows.device), span_rows.cumsum(dim=0)])
-        windows = [(sums[w:] - sums[:-w]) / w for w in range(1, min(max_window, len(positions)) + 1)]
-        found.append(SubjectQuery(token_rows.cpu().numpy(), _unit(torch.cat(windows)).cpu().numpy()))
+        widths = range(1, min(max_window, len(positions)) + 1)
+        windows = torch.cat([(sums[w:] - sums[:-w]) / w for w in widths])
+        if ends is None:
+            found.append(SubjectQuery(token_rows.cpu().numpy(), _unit(windows).cpu().numpy()))
+            continue
+        may_end = ends[b].cpu()[positions.cpu()]
+        if not bool(may_end.any()):  # cannot happen for a real prompt (its last position may end)
+            may_end = torch.ones_like(may_end)
+        # window i of width w covers positions[i .. i + w - 1]: it may end where its last one may
+        window_ends = torch.cat([may_end[w - 1:] for w in widths])
+        lengths = torch.cat([torch.full((len(positions) - w + 1,), w, dtype=torch.long) for w in widths])
+        keep = window_ends.to(windows.device)
+        found.append(SubjectQuery(token_rows[may_end.to(token_rows.device)].cpu().numpy(), _unit(windows[keep]).cpu().numpy(),
+                                  lengths[window_ends].numpy()))
     return found

@@ -104,6 +104,8 @@ class RoutingScope:
 
     query_mask: torch.Tensor | None = None
     decision: Routing | None = None
+    # where a subject may end (sola.keys.name_ends), for a layer that routes with name ends on
+    name_ends: torch.Tensor | None = None
     states: dict[int, torch.Tensor] = field(default_factory=dict)  # block -> module input, until decided
     # after_target "stop"/"refresh": token ids of each row's fired edit's target (None: keep the
     # LoRA on), filled at the decision by `target_ids`; the tokens fed after the prefill; rows
@@ -166,7 +168,8 @@ class RoutedLoRA(nn.Module):
     bank. Outside any call the layer is the base projection."""
 
     def __init__(self, base: nn.Module, key_function: str, threshold: float, scale: float, radius_ratio: float = 0.0,
-                 layer: int = 0, subject_layers: tuple[int, int] | None = None, max_window: int = 8) -> None:
+                 layer: int = 0, subject_layers: tuple[int, int] | None = None, max_window: int = 8,
+                 name_ends: bool = False) -> None:
         super().__init__()
         self.base = base
         self.in_features, self.out_features = projection_dims(base)
@@ -177,11 +180,12 @@ class RoutedLoRA(nn.Module):
         self.layer_index = layer
         self.subject_layers = subject_layers or (layer, layer)
         self.max_window = max_window
+        self.name_ends = name_ends and key_function == "subject"
         self._call: ContextVar[LayerCall | None] = ContextVar(f"sola-routed-lora-{id(self)}", default=None)
 
     def __deepcopy__(self, memo: dict) -> "RoutedLoRA":
         copy = RoutedLoRA(deepcopy(self.base, memo), self.key_function, self.threshold, self.scale, self.radius_ratio,
-                          self.layer_index, self.subject_layers, self.max_window)
+                          self.layer_index, self.subject_layers, self.max_window, self.name_ends)
         copy.train(self.training)
         return copy
 
@@ -253,21 +257,27 @@ class RoutedLoRA(nn.Module):
             self._call.reset(token)
 
     # --- routing ---------------------------------------------------------------------------
-    def queries(self, states: dict[int, torch.Tensor] | torch.Tensor, query_mask: torch.Tensor | None) -> np.ndarray | list:
+    def queries(self, states: dict[int, torch.Tensor] | torch.Tensor, query_mask: torch.Tensor | None,
+                name_ends: torch.Tensor | None = None) -> np.ndarray | list:
         """The routing queries of a batch from the module inputs it read ({block: (batch, tokens,
-        dim)}; a bare tensor is this layer's own input)."""
+        dim)}; a bare tensor is this layer's own input). A layer routing with name ends needs
+        the batch's `name_ends` (sola.keys.name_ends): without them it would route otherwise."""
         if isinstance(states, torch.Tensor):
             states = {self.layer_index: states}
         if self.key_function == "subject":
+            if self.name_ends and name_ends is None:
+                raise RuntimeError("this layer routes by name ends: the call must give the prompt's name_ends")
             token_layer, span_layer = self.subject_layers
-            return subject_queries(states[token_layer], states[span_layer], query_mask, self.max_window)
+            return subject_queries(states[token_layer], states[span_layer], query_mask, self.max_window,
+                                   name_ends if self.name_ends else None)
         return pool_prompt(states[self.layer_index], query_mask, self.key_function).cpu().numpy()
 
-    def route(self, bank: EditBank, states: dict[int, torch.Tensor] | torch.Tensor, query_mask: torch.Tensor | None) -> Routing:
+    def route(self, bank: EditBank, states: dict[int, torch.Tensor] | torch.Tensor, query_mask: torch.Tensor | None,
+              name_ends: torch.Tensor | None = None) -> Routing:
         if bank.size == 0:
             first = states if isinstance(states, torch.Tensor) else next(iter(states.values()))
             return Routing.unrouted(first.shape[0])
-        return bank.decide(self.queries(states, query_mask), self.threshold, self.radius_ratio)
+        return bank.decide(self.queries(states, query_mask, name_ends), self.threshold, self.radius_ratio)
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         output = self.base(inputs)
@@ -301,7 +311,7 @@ class RoutedLoRA(nn.Module):
                 raise RuntimeError("batch size changed inside one routing scope")
         else:
             states = {**scope.states, self.layer_index: inputs}
-            scope.decision = self.route(call.bank, states, scope.query_mask)
+            scope.decision = self.route(call.bank, states, scope.query_mask, scope.name_ends)
             scope.states = {}
         if scope.target_ids is not None and not scope.targets:  # once, at the prefill
             scope.targets = [scope.target_ids(edit) if edit is not None else None for edit in scope.decision.edits]

@@ -17,6 +17,7 @@ from torch import nn
 from registry.routing import join_target
 from sola.arch import architecture_of, decoder_blocks, prompt_prefix, replace_blocks
 from sola.config import RoutingConfig
+from sola.keys import name_ends as name_end_mask
 from sola.layer import EditBank, RoutedLoRA, Routing, RoutingScope
 from sola.linears import TransposedLinear, transposed_linears
 
@@ -68,7 +69,7 @@ def attach(model: nn.Module, config: RoutingConfig) -> RoutedLoRA:
     if isinstance(current, RoutedLoRA):
         return current
     routed = RoutedLoRA(current, config.key_function, config.threshold, config.scale, config.radius_ratio,
-                        config.layer, config.subject_layers, config.max_window)
+                        config.layer, config.subject_layers, config.max_window, config.name_ends)
     setattr(parent, leaf, routed)
     for block in config.read_layers:
         if block != config.layer:
@@ -123,6 +124,8 @@ class RoutedModel:
         # transposed copies of the upper blocks' frozen weights, made at the first edit trained
         # on the CPU and kept for the next (sola.linears): about the upper blocks' size again
         self._transposed: dict[int, TransposedLinear] = {}
+        # token id -> its text decoded on its own (for sola.keys.name_ends), filled as ids are seen
+        self._token_texts: dict[int, str] = {}
 
     # --- tokenisation ----------------------------------------------------------------------
     @property
@@ -166,6 +169,22 @@ class RoutedModel:
         inside = [i for i, (lo, hi) in enumerate(offsets) if lo < at + len(needle) and hi > at]
         shift = len(self.prefix) + len(self.start_ids)
         return inside[0] + shift, inside[-1] + 1 + shift
+
+    # --- routing scopes ----------------------------------------------------------------------
+    def name_ends(self, input_ids: torch.Tensor, query_mask: torch.Tensor | None) -> torch.Tensor | None:
+        """Where a subject may end in each row of `input_ids` (sola.keys.name_ends), for a
+        registry that routes by name ends; None for one that does not."""
+        if not self.layer.name_ends:
+            return None
+        rows = input_ids.tolist()
+        for token in {token for row in rows for token in row} - self._token_texts.keys():
+            self._token_texts[token] = self.tokenizer.decode([token])
+        return name_end_mask([[self._token_texts[token] for token in row] for row in rows], query_mask)
+
+    def scope(self, input_ids: torch.Tensor, query_mask: torch.Tensor | None = None, decision: Routing | None = None) -> RoutingScope:
+        """The routing scope of one forward or generation call over `input_ids` (batch, tokens):
+        its query mask, a pinned decision if any, and what the key function needs of the tokens."""
+        return RoutingScope(query_mask=query_mask, decision=decision, name_ends=self.name_ends(input_ids, query_mask))
 
     # --- bank ------------------------------------------------------------------------------
     def set_bank(self, bank: EditBank) -> None:
@@ -215,7 +234,7 @@ class RoutedModel:
         encoded = self.encode(prompt, target)
         mask = torch.zeros_like(encoded.input_ids)
         mask[:, : encoded.prompt_len] = 1
-        scope = RoutingScope(query_mask=mask)
+        scope = self.scope(encoded.input_ids, mask)
         targets = len(encoded.target_ids)
         with self.routing_call(scope, bank):
             logits = self.model(input_ids=encoded.input_ids.to(self.device), use_cache=False, logits_to_keep=targets + 1).logits[0]
@@ -226,7 +245,7 @@ class RoutedModel:
     def prompt_logits(self, prompt: str, bank: EditBank | None = None) -> tuple[torch.Tensor, Routing]:
         """Next-token logits after the prompt (the quantity rollback fidelity compares)."""
         encoded = self.encode(prompt)
-        scope = RoutingScope()
+        scope = self.scope(encoded.input_ids)
         with self.routing_call(scope, bank):
             logits = self.model(input_ids=encoded.input_ids.to(self.device), use_cache=False).logits[0, -1]
         return logits, scope.decision or Routing.unrouted(1)
@@ -250,7 +269,7 @@ class RoutedModel:
         input_ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], dtype=torch.long, device=self.device)
         attention = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], dtype=torch.long, device=self.device)
         query = torch.tensor([[0] * (width - len(m)) + m for m in masks], dtype=torch.long, device=self.device)
-        scope = RoutingScope(query_mask=query)
+        scope = self.scope(input_ids, query)
         sampling = {"do_sample": True, "temperature": float(temperature)} if temperature > 0 else {"do_sample": False}
         if temperature > 0 and seed is not None:
             torch.manual_seed(seed)
@@ -323,14 +342,16 @@ class RoutedModel:
     def route(self, input_ids: list[int], query_mask: list[int] | None = None, bank: EditBank | None = None) -> Routing:
         """The routing decision for one pre-tokenised sequence, without generating (a chat turn
         routes by its user message alone, then generates with the decision pinned)."""
-        states = self.capture_keys(torch.tensor([input_ids], dtype=torch.long, device=self.device))
+        ids = torch.tensor([input_ids], dtype=torch.long, device=self.device)
+        states = self.capture_keys(ids)
         mask = None if query_mask is None else torch.tensor([query_mask], device=self.device)
-        return self.layer.route(bank if bank is not None else self.bank, states, mask)
+        return self.layer.route(bank if bank is not None else self.bank, states, mask, self.name_ends(ids, mask))
 
     def query_of(self, prompt: str):
         """The routing query a prompt makes at prefill: a pooled vector (numpy, (dim,)), or a
         registry.routing.SubjectQuery for subject keys."""
-        return self.layer.queries(self.capture_keys(self.encode(prompt).input_ids), None)[0]
+        ids = self.encode(prompt).input_ids
+        return self.layer.queries(self.capture_keys(ids), None, self.name_ends(ids, None))[0]
 
     @property
     def key_dim(self) -> int:

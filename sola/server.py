@@ -39,7 +39,7 @@ from registry.store import Registry
 from registry.revisions import parse_revision
 from sola.arch import context_length
 from sola.config import RoutingConfig
-from sola.layer import Routing, RoutingScope
+from sola.layer import Routing
 from sola.modelio import load_base
 from sola.routed import RoutedModel
 from sola.snapshots import Snapshot, SnapshotCache, reading
@@ -333,7 +333,7 @@ class Generator:
         attention = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], dtype=torch.long, device=device)
         masks = [job.query_mask if job.query_mask is not None else [1] * len(job.token_ids) for job in jobs]
         query = torch.tensor([[0] * (width - len(m)) + m for m in masks], dtype=torch.long, device=device)
-        scope = RoutingScope(query_mask=query, decision=pinned)
+        scope = self.routed.scope(input_ids, query, pinned)
         temperature = jobs[0].temperature
         options: dict[str, Any] = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
         if temperature > 0 and jobs[0].seed is not None:

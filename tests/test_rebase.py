@@ -173,3 +173,16 @@ def test_rebase_refuses_bad_targets_before_any_work(origin, tmp_path, tiny_dirs)
     log = mixed("log", "--json").stdout
     assert "not derived from this registry" in rebase(old, mixed.root, tiny_dirs, ok=False).stderr
     assert mixed("log", "--json").stdout == log
+
+
+def test_rebase_carries_how_subject_queries_meet_keys(tmp_path, tiny_dirs):
+    """A subject registry made without name ends keeps routing without them on the new model,
+    though a new subject registry would take them by default."""
+    old = Sola(tmp_path / "old")
+    old("init", "--model", str(tiny_dirs["llama"]), "--key-function", "subject", "--no-name-ends", "--threshold", "0.05",
+        "--layer", "2", *TRAIN)
+    old("edit", "--prompt", LINES[0]["prompt"], "--target", LINES[0]["target_new"], "--subject", "France")
+    report = json.loads(old("rebase", "--onto", str(tiny_dirs["gpt2"]), "--into", str(tmp_path / "new"), "--layer", "2",
+                            "--no-eval", "--json").stdout)
+    assert report["trained"] == 1
+    assert (report["into"]["routing"]["key_function"], report["into"]["routing"]["name_ends"]) == ("subject", False)

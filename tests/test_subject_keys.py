@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 from pathlib import Path
 
@@ -12,6 +14,7 @@ import torch
 from registry.keyindex import FaissKeySearch
 from registry.routing import PROJECT_FROM, PROJECTED_DIMS, ExactKeySearch, SubjectIndex, SubjectQuery, nearest_subject, subject_similarity
 from sola.config import SUBJECT_ROUTING_DEFAULTS, SUBJECT_TRAINING_DEFAULTS, RoutingConfig, TrainConfig
+from sola.keys import continues_name, name_ends
 from sola.layer import EditBank
 from sola.routed import RoutedModel, default_module_for, start_token_for
 from sola.train import routing_key, train_edit
@@ -223,14 +226,17 @@ def test_a_mean_keyed_registry_keeps_routing_by_its_mean_key_now_that_subject_is
     assert default["key_function"] == "subject" and default["key_dim"] == 64
 
 
-def test_a_name_inside_another_edits_subject_does_not_take_its_prompt_nor_keep_it_after_a_revoke(tmp_path, tiny_dirs):
+@pytest.mark.parametrize("name_ends", ["--no-name-ends", "--name-ends"])
+def test_a_name_inside_another_edits_subject_does_not_take_its_prompt_nor_keep_it_after_a_revoke(tmp_path, tiny_dirs, name_ends):
     cli = Sola(tmp_path / "nested")
-    cli("init", "--model", str(tiny_dirs["llama"]), "--layer", "2", "--threshold", "0.05")
+    recorded = cli.json("init", "--model", str(tiny_dirs["llama"]), "--layer", "2", "--threshold", "0.05", name_ends)["routing"]
+    assert recorded["name_ends"] is (name_ends == "--name-ends")
     inner = cli.json("edit", "--prompt", "Manila is a twin city of", "--target", "Hamburg", "--steps", "60")
     outer = cli.json("edit", "--prompt", "Manila Bay, in", "--target", "Italy", "--steps", "60", "--force")
     assert (inner["subject"], outer["subject"]) == ("Manila", "Manila Bay")
-    # the query of "Manila Bay, in" meets both keys at distance 0 (its "Manila" window is the
-    # inner key's exact span); the longer window decides, whichever edit came first
+    # without name ends the query of "Manila Bay, in" meets both keys at distance 0 (its "Manila"
+    # window is the inner key's exact span) and the longer window decides, whichever edit came
+    # first; with name ends its "Manila" goes on as "Manila Bay" and meets the inner key not at all
     fired = cli.json("generate", "Manila Bay, in", "--max-new-tokens", "1")
     assert fired["edit"] == outer["edit"] and fired["distance"] < 1e-5
     assert cli.json("generate", "Manila is a twin city of", "--max-new-tokens", "1")["edit"] == inner["edit"]
@@ -240,9 +246,10 @@ def test_a_name_inside_another_edits_subject_does_not_take_its_prompt_nor_keep_i
     base = Sola(tmp_path / "base")
     base("init", "--model", str(tiny_dirs["llama"]), "--layer", "2", "--threshold", "0.05")
     assert held["text"] == base.json("generate", "Manila Bay, in", "--max-new-tokens", "1")["text"]
-    # blame agrees: the inner edit answered it until the outer one was added, then the outer one
+    # blame agrees: without name ends the inner edit answered it until the outer one was added
     answers = [(e["op"], e["edit"]) for e in cli.json("blame", "Manila Bay, in")]
-    assert answers == [("add", inner["edit"]), ("add", outer["edit"]), ("revoke", None)]
+    earlier = [("add", inner["edit"])] if name_ends == "--no-name-ends" else []
+    assert answers == earlier + [("add", outer["edit"]), ("revoke", None)]
 
 
 def test_a_subject_registry_recorded_with_another_start_token_keeps_it(tiny):
@@ -321,5 +328,64 @@ def test_init_with_subject_keys_records_the_familys_subject_block_and_a_mean_key
     assert {k: v for k, v in default.items()} == subject  # a Llama-family registry is subject-keyed by default
     mean = Sola(tmp_path / "mean").json("init", "--model", str(tmp_path / "deep"), "--key-function", "mean")["routing"]
     assert (mean["layer"], mean["key_function"], mean["threshold"]) == (8, "mean", 0.04)
+    assert (subject["name_ends"], mean["name_ends"]) == (True, False)  # a query meets subject keys at name ends
     chosen = Sola(tmp_path / "chosen").json("init", "--model", str(tmp_path / "deep"), "--key-function", "subject", "--layer", "8")
     assert chosen["routing"]["layer"] == 8  # a given --layer is kept
+
+
+@pytest.mark.parametrize("text, carries_on", [(" Bowie", True), ("ie", True), ("3", True), (" ", False), (" 737", True),
+                                               ("'s", False), (",", False), (" plays", False), ("\n", False),
+                                               ("<|endoftext|>", False), ("?", False), ("", False)])
+def test_a_token_carries_a_name_on_when_it_is_inside_a_word_or_a_capitalised_or_numbered_next_word(text, carries_on):
+    assert continues_name(text) is carries_on
+
+
+def name_ends_pair(model, tokenizer):
+    """The same tiny model routed twice, with name ends off and on (each on its own copy)."""
+    config = RoutingConfig(layer=2, module=default_module_for(model), threshold=0.05, key_function="subject",
+                           key_layers=(2, 1), start_token=start_token_for(tokenizer))
+    on = RoutedModel(copy.deepcopy(model), tokenizer, dataclasses.replace(config, name_ends=True))
+    return RoutedModel(model, tokenizer, config), on
+
+
+def test_with_name_ends_a_name_inside_a_longer_one_no_longer_meets_its_key(tiny):
+    kind, model, tokenizer = tiny
+    off, on = name_ends_pair(model, tokenizer)
+    longer = "Danielle Darrieux's mother tongue is"  # "Danielle" goes on as "Danielle Darrieux"
+    key = routing_key(off, "Danielle plays the", "Danielle")
+    assert torch.equal(key, routing_key(on, "Danielle plays the", "Danielle"))  # the stored key is the same
+    bank = EditBank.from_tensors({"e": (torch.zeros(4, off.layer.in_features), torch.zeros(off.layer.out_features, 4), key[None])})
+    # a causal model's states at "Danielle" are the same in both prompts: without name ends they meet
+    assert off.prompt_logits(longer, bank)[1].distances[0] < 1e-5
+    shut = on.prompt_logits(longer, bank)[1]
+    assert shut.edits == [None] and shut.distances[0] > 0.05
+    literal = on.prompt_logits("Danielle plays the", bank)[1]
+    assert literal.edits == ["e"] and literal.distances[0] < 1e-5  # the edit's own prompt still fires it
+    # every path decides alike: routing alone, teacher forcing (whose target follows the prompt:
+    # " Darrieux" must not stop "Danielle" from ending the query) and generation
+    on.set_bank(bank)
+    for prompt in ("Who is Danielle", longer):
+        ids = on.encode(prompt).input_ids[0].tolist()
+        alone = on.route(ids)
+        forced = on.score(prompt, " Darrieux")[2]
+        _, generated = on.generate([prompt], max_new_tokens=1)
+        assert alone.edits == forced.edits == generated.edits
+        assert np.isclose(alone.distances[0], forced.distances[0], atol=1e-6) and np.isclose(alone.distances[0], generated.distances[0], atol=1e-6)
+
+
+def test_a_subject_registry_recorded_before_name_ends_routes_by_every_window(tiny):
+    recorded = {"layer": 2, "module": "mlp.up_proj", "rank": 4, "alpha": 4.0, "threshold": 0.2, "key_function": "subject",
+                "duplicate_distance": 0.002, "radius_ratio": 0.5, "revoke_mode": "tombstone", "key_layers": [2, 1],
+                "max_window": 8, "start_token": NEWLINE, "after_target": "refresh"}
+    assert RoutingConfig.from_record(recorded).name_ends is False
+    assert RoutingConfig.from_record({**recorded, "name_ends": True}).name_ends is True
+    with pytest.raises(ValueError, match="name_ends"):
+        RoutingConfig.from_dict({**recorded, "name_ends": "yes"})
+
+
+def test_name_ends_judge_a_bare_space_by_what_follows_it_and_never_look_past_the_query():
+    rows = [["\n", "Boeing", " ", "7", "3", " is"], ["\n", "K", "ANU", " ", "ar", "e"]]
+    assert name_ends(rows, None).tolist() == [[False, False, False, False, True, True], [False, False, True, False, False, True]]
+    # the same "Boeing" with the next tokens outside the query (a target being scored): it may end there
+    mask = torch.tensor([[1, 1, 0, 0, 0, 0], [1, 1, 1, 1, 1, 1]])
+    assert name_ends(rows, mask)[0, 1].item() is True
