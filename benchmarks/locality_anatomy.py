@@ -9,9 +9,9 @@ a failure. In a 1000-edit CounterFact bank many of those prompts are not unrelat
 at all: a neighbourhood prompt ("Dennis Rodman plays" for an Otto Graham edit) may name the
 subject of *another* edit in the same bank, sometimes asking the very fact that edit changed.
 This study keys every record's edit as a subject registry does (`sola.train.routing_key` under
-the default subject routing: threshold, radius ratio and start token of `sola init
---key-function subject`), routes every record's locality prompt through the whole bank (zero
-LoRAs: routing only, no training) and sorts each fire:
+the routing `sola init --model M --key-function subject` records: the family's block,
+threshold, radius ratio and start token), routes every record's locality prompt through the
+whole bank (zero LoRAs: routing only, no training) and sorts each fire:
 
 - `names_fired_subject_same_fact`: the prompt names the fired edit's subject and its expected
   answer is that edit's old answer (CounterFact `ground_truth`): it asks the edited fact, so an
@@ -33,7 +33,8 @@ unrelated-locality miss can be read as what it is. `--name-ends` routes the same
 RoutingConfig.name_ends on: a prompt that then fires nothing scores 1 (the base model bit for
 bit), one that still fires keeps the stream's measured score (an estimate; the stream itself
 measures it when run with `--name-ends`). Never reads ../shared/holdout.
-Results: benchmarks/results/locality_anatomy_<name>.json.
+It also reports how often each record's first paraphrase reaches its own edit (what a routing
+change could cost). Results: benchmarks/results/locality_anatomy_<name>.json.
 """
 
 from __future__ import annotations
@@ -46,7 +47,8 @@ from pathlib import Path
 
 import torch
 
-from sola.config import SUBJECT_ROUTING_DEFAULTS, RoutingConfig
+from sola.arch import routing_defaults
+from sola.config import RoutingConfig
 from sola.data import read_benchmark
 from sola.layer import EditBank
 from sola.modelio import load_base
@@ -104,13 +106,15 @@ def main() -> None:
     parser.add_argument("--name", default=None)
     parser.add_argument("--examples", type=int, default=12)
     parser.add_argument("--name-ends", action="store_true", help="route with RoutingConfig.name_ends on")
+    parser.add_argument("--model", default=None, help="base model as `sola init --model` takes it (default: SmolLM2)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     _, requests = read_benchmark(args.data, args.limit)
     raw = json.loads(args.data.read_text())[: args.limit]
-    model, tokenizer, _ = load_base(None)
-    config = RoutingConfig(key_function="subject", start_token=subject_start_token(model, tokenizer), layer=20,
-                           **{**SUBJECT_ROUTING_DEFAULTS, "name_ends": args.name_ends})
+    model, tokenizer, identity = load_base(args.model)
+    # what `sola init --model M --key-function subject` records, name ends as asked
+    settings = {**routing_defaults(model, "subject"), "start_token": subject_start_token(model, tokenizer), "name_ends": args.name_ends}
+    config = RoutingConfig.from_dict(settings)
     routed = RoutedModel(model, tokenizer, config)
     zeros = (torch.zeros(config.rank, routed.layer.in_features), torch.zeros(routed.layer.out_features, config.rank))
 
@@ -131,8 +135,12 @@ def main() -> None:
     counts: collections.Counter = collections.Counter()
     scores: dict[str, list[float]] = collections.defaultdict(list)
     examples: dict[str, list[dict]] = collections.defaultdict(list)
-    own_fires = 0
+    own_fires = paraphrase_own = paraphrases = 0
     for index, request in enumerate(requests):
+        if request.rephrases and f"e{index}" in edits:  # does the first paraphrase still reach its own edit?
+            reached = routed.route(routed.encode(request.rephrases[0]).input_ids[0].tolist(), bank=bank).edits[0]
+            paraphrase_own += reached == f"e{index}"
+            paraphrases += 1
         if not request.locality_prompt:
             continue
         chosen = routed.route(routed.encode(request.locality_prompt).input_ids[0].tolist(), bank=bank).edits[0]
@@ -151,7 +159,8 @@ def main() -> None:
                                    "fired_old_answer": fired["old_answer"], "locality": score})
     total = sum(counts.values())
     report = {"data": str(args.data), "name_ends": args.name_ends, "records": len(requests), "keyed": len(edits), "locality_prompts": total,
-              "routing": config.to_dict(), "fires_own_edit": own_fires,
+              "model": identity.to_dict(), "routing": config.to_dict(), "fires_own_edit": own_fires,
+              "paraphrase_fires_own_edit": paraphrase_own / max(1, paraphrases), "paraphrases": paraphrases,
               "classes": {kind: {"prompts": counts[kind], "share": counts[kind] / total,
                                  "locality": (sum(scores[kind]) / len(scores[kind])) if scores[kind] else None,
                                  "locality_failures": sum(1 for s in scores[kind] if s < 1)} for kind in CLASSES}}
@@ -165,6 +174,7 @@ def main() -> None:
     report["examples"] = examples
     for kind in CLASSES:
         print(f"{kind:>32}: {json.dumps(report['classes'][kind])}")
+    print(f"{'paraphrase_fires_own_edit':>32}: {report['paraphrase_fires_own_edit']:.4f} of {paraphrases}")
     for name in ("locality_all", "locality_not_naming_fired_subject"):
         if name in report:
             print(f"{name:>32}: {report[name]:.4f}")

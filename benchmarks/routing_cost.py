@@ -96,6 +96,7 @@ def main() -> None:
     parser.add_argument("--full-first-stage", action="store_true",
                         help="the baseline: banks never project the first stage, whatever their size")
     parser.add_argument("--note", default="", help="what else ran on the machine")
+    parser.add_argument("--no-name-ends", action="store_true", help="subject queries with every token and window (RoutingConfig.name_ends off)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     # the baseline lays every bank out with a full first stage, whatever its size
@@ -107,7 +108,7 @@ def main() -> None:
         model, tokenizer, identity = load_base(None)
         settings = {"key_function": key_function}
         if key_function == "subject":
-            settings.update(key_layers=[4, 3], start_token=start_token_for(tokenizer))
+            settings.update(key_layers=[4, 3], start_token=start_token_for(tokenizer), name_ends=not args.no_name_ends)
         routed = RoutedModel(model, tokenizer, RoutingConfig.from_dict(settings))
         real = np.stack([routing_key(routed, r.prompt, r.subject).numpy() for r in requests])
         keys = realistic_keys(real, args.edits, 2 if key_function == "subject" else 1)
@@ -129,7 +130,7 @@ def main() -> None:
             fired = []
 
             def routed_pass(ids: torch.Tensor) -> None:
-                scope = RoutingScope()
+                scope = routed.scope(ids)  # what the key function needs of the tokens (name ends), as every call builds it
                 with torch.no_grad(), routed.routing_call(scope, bank):
                     routed.model(input_ids=ids, use_cache=False)
                 fired.append(scope.decision.edits[0] is not None)
@@ -148,8 +149,7 @@ def main() -> None:
                    "ratio_paired_median": round(statistics.median(r / b for r, b in zip(routed_times, base_times)), 4),
                    "fired_share": round(float(np.mean(fired)), 3)}
             if key_function == "subject" and not ivf:  # what a one-stage exact score over every key costs
-                states = [routed.capture_keys(ids) for ids in encoded]
-                queries = [routed.layer.queries(s, None)[0] for s in states]
+                queries = [routed.layer.queries(routed.capture_keys(ids), None, routed.name_ends(ids, None))[0] for ids in encoded]
                 exhaustive = [timed(lambda: subject_similarity(q, keys)) for q in queries]
                 row["one_stage_exact_ms_median"] = round(1000 * statistics.median(exhaustive), 3)
                 row["agreement"] = first_stage_agreement(routed, requests, keys, args.agreement_queries)
@@ -158,6 +158,7 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     document = {"model": identity.to_dict(), "threads": 1, "prompts": len(probes), "repeats": args.repeats,
                 "load": os.getloadavg(), "note": args.note, "full_first_stage": args.full_first_stage,
+                "name_ends": not args.no_name_ends,
                 "projected_dims": None if args.full_first_stage else PROJECTED_DIMS, "results": results}
     (RESULTS / f"{args.name}.json").write_text(json.dumps(document, indent=1))
 

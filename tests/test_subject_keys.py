@@ -389,3 +389,24 @@ def test_name_ends_judge_a_bare_space_by_what_follows_it_and_never_look_past_the
     # the same "Boeing" with the next tokens outside the query (a target being scored): it may end there
     mask = torch.tensor([[1, 1, 0, 0, 0, 0], [1, 1, 1, 1, 1, 1]])
     assert name_ends(rows, mask)[0, 1].item() is True
+
+
+def test_own_code_routes_a_default_registry_through_the_scope_it_builds_and_a_bare_scope_is_refused(tmp_path, tiny_dirs):
+    """docs/api.md, "Using the model in your own code", on a default (subject, name ends) registry."""
+    from sola.layer import RoutingScope
+    from sola.workspace import Workspace
+
+    cli = Sola(tmp_path / "own")
+    cli("init", "--model", str(tiny_dirs["llama"]), "--layer", "2", "--threshold", "0.05")
+    made = cli.json("edit", "--prompt", PROMPT, "--target", "English", "--subject", SUBJECT, "--steps", "60")
+    with Workspace.open(tmp_path / "own") as workspace:
+        routed, _ = workspace.routed_at()
+        model, tok = routed.model, routed.tokenizer
+        ids = routed.encode(PROMPT).input_ids
+        mask = torch.ones_like(ids)
+        scope = routed.scope(ids, mask)
+        with torch.no_grad(), routed.routing_call(scope):
+            model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=1, do_sample=False, pad_token_id=tok.eos_token_id)
+        assert scope.decision.edits == [made["edit"]] and scope.decision.distances[0] < 1e-5
+        with pytest.raises(RuntimeError, match="name_ends"), torch.no_grad(), routed.routing_call(RoutingScope(query_mask=mask)):
+            model(input_ids=ids)
