@@ -306,7 +306,7 @@ def init(ctx: click.Context, model: str | None, layer: int | None, module: str |
             chosen = [name for name, value in (("--model", model), ("--layer", layer), ("--module", module), ("--rank", rank),
                                                ("--threshold", threshold), ("--radius-ratio", radius_ratio),
                                                ("--key-function", key_function), ("--revoke-mode", revoke_mode),
-                                               ("--name-ends", name_ends))
+                                               ("--name-ends" if name_ends else "--no-name-ends", name_ends))
                       if value is not None] + [f"--{name.replace('_', '-')}" for name in training]
             if chosen:
                 raise RequestError(f"--join attaches to a registry that has its settings; {chosen[0]} cannot change them")
@@ -829,6 +829,8 @@ def eval_command(ctx: click.Context, data: Path, limit: int, threshold: float | 
         overrides = {"threshold": threshold, "radius_ratio": radius_ratio, "layer": layer, "key_function": key_function,
                      "revoke_mode": revoke_mode, "name_ends": name_ends}
         routing.update({k: v for k, v in overrides.items() if v is not None})
+        if routing.get("key_function", "subject") != "subject" and name_ends is None:
+            routing["name_ends"] = False  # the registry's name ends apply to its subject keys only
         RoutingConfig.from_dict(routing)  # validate the overrides before loading anything
         TrainConfig.resolve(recorded_training, **training)  # validated before anything loads
         with StageProgress() as progress:

@@ -96,6 +96,20 @@ def continues_name(token_text: str) -> bool:
     return bool(token_text) and token_text[0].isalnum()
 
 
+def token_texts(tokenizer: object, ids: list[int]) -> dict[int, str]:
+    """Each token's text as it reads inside a sequence, its leading space kept: decoded after an
+    anchor token, with the anchor's own text cut off. Decoding a token alone is not enough:
+    SentencePiece decoders (Llama 2, Mistral) strip the first space of what they decode, so
+    " Bowie" alone would read "Bowie", a piece inside a word."""
+    anchor = list(tokenizer("a", add_special_tokens=False)["input_ids"])[:1]
+    lead = tokenizer.decode(anchor) if anchor else ""
+    texts = {}
+    for token in ids:
+        joined = tokenizer.decode(anchor + [token]) if anchor else tokenizer.decode([token])
+        texts[token] = joined[len(lead):] if joined.startswith(lead) else tokenizer.decode([token])
+    return texts
+
+
 def name_ends(token_texts: list[list[str]], query_mask: torch.Tensor | None) -> torch.Tensor:
     """(batch, tokens) bool: the positions where a subject may end, for routing with
     `name_ends` on (`token_texts`: each token of each row decoded on its own). A position may not

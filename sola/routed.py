@@ -17,7 +17,7 @@ from torch import nn
 from registry.routing import join_target
 from sola.arch import architecture_of, decoder_blocks, prompt_prefix, replace_blocks
 from sola.config import RoutingConfig
-from sola.keys import name_ends as name_end_mask
+from sola.keys import name_ends as name_end_mask, token_texts
 from sola.layer import EditBank, RoutedLoRA, Routing, RoutingScope
 from sola.linears import TransposedLinear, transposed_linears
 
@@ -156,7 +156,9 @@ class RoutedModel:
     def subject_span(self, prompt: str, subject: str | None) -> tuple[int, int] | None:
         """Token positions [start, end) of `subject` in `encode(prompt)` (its first occurrence,
         exact case first, else ignoring case); None without a subject. ValueError when the
-        prompt does not contain it: a subject key can only be read from the subject's tokens."""
+        prompt does not contain it: a subject key can only be read from the subject's tokens;
+        with name ends, also when the subject stops inside a longer name ("Boeing" in "Boeing 747
+        is"): no query would end there, so not even its own prompt would meet the key."""
         if subject is None or not subject.strip():
             return None
         needle = subject.strip()
@@ -168,7 +170,13 @@ class RoutedModel:
         offsets = self.tokenizer(prompt, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
         inside = [i for i, (lo, hi) in enumerate(offsets) if lo < at + len(needle) and hi > at]
         shift = len(self.prefix) + len(self.start_ids)
-        return inside[0] + shift, inside[-1] + 1 + shift
+        span = inside[0] + shift, inside[-1] + 1 + shift
+        if self.layer.name_ends:  # a query never ends a name there, so the key could never be met
+            ids = self.encode(prompt).input_ids
+            if not bool(self.name_ends(ids, None)[0, span[1] - 1]):
+                raise ValueError(f"subject {subject[:80]!r} ends inside a longer name in {prompt[:80]!r} (the next word goes "
+                                 f"on with it): name the whole of it, or use a registry made with --no-name-ends")
+        return span
 
     # --- routing scopes ----------------------------------------------------------------------
     def name_ends(self, input_ids: torch.Tensor, query_mask: torch.Tensor | None) -> torch.Tensor | None:
@@ -177,8 +185,8 @@ class RoutedModel:
         if not self.layer.name_ends:
             return None
         rows = input_ids.tolist()
-        for token in {token for row in rows for token in row} - self._token_texts.keys():
-            self._token_texts[token] = self.tokenizer.decode([token])
+        unseen = {token for row in rows for token in row} - self._token_texts.keys()
+        self._token_texts.update(token_texts(self.tokenizer, sorted(unseen)))
         return name_end_mask([[self._token_texts[token] for token in row] for row in rows], query_mask)
 
     def scope(self, input_ids: torch.Tensor, query_mask: torch.Tensor | None = None, decision: Routing | None = None) -> RoutingScope:

@@ -222,12 +222,19 @@ class Workspace:
         settings.setdefault("alpha", float(settings.get("rank", RoutingConfig.rank)))  # scale alpha/rank = 1
         RoutingConfig.from_dict(settings)  # ranges and types, before the model loads
         TrainConfig.resolve({}, **(training or {}))
+        if settings.get("name_ends") and settings.get("key_function", "subject") != "subject":
+            raise RequestError(f"name ends apply to subject keys only, not to key function {settings['key_function']!r}")
         base, tokenizer, identity = load_base(model)
         base = base.to(device)
         # the family's studied defaults for the key function given, or for its default one (sola.arch)
         for name, value in routing_defaults(base, settings.get("key_function")).items():
             settings.setdefault(name, value)
         key_function = settings["key_function"]
+        if key_function != "subject":  # a name-ends record would say something the routing does not do
+            if settings.get("name_ends"):
+                raise RequestError(f"name ends apply to subject keys only; this model's default key function is "
+                                   f"{key_function!r} (add --key-function subject)")
+            settings["name_ends"] = False
         if key_function == "subject":  # recorded explicitly
             # unset (or carried over as unset from a mean-keyed registry): resolved and recorded now
             if not settings.get("key_layers"):
@@ -643,7 +650,9 @@ class Workspace:
             if subject_keyed:
                 try:
                     routed.subject_span(text, request.subject)
-                except ValueError:
+                except ValueError as error:
+                    if "ends inside a longer name" in str(error):
+                        raise RequestError(f"rephrase {number}: {error}") from None
                     raise RequestError(f"rephrase {number} ({text[:80]!r}) does not name the subject "
                                        f"{request.subject.strip()[:80]!r}: a subject key is read from the subject's tokens") from None
 

@@ -14,7 +14,7 @@ import torch
 from registry.keyindex import FaissKeySearch
 from registry.routing import PROJECT_FROM, PROJECTED_DIMS, ExactKeySearch, SubjectIndex, SubjectQuery, nearest_subject, subject_similarity
 from sola.config import SUBJECT_ROUTING_DEFAULTS, SUBJECT_TRAINING_DEFAULTS, RoutingConfig, TrainConfig
-from sola.keys import continues_name, name_ends
+from sola.keys import continues_name, name_ends, token_texts
 from sola.layer import EditBank
 from sola.routed import RoutedModel, default_module_for, start_token_for
 from sola.train import routing_key, train_edit
@@ -410,3 +410,49 @@ def test_own_code_routes_a_default_registry_through_the_scope_it_builds_and_a_ba
         assert scope.decision.edits == [made["edit"]] and scope.decision.distances[0] < 1e-5
         with pytest.raises(RuntimeError, match="name_ends"), torch.no_grad(), routed.routing_call(RoutingScope(query_mask=mask)):
             model(input_ids=ids)
+
+
+def test_token_texts_keep_the_leading_space_a_sentencepiece_decoder_strips_from_a_lone_token():
+    """Llama 2 / Mistral tokenizers decode "▁Bowie" alone as "Bowie"; read inside a sequence it is
+    " Bowie", the next word of a name, not a piece of "David"."""
+    from tokenizers import Tokenizer, decoders, pre_tokenizers
+    from tokenizers.models import BPE
+    from tokenizers.trainers import BpeTrainer
+    from transformers import PreTrainedTokenizerFast
+
+    from tests.conftest import CORPUS
+
+    backend = Tokenizer(BPE(unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
+    backend.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.Fuse(), decoders.Strip(" ", 1, 0)])
+    backend.train_from_iterator(CORPUS * 20 + ["David Bowie plays the guitar."] * 20,
+                                BpeTrainer(vocab_size=300, special_tokens=["<unk>"]))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>")
+    ids = tokenizer("David Bowie plays", add_special_tokens=False)["input_ids"]
+    texts = token_texts(tokenizer, ids)
+    assert "".join(texts[i] for i in ids) == " David Bowie plays"
+    first_of_bowie = next(i for i in ids if texts[i].startswith(" B"))
+    assert not tokenizer.decode([first_of_bowie]).startswith(" ")  # what decoding it alone would have read
+    ends = name_ends([[texts[i] for i in ids]], None)[0].tolist()
+    david_ends_at = [k for k, i in enumerate(ids) if texts[i].startswith(" B")][0] - 1
+    assert ends[david_ends_at] is False and ends[-1] is True
+
+
+def test_a_subject_that_stops_inside_a_longer_name_is_refused_before_any_work(tmp_path, tiny_dirs):
+    cli = Sola(tmp_path / "inside")
+    cli("init", "--model", str(tiny_dirs["llama"]), "--layer", "2", "--threshold", "0.05")
+    error = cli.fails("edit", "--prompt", "Manila Bay, in", "--target", "Italy", "--subject", "Manila")
+    assert "ends inside a longer name" in error and "--no-name-ends" in error
+    error = cli.fails("edit", "--prompt", "Manila is a twin city of", "--target", "Hamburg", "--subject", "Manila",
+                      "--rephrase", "Manila Bay is a twin city of")
+    assert "rephrase 1" in error and "ends inside a longer name" in error
+    assert cli.json("log")[0]["op"] == "init"  # nothing was edited
+    made = cli.json("edit", "--prompt", "Manila Bay, in", "--target", "Italy", "--subject", "Manila Bay", "--steps", "60")
+    assert cli.json("generate", "Manila Bay, in", "--max-new-tokens", "1")["edit"] == made["edit"]
+    lenient = Sola(tmp_path / "lenient")
+    lenient("init", "--model", str(tiny_dirs["llama"]), "--layer", "2", "--threshold", "0.05", "--no-name-ends")
+    lenient("edit", "--prompt", "Manila Bay, in", "--target", "Italy", "--subject", "Manila", "--steps", "60")
+    assert "subject keys only" in Sola(tmp_path / "mean").fails("init", "--model", str(tiny_dirs["llama"]),
+                                                                "--key-function", "mean", "--name-ends")
+    assert "subject keys only" in Sola(tmp_path / "gpt2").fails("init", "--model", str(tiny_dirs["gpt2"]), "--name-ends")
+    assert not (tmp_path / "mean").exists() and not (tmp_path / "gpt2").exists()
