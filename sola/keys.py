@@ -159,9 +159,7 @@ def subject_queries(token_states: torch.Tensor, span_states: torch.Tensor, query
         if ends is None:
             found.append(SubjectQuery(token_rows.cpu().numpy(), _unit(windows).cpu().numpy()))
             continue
-        may_end = ends[b].cpu()[positions.cpu()]
-        if not bool(may_end.any()):  # cannot happen for a real prompt (its last position may end)
-            may_end = torch.ones_like(may_end)
+        may_end = ends[b].cpu()[positions.cpu()]  # never all False: the last readable position may end
         # window i of width w covers positions[i .. i + w - 1]: it may end where its last one may
         window_ends = torch.cat([may_end[w - 1:] for w in widths])
         lengths = torch.cat([torch.full((len(positions) - w + 1,), w, dtype=torch.long) for w in widths])

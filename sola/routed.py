@@ -100,6 +100,10 @@ class _PassThrough(nn.Module):
         return hidden_states
 
 
+class SubjectInsideName(ValueError):
+    """A subject that stops inside a longer name of its prompt, under name ends (subject_span)."""
+
+
 @dataclass
 class Encoded:
     input_ids: torch.Tensor  # (1, prompt + target)
@@ -174,7 +178,7 @@ class RoutedModel:
         if self.layer.name_ends:  # a query never ends a name there, so the key could never be met
             ids = self.encode(prompt).input_ids
             if not bool(self.name_ends(ids, None)[0, span[1] - 1]):
-                raise ValueError(f"subject {subject[:80]!r} ends inside a longer name in {prompt[:80]!r} (the next word goes "
+                raise SubjectInsideName(f"subject {subject[:80]!r} ends inside a longer name in {prompt[:80]!r} (the next word goes "
                                  f"on with it): name the whole of it, or use a registry made with --no-name-ends")
         return span
 

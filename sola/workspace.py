@@ -27,7 +27,7 @@ from sola.config import RoutingConfig, TrainConfig, default_author
 from sola.data import EditRequest, RequestError, check_notes, check_text
 from sola.layer import EditBank, Routing
 from sola.modelio import ModelError, load_base, load_for_inference
-from sola.routed import RoutedModel, subject_start_token
+from sola.routed import RoutedModel, SubjectInsideName, subject_start_token
 from sola.snapshots import snapshot_bank
 from sola.subjects import infer_subject
 from sola.batch_train import EditJob, train_edits
@@ -650,9 +650,9 @@ class Workspace:
             if subject_keyed:
                 try:
                     routed.subject_span(text, request.subject)
-                except ValueError as error:
-                    if "ends inside a longer name" in str(error):
-                        raise RequestError(f"rephrase {number}: {error}") from None
+                except SubjectInsideName as error:
+                    raise RequestError(f"rephrase {number}: {error}") from None
+                except ValueError:
                     raise RequestError(f"rephrase {number} ({text[:80]!r}) does not name the subject "
                                        f"{request.subject.strip()[:80]!r}: a subject key is read from the subject's tokens") from None
 
